@@ -1,0 +1,58 @@
+//! Events the services exchange over RabbitMQ.
+//!
+//! They are notifications, not the record: PostgreSQL holds the truth, and a
+//! lost event costs latency, never a command (the monitor re-announces).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::command::CommandStatus;
+
+/// One message on the `<instance>.sync` fanout exchange. The AMQP routing
+/// key and the outbox `topic` column carry [`Event::topic`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A command waits for its device (new, or re-announced by the monitor).
+    CommandQueued {
+        command_id: Uuid,
+        device_id: Uuid,
+        tenant_id: Uuid,
+    },
+    /// A command reached a terminal state.
+    CommandFinished {
+        command_id: Uuid,
+        device_id: Uuid,
+        tenant_id: Uuid,
+        status: CommandStatus,
+    },
+    /// A device was decommissioned: its tokens must stop working now.
+    DeviceDecommissioned { device_id: Uuid, tenant_id: Uuid },
+}
+
+impl Event {
+    pub fn topic(&self) -> &'static str {
+        match self {
+            Event::CommandQueued { .. } => "command.queued",
+            Event::CommandFinished { .. } => "command.finished",
+            Event::DeviceDecommissioned { .. } => "device.decommissioned",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_their_type_tag() {
+        let e = Event::DeviceDecommissioned {
+            device_id: Uuid::nil(),
+            tenant_id: Uuid::nil(),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "device_decommissioned");
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+        assert_eq!(e.topic(), "device.decommissioned");
+    }
+}

@@ -1,0 +1,56 @@
+//! RabbitMQ: names and connections. The monitor publishes to one fanout
+//! exchange per installation; every sync replica consumes from a queue of
+//! its own bound to it.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use lapin::options::ExchangeDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+pub use lapin;
+
+/// The fanout exchange that carries [`tend_proto::event::Event`]s.
+pub fn exchange(instance: &str) -> String {
+    format!("{instance}.sync")
+}
+
+/// Connects once, with a name that shows in the broker's management UI.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
+    Connection::connect(url, props).await
+}
+
+/// Connects, retrying for about 30 seconds: the startup check of a service.
+pub async fn connect_with_retry(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    loop {
+        match connect(url, name).await {
+            Ok(c) => return Ok(c),
+            Err(e) if attempt < 8 => {
+                tracing::warn!(attempt, "RabbitMQ not reachable yet: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+                attempt += 1;
+            }
+            Err(e) => return Err(e).context("cannot reach RabbitMQ (TEND_AMQP_URL)"),
+        }
+    }
+}
+
+/// Declares the installation's exchange (durable: it outlives restarts).
+pub async fn declare_exchange(channel: &Channel, instance: &str) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            exchange(instance).into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}

@@ -1,0 +1,414 @@
+//! Commands and their lifecycle. Every state change is one statement or one
+//! transaction, taken under the row's lock, so that a command is delivered
+//! or cancelled/expired, never both, and concurrent reports resolve in one
+//! order.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tend_proto::device::Report;
+use tend_proto::event::Event;
+use tend_proto::{CommandStatus, command::ReportStatus};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::page::{Cursor, Page};
+use super::{DbError, GenericClient, Result, outbox};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub device_id: Uuid,
+    pub kind: String,
+    pub params: Value,
+    pub status: CommandStatus,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub timeout_s: i32,
+    pub expires_at: DateTime<Utc>,
+    pub result: Option<Value>,
+}
+
+const COLUMNS: &str = "id, tenant_id, device_id, kind, params, status, created_at, \
+     delivered_at, started_at, finished_at, timeout_s, expires_at, result";
+
+fn from_row(r: &Row) -> Result<Command> {
+    let status: String = r.get(5);
+    Ok(Command {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        device_id: r.get(2),
+        kind: r.get(3),
+        params: r.get(4),
+        status: status
+            .parse()
+            .map_err(|_| DbError::Corrupt(format!("command status {status:?}")))?,
+        created_at: r.get(6),
+        delivered_at: r.get(7),
+        started_at: r.get(8),
+        finished_at: r.get(9),
+        timeout_s: r.get(10),
+        expires_at: r.get(11),
+        result: r.get(12),
+    })
+}
+
+fn from_rows(rows: &[Row]) -> Result<Vec<Command>> {
+    rows.iter().map(from_row).collect()
+}
+
+pub struct NewCommand<'a> {
+    pub tenant_id: Uuid,
+    pub device_id: Uuid,
+    pub kind: &'a str,
+    pub params: &'a Value,
+    pub timeout_s: i32,
+    pub expires_in_s: i32,
+    pub created_by: Option<Uuid>,
+}
+
+/// Queues a command and its `command.queued` event. Run it in a transaction:
+/// the command and its announcement commit together or not at all.
+pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Command> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "INSERT INTO commands (id, tenant_id, device_id, kind, params, timeout_s, expires_at, created_by)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)
+             RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let id = Uuid::new_v4();
+    let row = c
+        .query_one(
+            &stmt,
+            &[
+                &id,
+                &new.tenant_id,
+                &new.device_id,
+                &new.kind,
+                new.params,
+                &new.timeout_s,
+                &f64::from(new.expires_in_s),
+                &new.created_by,
+            ],
+        )
+        .await?;
+    outbox::insert(
+        c,
+        &Event::CommandQueued {
+            command_id: id,
+            device_id: new.device_id,
+            tenant_id: new.tenant_id,
+        },
+    )
+    .await?;
+    from_row(&row)
+}
+
+pub async fn get(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<Option<Command>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM commands WHERE id = $1 AND tenant_id = $2"
+        ))
+        .await?;
+    c.query_opt(&stmt, &[&id, &tenant_id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+/// A device's commands, newest first.
+pub async fn list_for_device(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    device_id: Uuid,
+    after: Option<Cursor>,
+    limit: i64,
+) -> Result<Page<Command>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM commands
+             WHERE device_id = $1 AND tenant_id = $2
+               AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+             ORDER BY created_at DESC, id DESC
+             LIMIT $5"
+        ))
+        .await?;
+    let rows = c
+        .query(
+            &stmt,
+            &[
+                &device_id,
+                &tenant_id,
+                &after.map(|a| a.created_at),
+                &after.map(|a| a.id),
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    Ok(Page::from_rows(from_rows(&rows)?, limit, |c| Cursor {
+        created_at: c.created_at,
+        id: c.id,
+    }))
+}
+
+#[derive(Debug)]
+pub enum Cancel {
+    Cancelled(Command),
+    /// The command exists but has left `queued`.
+    TooLate(CommandStatus),
+    NotFound,
+}
+
+/// Cancels a queued command. The row lock orders this against delivery: if
+/// a fetch took the command first, the update finds it no longer queued.
+/// Run it in a transaction (it writes the `command.finished` event too).
+pub async fn cancel(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<Cancel> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE commands SET status = 'cancelled', finished_at = now()
+             WHERE id = $1 AND tenant_id = $2 AND status = 'queued'
+             RETURNING {COLUMNS}"
+        ))
+        .await?;
+    if let Some(row) = c.query_opt(&stmt, &[&id, &tenant_id]).await? {
+        let cmd = from_row(&row)?;
+        outbox::insert(c, &finished_event(&cmd)).await?;
+        return Ok(Cancel::Cancelled(cmd));
+    }
+    Ok(match get(c, tenant_id, id).await? {
+        Some(cmd) => Cancel::TooLate(cmd.status),
+        None => Cancel::NotFound,
+    })
+}
+
+/// Cancels everything a device still had queued (it is going away).
+pub async fn cancel_all_queued(c: &impl GenericClient, device_id: Uuid, why: &str) -> Result<u64> {
+    let stmt = c
+        .prepare_cached(
+            "WITH done AS (
+                 UPDATE commands SET status = 'cancelled', finished_at = now(),
+                        result = jsonb_build_object('output', NULL, 'error', $2::text, 'detail', NULL)
+                 WHERE device_id = $1 AND status = 'queued'
+                 RETURNING id, device_id, tenant_id, status)
+             INSERT INTO outbox (topic, payload)
+             SELECT 'command.finished', jsonb_build_object('type', 'command_finished',
+                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id, 'status', status)
+             FROM done",
+        )
+        .await?;
+    Ok(c.execute(&stmt, &[&device_id, &why]).await?)
+}
+
+/// The most instructions handed to a device in one fetch.
+pub const FETCH_LIMIT: i64 = 50;
+
+/// Hands a device its work: queued commands (not expired) become
+/// `delivered`, and commands delivered before but not yet reported are
+/// returned again (delivery is at-least-once; the agent's journal makes
+/// execution at-most-once). Commands being cancelled right now are skipped.
+pub async fn fetch_for_device(c: &impl GenericClient, device_id: Uuid) -> Result<Vec<Command>> {
+    // One statement: the CTE's UPDATE and the outer SELECT see the same
+    // snapshot, so a row just delivered is returned once, by the UPDATE.
+    let stmt = c
+        .prepare_cached(&format!(
+            "WITH picked AS (
+                 SELECT id FROM commands
+                 WHERE device_id = $1 AND status = 'queued' AND expires_at > now()
+                 ORDER BY created_at
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED),
+             delivered AS (
+                 UPDATE commands c SET status = 'delivered', delivered_at = now()
+                 FROM picked WHERE c.id = picked.id
+                 RETURNING c.*)
+             SELECT {COLUMNS} FROM delivered
+             UNION ALL
+             SELECT {COLUMNS} FROM commands WHERE device_id = $1 AND status = 'delivered'
+             ORDER BY created_at"
+        ))
+        .await?;
+    from_rows(&c.query(&stmt, &[&device_id, &FETCH_LIMIT]).await?)
+}
+
+/// Whether a device has a command `queued` or `delivered`: the truth behind
+/// the heartbeat's `pending` flag.
+pub async fn has_open(c: &impl GenericClient, device_id: Uuid) -> Result<bool> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM commands
+                            WHERE device_id = $1 AND status IN ('queued', 'delivered'))",
+        )
+        .await?;
+    Ok(c.query_one(&stmt, &[&device_id]).await?.get(0))
+}
+
+/// What became of a device's report.
+#[derive(Debug)]
+pub enum ReportOutcome {
+    /// The command moved (or, for a repeated `in_progress`, stayed).
+    Applied(Command),
+    /// The command had already ended exactly as reported: accepted again.
+    Repeated(Command),
+    /// The command had ended otherwise; a late report is kept for the
+    /// record but changes nothing.
+    Conflict(CommandStatus),
+    /// No such command for this device.
+    NotFound,
+}
+
+fn result_json(r: &Report) -> Value {
+    json!({ "output": r.output, "error": r.error, "detail": r.detail })
+}
+
+/// Applies a device's report under the command's row lock. Run it in a
+/// transaction: a final report writes the `command.finished` event.
+pub async fn apply_report(
+    c: &impl GenericClient,
+    device_id: Uuid,
+    id: Uuid,
+    report: &Report,
+) -> Result<ReportOutcome> {
+    let lock = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM commands WHERE id = $1 AND device_id = $2 FOR UPDATE"
+        ))
+        .await?;
+    let Some(row) = c.query_opt(&lock, &[&id, &device_id]).await? else {
+        return Ok(ReportOutcome::NotFound);
+    };
+    let cmd = from_row(&row)?;
+    let to = report.status.as_status();
+
+    if cmd.status.accepts_reports() {
+        let cmd = if report.status == ReportStatus::InProgress {
+            let stmt = c
+                .prepare_cached(&format!(
+                    "UPDATE commands SET status = 'in_progress',
+                            started_at = COALESCE(started_at, now())
+                     WHERE id = $1 RETURNING {COLUMNS}"
+                ))
+                .await?;
+            from_row(&c.query_one(&stmt, &[&id]).await?)?
+        } else {
+            let stmt = c
+                .prepare_cached(&format!(
+                    "UPDATE commands SET status = $2, result = $3, finished_at = now(),
+                            started_at = COALESCE(started_at, now())
+                     WHERE id = $1 RETURNING {COLUMNS}"
+                ))
+                .await?;
+            let done = from_row(
+                &c.query_one(&stmt, &[&id, &to.as_str(), &result_json(report)])
+                    .await?,
+            )?;
+            outbox::insert(c, &finished_event(&done)).await?;
+            done
+        };
+        return Ok(ReportOutcome::Applied(cmd));
+    }
+
+    if cmd.status == to && cmd.result.as_ref() == Some(&result_json(report)) {
+        return Ok(ReportOutcome::Repeated(cmd));
+    }
+    if cmd.status.is_terminal() {
+        let stmt = c
+            .prepare_cached(
+                "UPDATE commands SET late_report = jsonb_build_object('at', now(), 'status', $2::text)
+                                   || $3::jsonb
+                 WHERE id = $1",
+            )
+            .await?;
+        c.execute(&stmt, &[&id, &to.as_str(), &result_json(report)])
+            .await?;
+    }
+    Ok(ReportOutcome::Conflict(cmd.status))
+}
+
+pub fn finished_event(cmd: &Command) -> Event {
+    Event::CommandFinished {
+        command_id: cmd.id,
+        device_id: cmd.device_id,
+        tenant_id: cmd.tenant_id,
+        status: cmd.status,
+    }
+}
+
+/// The most rows one sweep statement touches, so a backlog is worked off in
+/// bounded transactions rather than one huge one.
+pub const SWEEP_BATCH: i64 = 1000;
+
+/// Queued commands past `expires_at` become `expired`. Returns how many.
+pub async fn expire_due(c: &impl GenericClient) -> Result<u64> {
+    let stmt = c
+        .prepare_cached(
+            "WITH due AS (
+                 SELECT id FROM commands
+                 WHERE status = 'queued' AND expires_at <= now()
+                 LIMIT $1 FOR UPDATE SKIP LOCKED),
+             done AS (
+                 UPDATE commands c SET status = 'expired', finished_at = now()
+                 FROM due WHERE c.id = due.id
+                 RETURNING c.id, c.device_id, c.tenant_id, c.status)
+             INSERT INTO outbox (topic, payload)
+             SELECT 'command.finished', jsonb_build_object('type', 'command_finished',
+                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id, 'status', status)
+             FROM done",
+        )
+        .await?;
+    Ok(c.execute(&stmt, &[&SWEEP_BATCH]).await?)
+}
+
+/// Delivered commands not started, and started commands not finished,
+/// within `timeout_s` become `timed_out`. Returns how many.
+pub async fn time_out_due(c: &impl GenericClient) -> Result<u64> {
+    let stmt = c
+        .prepare_cached(
+            "WITH due AS (
+                 SELECT id FROM commands
+                 WHERE (status = 'delivered'
+                        AND delivered_at + make_interval(secs => timeout_s) <= now())
+                    OR (status = 'in_progress'
+                        AND started_at + make_interval(secs => timeout_s) <= now())
+                 LIMIT $1 FOR UPDATE SKIP LOCKED),
+             done AS (
+                 UPDATE commands c SET status = 'timed_out', finished_at = now()
+                 FROM due WHERE c.id = due.id
+                 RETURNING c.id, c.device_id, c.tenant_id, c.status)
+             INSERT INTO outbox (topic, payload)
+             SELECT 'command.finished', jsonb_build_object('type', 'command_finished',
+                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id, 'status', status)
+             FROM done",
+        )
+        .await?;
+    Ok(c.execute(&stmt, &[&SWEEP_BATCH]).await?)
+}
+
+/// Announces again the commands still waiting for their device after
+/// `older_than_s` since their last announcement: a lost notification or a
+/// flushed Redis then costs seconds, never a command.
+pub async fn reannounce_due(c: &impl GenericClient, older_than_s: f64) -> Result<u64> {
+    let stmt = c
+        .prepare_cached(
+            "WITH due AS (
+                 SELECT id FROM commands
+                 WHERE status IN ('queued', 'delivered')
+                   AND announced_at <= now() - make_interval(secs => $1)
+                   AND (status = 'delivered' OR expires_at > now())
+                 ORDER BY announced_at
+                 LIMIT $2 FOR UPDATE SKIP LOCKED),
+             touched AS (
+                 UPDATE commands c SET announced_at = now()
+                 FROM due WHERE c.id = due.id
+                 RETURNING c.id, c.device_id, c.tenant_id)
+             INSERT INTO outbox (topic, payload)
+             SELECT 'command.queued', jsonb_build_object('type', 'command_queued',
+                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id)
+             FROM touched",
+        )
+        .await?;
+    Ok(c.execute(&stmt, &[&older_than_s, &SWEEP_BATCH]).await?)
+}

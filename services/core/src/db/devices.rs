@@ -1,0 +1,270 @@
+//! Devices, their credentials, their presence as last recorded, and
+//! decommissioning.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tend_proto::event::Event;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::page::{Cursor, Page};
+use super::{DbError, GenericClient, Result, outbox};
+
+#[derive(Debug, Clone, PartialEq, Eq, Copy)]
+pub enum Presence {
+    Unknown,
+    Online,
+    Offline,
+}
+
+impl Presence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Unknown => "unknown",
+            Presence::Online => "online",
+            Presence::Offline => "offline",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Presence> {
+        [Presence::Unknown, Presence::Online, Presence::Offline]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub device_type: String,
+    pub labels: Value,
+    pub status: Presence,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub reported: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "id, tenant_id, name, device_type, labels, status, last_seen_at, reported, created_at";
+
+fn from_row(r: &Row) -> Result<Device> {
+    let status: String = r.get(5);
+    Ok(Device {
+        id: r.get(0),
+        tenant_id: r.get(1),
+        name: r.get(2),
+        device_type: r.get(3),
+        labels: r.get(4),
+        status: Presence::parse(&status)
+            .ok_or_else(|| DbError::Corrupt(format!("device status {status:?}")))?,
+        last_seen_at: r.get(6),
+        reported: r.get(7),
+        created_at: r.get(8),
+    })
+}
+
+pub struct NewDevice<'a> {
+    pub tenant_id: Uuid,
+    pub name: &'a str,
+    pub device_type: &'a str,
+    pub labels: &'a Value,
+    /// SHA-256 of the device's secret; the secret itself is never stored.
+    pub secret_sha256: &'a [u8],
+}
+
+/// Inserts a device and its credential. Run it in a transaction.
+pub async fn create(c: &impl GenericClient, new: NewDevice<'_>) -> Result<Device> {
+    let insert = c
+        .prepare_cached(&format!(
+            "INSERT INTO devices (id, tenant_id, name, device_type, labels)
+             VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let id = Uuid::new_v4();
+    let row = c
+        .query_one(
+            &insert,
+            &[&id, &new.tenant_id, &new.name, &new.device_type, new.labels],
+        )
+        .await?;
+    let cred = c
+        .prepare_cached("INSERT INTO device_credentials (device_id, secret_sha256) VALUES ($1, $2)")
+        .await?;
+    c.execute(&cred, &[&id, &new.secret_sha256]).await?;
+    from_row(&row)
+}
+
+/// A device of this tenant that is not decommissioned.
+pub async fn get(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<Option<Device>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM devices
+             WHERE id = $1 AND tenant_id = $2 AND decommissioned_at IS NULL"
+        ))
+        .await?;
+    c.query_opt(&stmt, &[&id, &tenant_id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub status: Option<Presence>,
+    pub device_type: Option<String>,
+    /// Every label given must match (`labels @> filter`).
+    pub labels: Option<Value>,
+}
+
+pub async fn list(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    filter: &Filter,
+    after: Option<Cursor>,
+    limit: i64,
+) -> Result<Page<Device>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM devices
+             WHERE tenant_id = $1 AND decommissioned_at IS NULL
+               AND ($2::text IS NULL OR status = $2)
+               AND ($3::text IS NULL OR device_type = $3)
+               AND ($4::jsonb IS NULL OR labels @> $4)
+               AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+             ORDER BY created_at DESC, id DESC
+             LIMIT $7"
+        ))
+        .await?;
+    let rows = c
+        .query(
+            &stmt,
+            &[
+                &tenant_id,
+                &filter.status.map(Presence::as_str),
+                &filter.device_type,
+                &filter.labels,
+                &after.map(|a| a.created_at),
+                &after.map(|a| a.id),
+                &(limit + 1),
+            ],
+        )
+        .await?;
+    let devices = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+    Ok(Page::from_rows(devices, limit, |d| Cursor {
+        created_at: d.created_at,
+        id: d.id,
+    }))
+}
+
+/// The tenant and secret hash of an active device credential.
+pub async fn find_secret(c: &impl GenericClient, device_id: Uuid) -> Result<Option<(Uuid, Vec<u8>)>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT d.tenant_id, k.secret_sha256
+             FROM device_credentials k JOIN devices d ON d.id = k.device_id
+             WHERE k.device_id = $1 AND k.revoked_at IS NULL AND d.decommissioned_at IS NULL",
+        )
+        .await?;
+    Ok(c.query_opt(&stmt, &[&device_id])
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
+/// Decommissions a device: hides it, revokes its credential, cancels what it
+/// still had queued, and announces the revocation. Run it in a transaction.
+/// Returns false when the tenant has no such active device.
+pub async fn decommission(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<bool> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE devices SET decommissioned_at = now()
+             WHERE id = $1 AND tenant_id = $2 AND decommissioned_at IS NULL",
+        )
+        .await?;
+    if c.execute(&stmt, &[&id, &tenant_id]).await? == 0 {
+        return Ok(false);
+    }
+    let revoke = c
+        .prepare_cached(
+            "UPDATE device_credentials SET revoked_at = now()
+             WHERE device_id = $1 AND revoked_at IS NULL",
+        )
+        .await?;
+    c.execute(&revoke, &[&id]).await?;
+    super::commands::cancel_all_queued(c, id, "device decommissioned").await?;
+    outbox::insert(
+        c,
+        &Event::DeviceDecommissioned {
+            device_id: id,
+            tenant_id,
+        },
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Devices decommissioned after `since`, with the time of each: the sync
+/// servers' revocation list.
+pub async fn decommissioned_since(
+    c: &impl GenericClient,
+    since: DateTime<Utc>,
+) -> Result<Vec<(Uuid, DateTime<Utc>)>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT id, decommissioned_at FROM devices
+             WHERE decommissioned_at > $1 ORDER BY decommissioned_at",
+        )
+        .await?;
+    Ok(c.query(&stmt, &[&since])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// One device's latest heartbeat, as read from Redis by the monitor.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub device_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub reported: Option<Value>,
+}
+
+/// Records heartbeats in bulk: the devices are online, seen at the given
+/// times, reporting what they sent. Older news never overwrites newer.
+pub async fn record_seen(c: &impl GenericClient, seen: &[Seen]) -> Result<u64> {
+    if seen.is_empty() {
+        return Ok(0);
+    }
+    let stmt = c
+        .prepare_cached(
+            "UPDATE devices d
+             SET last_seen_at = v.at, status = 'online', reported = COALESCE(v.reported, d.reported)
+             FROM unnest($1::uuid[], $2::timestamptz[], $3::jsonb[]) AS v(id, at, reported)
+             WHERE d.id = v.id AND d.decommissioned_at IS NULL
+               AND (d.last_seen_at IS NULL OR d.last_seen_at < v.at OR d.status <> 'online')",
+        )
+        .await?;
+    let ids: Vec<Uuid> = seen.iter().map(|s| s.device_id).collect();
+    let ats: Vec<DateTime<Utc>> = seen.iter().map(|s| s.at).collect();
+    let reported: Vec<Option<Value>> = seen.iter().map(|s| s.reported.clone()).collect();
+    Ok(c.execute(&stmt, &[&ids, &ats, &reported]).await?)
+}
+
+/// Marks online devices not seen since `cutoff` offline; returns them.
+pub async fn mark_offline(c: &impl GenericClient, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE devices SET status = 'offline'
+             WHERE status = 'online' AND last_seen_at < $1 AND decommissioned_at IS NULL
+             RETURNING id",
+        )
+        .await?;
+    Ok(c.query(&stmt, &[&cutoff])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}

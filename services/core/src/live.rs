@@ -1,0 +1,149 @@
+//! The hot-path state in Redis: who heartbeated when, what they reported,
+//! and which devices have work pending.
+//!
+//! Nothing here is the record. Losing Redis loses no command: pending flags
+//! are rebuilt by the monitor's re-announcements and by every fetch, and
+//! presence by the next heartbeats. Every key starts with the instance
+//! prefix, so installations and test runs can share one Redis.
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use uuid::Uuid;
+
+pub use redis::RedisError;
+
+#[derive(Clone)]
+pub struct Live {
+    conn: ConnectionManager,
+    presence: String,
+    reported: String,
+    pending: String,
+}
+
+/// One device's latest heartbeat as read back by the monitor.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    pub device_id: Uuid,
+    pub at_ms: i64,
+    pub reported: Option<String>,
+}
+
+impl Live {
+    /// Connects, retrying for about 30 seconds before giving up.
+    pub async fn connect(url: &str, instance: &str) -> anyhow::Result<Live> {
+        use anyhow::Context;
+        let client = redis::Client::open(url).context("TEND_REDIS_URL")?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(5)));
+        let mut delay = std::time::Duration::from_millis(250);
+        let mut attempt = 1;
+        let conn = loop {
+            match client.get_connection_manager_with_config(config.clone()).await {
+                Ok(c) => break c,
+                Err(e) if attempt < 8 => {
+                    tracing::warn!(attempt, "Redis not reachable yet: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(8));
+                    attempt += 1;
+                }
+                Err(e) => return Err(e).context("cannot reach Redis (TEND_REDIS_URL)"),
+            }
+        };
+        Ok(Live {
+            conn,
+            presence: format!("{instance}:presence"),
+            reported: format!("{instance}:reported"),
+            pending: format!("{instance}:pending"),
+        })
+    }
+
+    /// Records a heartbeat and answers whether work is pending: one round
+    /// trip (a pipeline of three commands).
+    pub async fn heartbeat(
+        &self,
+        device: Uuid,
+        at_ms: i64,
+        reported: &str,
+    ) -> Result<bool, RedisError> {
+        let id = device.to_string();
+        let (pending,): (bool,) = redis::pipe()
+            .zadd(&self.presence, &id, at_ms)
+            .ignore()
+            .hset(&self.reported, &id, reported)
+            .ignore()
+            .sismember(&self.pending, &id)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(pending)
+    }
+
+    pub async fn set_pending(&self, device: Uuid) -> Result<(), RedisError> {
+        self.conn
+            .clone()
+            .sadd::<_, _, ()>(&self.pending, device.to_string())
+            .await
+    }
+
+    pub async fn clear_pending(&self, device: Uuid) -> Result<(), RedisError> {
+        self.conn
+            .clone()
+            .srem::<_, _, ()>(&self.pending, device.to_string())
+            .await
+    }
+
+    /// Heartbeats newer than `since_ms`, oldest first, at most `limit`.
+    pub async fn beats_since(&self, since_ms: i64, limit: isize) -> Result<Vec<Beat>, RedisError> {
+        let mut conn = self.conn.clone();
+        let scored: Vec<(String, i64)> = conn
+            .zrangebyscore_limit_withscores(
+                &self.presence,
+                format!("({since_ms}"),
+                "+inf",
+                0,
+                limit,
+            )
+            .await?;
+        if scored.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = scored.iter().map(|(id, _)| id.as_str()).collect();
+        let reported: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&self.reported)
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await?;
+        Ok(scored
+            .into_iter()
+            .zip(reported)
+            .filter_map(|((id, at_ms), reported)| {
+                Some(Beat {
+                    device_id: id.parse().ok()?,
+                    at_ms,
+                    reported,
+                })
+            })
+            .collect())
+    }
+
+    /// Drops everything kept about a device (it was decommissioned).
+    pub async fn forget(&self, device: Uuid) -> Result<(), RedisError> {
+        let id = device.to_string();
+        redis::pipe()
+            .zrem(&self.presence, &id)
+            .ignore()
+            .hdel(&self.reported, &id)
+            .ignore()
+            .srem(&self.pending, &id)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+    }
+
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn.clone())
+            .await
+            .map(drop)
+    }
+}
