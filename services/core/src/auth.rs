@@ -270,7 +270,10 @@ mod tests {
             iat: past - 60,
             exp: past,
         });
-        assert!(matches!(t.verify_device(&expired), Err(TokenError::Expired)));
+        assert!(matches!(
+            t.verify_device(&expired),
+            Err(TokenError::Expired)
+        ));
         assert!(t.verify_device("not.a.token").is_err());
     }
 

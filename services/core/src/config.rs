@@ -107,7 +107,9 @@ impl Settings {
             .parse::<tokio_postgres::Config>()
             .map_err(|e| invalid(DATABASE_URL, format!("not a PostgreSQL URL: {e}")))?;
 
-        let redis_url = get(REDIS_URL).unwrap_or("redis://127.0.0.1:6379").to_owned();
+        let redis_url = get(REDIS_URL)
+            .unwrap_or("redis://127.0.0.1:6379")
+            .to_owned();
         redis::Client::open(redis_url.as_str())
             .map_err(|e| invalid(REDIS_URL, format!("not a Redis URL: {e}")))?;
 
@@ -131,7 +133,10 @@ impl Settings {
         }
 
         let jwt_secret = get(JWT_SECRET).ok_or_else(|| {
-            invalid(JWT_SECRET, "required: the HMAC key for admin and device tokens")
+            invalid(
+                JWT_SECRET,
+                "required: the HMAC key for admin and device tokens",
+            )
         })?;
         // HS256 keys shorter than the hash output weaken the MAC.
         if jwt_secret.len() < 32 {
@@ -242,6 +247,9 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{s:?}");
-        assert!(!shown.contains(KEY) && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains(KEY) && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

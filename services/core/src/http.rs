@@ -164,8 +164,8 @@ pub fn query_config() -> web::QueryConfig {
 }
 
 /// The answer for routes that do not exist.
-pub async fn not_found(req: HttpRequest) -> ApiError {
-    ApiError::NotFound(format!("no route for {} {}", req.method(), req.path()))
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())).error_response()
 }
 
 /// Counts requests by route and status and times them. The route is the

@@ -39,7 +39,10 @@ impl Live {
         let mut delay = std::time::Duration::from_millis(250);
         let mut attempt = 1;
         let conn = loop {
-            match client.get_connection_manager_with_config(config.clone()).await {
+            match client
+                .get_connection_manager_with_config(config.clone())
+                .await
+            {
                 Ok(c) => break c,
                 Err(e) if attempt < 8 => {
                     tracing::warn!(attempt, "Redis not reachable yet: {e}");

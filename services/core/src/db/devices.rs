@@ -160,7 +160,10 @@ pub async fn list(
 }
 
 /// The tenant and secret hash of an active device credential.
-pub async fn find_secret(c: &impl GenericClient, device_id: Uuid) -> Result<Option<(Uuid, Vec<u8>)>> {
+pub async fn find_secret(
+    c: &impl GenericClient,
+    device_id: Uuid,
+) -> Result<Option<(Uuid, Vec<u8>)>> {
     let stmt = c
         .prepare_cached(
             "SELECT d.tenant_id, k.secret_sha256
@@ -267,4 +270,18 @@ pub async fn mark_offline(c: &impl GenericClient, cutoff: DateTime<Utc>) -> Resu
         .iter()
         .map(|r| r.get(0))
         .collect())
+}
+
+/// Key of the advisory lock under which one monitor replica at a time moves
+/// presence from Redis into PostgreSQL.
+const PRESENCE_LOCK: i64 = 0x7465_6e64_7072_6573; // "tendpres"
+
+/// Takes the presence lock until the end of the transaction, unless another
+/// monitor replica holds it; then answers false and that replica records
+/// presence for this tick. Run it in a transaction.
+pub async fn try_lock_presence(c: &impl GenericClient) -> Result<bool> {
+    let stmt = c
+        .prepare_cached("SELECT pg_try_advisory_xact_lock($1)")
+        .await?;
+    Ok(c.query_one(&stmt, &[&PRESENCE_LOCK]).await?.get(0))
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# THE test command of tend: makes sure PostgreSQL, Redis and RabbitMQ run
+# (deploy/local/backing-services.sh), builds every target of the workspace so
+# compile errors show up first, then runs `cargo test --workspace`.
+# Exit code: 0 when everything passed, otherwise the failing step's code.
+# Tests read TEND_TEST_DATABASE_URL / TEND_TEST_REDIS_URL / TEND_TEST_AMQP_URL
+# (defaults below, kept when already set); each test creates its own database.
+# Extra arguments are passed to `cargo test` (e.g. a test name filter).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+export TEND_TEST_DATABASE_URL="${TEND_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export TEND_TEST_REDIS_URL="${TEND_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+export TEND_TEST_AMQP_URL="${TEND_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+LOCKED=()
+if [ -f Cargo.lock ]; then LOCKED=(--locked); fi
+
+step() { echo; echo "==> $*"; }
+
+step "backing services"
+bash "$ROOT/deploy/local/backing-services.sh"
+
+step "cargo build --workspace --all-targets ${LOCKED[*]}"
+rc=0
+cargo build --workspace --all-targets "${LOCKED[@]}" || rc=$?
+if [ "$rc" -ne 0 ]; then
+    echo
+    echo "test.sh: FAILED: build failed (exit $rc)" >&2
+    exit "$rc"
+fi
+
+step "cargo test --workspace ${LOCKED[*]} $*"
+cargo test --workspace "${LOCKED[@]}" "$@" || rc=$?
+echo
+if [ "$rc" -eq 0 ]; then
+    echo "test.sh: OK: build and all tests passed"
+else
+    echo "test.sh: FAILED: cargo test exited with $rc" >&2
+fi
+exit "$rc"

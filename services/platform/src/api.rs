@@ -1,0 +1,341 @@
+//! The admin API's request and response bodies, with their validation and
+//! their OpenAPI schemas.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tend_core::auth::Role;
+use tend_core::db::{commands::Command, devices::Device};
+use tend_core::http::ApiError;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AccessToken {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    pub name: String,
+    /// The tenant's first admin.
+    pub admin: NewTenantAdmin,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenantAdmin {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TenantOut {
+    pub id: Uuid,
+    pub name: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    #[schema(value_type = String, example = "operator")]
+    pub role: Role,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserOut {
+    pub id: Uuid,
+    pub username: String,
+    #[schema(value_type = String)]
+    pub role: Role,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    pub name: String,
+    pub device_type: String,
+    /// Free key/value labels to select devices by (`?label=site:north`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeviceOut {
+    pub id: Uuid,
+    pub name: String,
+    pub device_type: String,
+    #[schema(value_type = Object)]
+    pub labels: Value,
+    /// `online`, `offline`, or `unknown` (never seen).
+    pub status: &'static str,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// What the agent last sent: versions, uptime, inventory.
+    #[schema(value_type = Object)]
+    pub reported: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Device> for DeviceOut {
+    fn from(d: Device) -> Self {
+        DeviceOut {
+            id: d.id,
+            name: d.name,
+            device_type: d.device_type,
+            labels: d.labels,
+            status: d.status.as_str(),
+            last_seen_at: d.last_seen_at,
+            reported: d.reported,
+            created_at: d.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Credentials {
+    pub device_id: Uuid,
+    /// Shown once: only its hash is stored.
+    pub secret: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedDevice {
+    #[serde(flatten)]
+    pub device: DeviceOut,
+    pub credentials: Credentials,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeviceList {
+    pub items: Vec<DeviceOut>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCommand {
+    /// `reboot` or `shutdown`; other kinds arrive with their features.
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub params: Option<Value>,
+    /// Seconds the device has to finish once it received the command
+    /// (default 600, at most 86400).
+    pub timeout_s: Option<i64>,
+    /// Seconds the command may wait for its device before it expires
+    /// (default 604800, one week; at most 2592000, 30 days).
+    pub expires_in_s: Option<i64>,
+}
+
+pub const DEFAULT_TIMEOUT_S: i64 = 600;
+pub const MAX_TIMEOUT_S: i64 = 86_400;
+pub const DEFAULT_EXPIRES_IN_S: i64 = 7 * 86_400;
+pub const MAX_EXPIRES_IN_S: i64 = 30 * 86_400;
+
+#[derive(Serialize, ToSchema)]
+pub struct CommandOut {
+    pub id: Uuid,
+    pub device_id: Uuid,
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub params: Value,
+    /// queued, delivered, in_progress, succeeded, failed, rejected,
+    /// timed_out, expired or cancelled.
+    pub status: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub timeout_s: i32,
+    pub expires_at: DateTime<Utc>,
+    /// `{output, error, detail}` as the agent reported it, or null.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Value>,
+}
+
+impl From<Command> for CommandOut {
+    fn from(c: Command) -> Self {
+        CommandOut {
+            id: c.id,
+            device_id: c.device_id,
+            kind: c.kind,
+            params: c.params,
+            status: c.status.as_str(),
+            created_at: c.created_at,
+            delivered_at: c.delivered_at,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            timeout_s: c.timeout_s,
+            expires_at: c.expires_at,
+            result: c.result,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CommandList {
+    pub items: Vec<CommandOut>,
+    pub next_cursor: Option<String>,
+}
+
+fn unprocessable(msg: impl Into<String>) -> ApiError {
+    ApiError::Unprocessable(msg.into())
+}
+
+/// A display name: 1 to 200 characters, no control characters.
+pub fn check_name(field: &str, v: &str) -> Result<(), ApiError> {
+    let n = v.chars().count();
+    if v.trim().is_empty() || n > 200 || v.chars().any(char::is_control) {
+        return Err(unprocessable(format!(
+            "{field} must be 1 to 200 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// A login name: 1 to 64 of letters, digits, `.`, `_`, `-` and `@`.
+pub fn check_username(v: &str) -> Result<(), ApiError> {
+    if v.is_empty()
+        || v.len() > 64
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+    {
+        return Err(unprocessable(
+            "username must be 1 to 64 of letters, digits, '.', '_', '-' and '@'",
+        ));
+    }
+    Ok(())
+}
+
+/// Passwords: at least 8 characters; at most 1024 bytes so hashing stays bounded.
+pub fn check_password(v: &str) -> Result<(), ApiError> {
+    if v.chars().count() < 8 || v.len() > 1024 {
+        return Err(unprocessable("password must be 8 to 1024 characters"));
+    }
+    Ok(())
+}
+
+/// A device type is a token devices are grouped by (`kiosk`, `camera-v2`).
+pub fn check_device_type(v: &str) -> Result<(), ApiError> {
+    if v.is_empty()
+        || v.len() > 64
+        || !v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(unprocessable(
+            "device_type must be 1 to 64 of letters, digits, '.', '_' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    if labels.len() > 64 {
+        return Err(unprocessable("at most 64 labels"));
+    }
+    for (k, v) in labels {
+        if k.is_empty()
+            || k.len() > 63
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        {
+            return Err(unprocessable(format!(
+                "label key {k:?} must be 1 to 63 of letters, digits, '.', '_', '-' and '/'"
+            )));
+        }
+        if v.len() > 255 || v.chars().any(char::is_control) {
+            return Err(unprocessable(format!(
+                "label {k:?} must have a value of at most 255 printable characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The kinds this platform accepts, and their params checked now rather
+/// than discovered on the device.
+pub fn check_command(kind: &str, params: &Value) -> Result<(), ApiError> {
+    use tend_proto::CommandKind;
+    match kind.parse::<CommandKind>() {
+        Ok(CommandKind::Reboot | CommandKind::Shutdown) => match params {
+            Value::Object(m) if m.is_empty() => Ok(()),
+            _ => Err(unprocessable(format!("{kind} takes no params: send {{}}"))),
+        },
+        Ok(other) => Err(unprocessable(format!(
+            "kind {other} is not supported by this platform yet"
+        ))),
+        Err(_) => Err(unprocessable(format!(
+            "unknown kind {kind:?}: expected reboot or shutdown"
+        ))),
+    }
+}
+
+/// A positive number of seconds within `max`, or the default.
+pub fn check_seconds(field: &str, v: Option<i64>, default: i64, max: i64) -> Result<i32, ApiError> {
+    let v = v.unwrap_or(default);
+    if !(1..=max).contains(&v) {
+        return Err(unprocessable(format!(
+            "{field} must be a whole number of seconds from 1 to {max}"
+        )));
+    }
+    Ok(v as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn only_reboot_and_shutdown_with_empty_params_are_accepted() {
+        assert!(check_command("reboot", &json!({})).is_ok());
+        assert!(check_command("shutdown", &json!({})).is_ok());
+        assert!(check_command("reboot", &json!({"force": true})).is_err());
+        assert!(check_command("reboot", &json!([])).is_err());
+        assert!(check_command("log_query", &json!({})).is_err());
+        assert!(check_command("rm -rf", &json!({})).is_err());
+    }
+
+    #[test]
+    fn seconds_must_be_positive_and_bounded() {
+        assert_eq!(check_seconds("t", None, 600, 86_400).unwrap(), 600);
+        assert_eq!(check_seconds("t", Some(5), 600, 86_400).unwrap(), 5);
+        assert!(check_seconds("t", Some(0), 600, 86_400).is_err());
+        assert!(check_seconds("t", Some(-3), 600, 86_400).is_err());
+        assert!(check_seconds("t", Some(86_401), 600, 86_400).is_err());
+    }
+
+    #[test]
+    fn names_labels_and_usernames_are_bounded() {
+        assert!(check_name("name", "Kiosk 12, north wing").is_ok());
+        assert!(check_name("name", " ").is_err());
+        assert!(check_name("name", &"x".repeat(201)).is_err());
+        assert!(check_username("alice@example").is_ok());
+        assert!(check_username("bob smith").is_err());
+        assert!(check_device_type("kiosk-v2").is_ok());
+        assert!(check_device_type("kiosk v2").is_err());
+        let mut labels = BTreeMap::new();
+        labels.insert("site".to_owned(), "north".to_owned());
+        assert!(check_labels(&labels).is_ok());
+        labels.insert("bad key".to_owned(), "x".to_owned());
+        assert!(check_labels(&labels).is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! Who is calling: the admin token, verified, and the role checks routes use.
+
+use std::future::{Ready, ready};
+
+use actix_web::{FromRequest, HttpRequest, dev::Payload};
+use tend_core::auth::{AdminClaims, Role, TokenError};
+use tend_core::http::{ApiError, bearer};
+use uuid::Uuid;
+
+use crate::Shared;
+
+/// An authenticated admin user. Extracting it answers 401 for a missing,
+/// forged, expired or device token.
+pub struct Caller(AdminClaims);
+
+impl Caller {
+    pub fn tenant(&self) -> Uuid {
+        self.0.tid
+    }
+
+    pub fn user(&self) -> Uuid {
+        self.0.sub
+    }
+
+    /// 403 unless the caller has one of these roles.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.0.role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "the {} role may not do this",
+                self.0.role
+            )))
+        }
+    }
+
+    /// 403 unless the caller may manage tenants.
+    pub fn require_system_admin(&self) -> Result<(), ApiError> {
+        if self.0.sys {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "only a system admin may do this".into(),
+            ))
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let token = bearer(req).ok_or_else(|| {
+        ApiError::Unauthorized("send an access token: Authorization: Bearer <token>".into())
+    })?;
+    let state = req
+        .app_data::<Shared>()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("platform state missing")))?;
+    match state.tokens.verify_admin(token) {
+        Ok(claims) => Ok(Caller(claims)),
+        Err(TokenError::Expired) => Err(ApiError::Unauthorized(
+            "the access token has expired; log in again".into(),
+        )),
+        Err(TokenError::Invalid) => Err(ApiError::Unauthorized("invalid access token".into())),
+    }
+}

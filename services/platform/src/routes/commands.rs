@@ -1,0 +1,187 @@
+//! Commands: queue one for a device, list and show them, cancel a queued one.
+
+use actix_web::{HttpResponse, get, post, web};
+use serde::Deserialize;
+use serde_json::Value;
+use tend_core::auth::Role;
+use tend_core::db::DbError;
+use tend_core::db::commands::{self, Cancel};
+use tend_core::http::ApiError;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::devices::find as find_device;
+use super::page_params;
+use crate::Shared;
+use crate::api::{
+    CommandList, CommandOut, DEFAULT_EXPIRES_IN_S, DEFAULT_TIMEOUT_S, MAX_EXPIRES_IN_S,
+    MAX_TIMEOUT_S, NewCommand, check_command, check_seconds,
+};
+use crate::caller::Caller;
+
+/// Queue a command
+///
+/// Queues a command for a device. The device learns of it at its next
+/// heartbeat. Kinds: `reboot` and `shutdown` (params `{}`). Admins and
+/// operators.
+#[utoipa::path(
+    tag = "commands",
+    request_body = NewCommand,
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The device")),
+    responses(
+        (status = 201, description = "Queued", body = CommandOut),
+        (status = 403, description = "A viewer may not queue commands"),
+        (status = 404, description = "No such device in this tenant"),
+        (status = 422, description = "Unknown kind, wrong params, or timeouts out of range"),
+    )
+)]
+#[post("/devices/{id}/commands")]
+pub async fn create(
+    state: Shared,
+    caller: Caller,
+    id: web::Path<Uuid>,
+    body: web::Json<NewCommand>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let body = body.into_inner();
+    let params = body
+        .params
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    check_command(&body.kind, &params)?;
+    let timeout_s = check_seconds(
+        "timeout_s",
+        body.timeout_s,
+        DEFAULT_TIMEOUT_S,
+        MAX_TIMEOUT_S,
+    )?;
+    let expires_in_s = check_seconds(
+        "expires_in_s",
+        body.expires_in_s,
+        DEFAULT_EXPIRES_IN_S,
+        MAX_EXPIRES_IN_S,
+    )?;
+
+    let mut client = state.pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let device = find_device(&tx, &caller, *id).await?;
+    let command = commands::create(
+        &tx,
+        commands::NewCommand {
+            tenant_id: caller.tenant(),
+            device_id: device.id,
+            kind: &body.kind,
+            params: &params,
+            timeout_s,
+            expires_in_s,
+            created_by: Some(caller.user()),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    tracing::info!(command.id = %command.id, device.id = %device.id, kind = %command.kind,
+        "queued {} command {} for device {}", command.kind, command.id, device.id);
+    Ok(HttpResponse::Created().json(CommandOut::from(command)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// 1 to 500, default 50.
+    limit: Option<i64>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// List a device's commands
+///
+/// Newest first.
+#[utoipa::path(
+    tag = "commands",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "The device"), PageQuery),
+    responses(
+        (status = 200, description = "A page of commands", body = CommandList),
+        (status = 404, description = "No such device in this tenant"),
+    )
+)]
+#[get("/devices/{id}/commands")]
+pub async fn list_for_device(
+    state: Shared,
+    caller: Caller,
+    id: web::Path<Uuid>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (limit, after) = page_params(query.limit, query.cursor.as_deref())?;
+    let client = state.pool.get().await.map_err(DbError::from)?;
+    let device = find_device(&client, &caller, *id).await?;
+    let page = commands::list_for_device(&client, caller.tenant(), device.id, after, limit).await?;
+    Ok(HttpResponse::Ok().json(CommandList {
+        items: page.items.into_iter().map(CommandOut::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Show a command
+#[utoipa::path(
+    tag = "commands",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The command", body = CommandOut),
+        (status = 404, description = "No such command in this tenant"),
+    )
+)]
+#[get("/commands/{id}")]
+pub async fn get(
+    state: Shared,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await.map_err(DbError::from)?;
+    let command = commands::get(&client, caller.tenant(), *id)
+        .await?
+        .ok_or_else(no_such_command)?;
+    Ok(HttpResponse::Ok().json(CommandOut::from(command)))
+}
+
+/// Cancel a command
+///
+/// Cancels a command that is still `queued`. Once the device has received
+/// it, cancelling is a 409. Admins and operators.
+#[utoipa::path(
+    tag = "commands",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "Cancelled", body = CommandOut),
+        (status = 403, description = "A viewer may not cancel commands"),
+        (status = 404, description = "No such command in this tenant"),
+        (status = 409, description = "The command was already delivered or ended"),
+    )
+)]
+#[post("/commands/{id}/cancel")]
+pub async fn cancel(
+    state: Shared,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin, Role::Operator])?;
+    let mut client = state.pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    match commands::cancel(&tx, caller.tenant(), *id).await? {
+        Cancel::Cancelled(command) => {
+            tx.commit().await.map_err(DbError::from)?;
+            tracing::info!(command.id = %command.id, "cancelled command {}", command.id);
+            Ok(HttpResponse::Ok().json(CommandOut::from(command)))
+        }
+        Cancel::TooLate(status) => Err(ApiError::Conflict(format!(
+            "the command is {status}; only a queued command can be cancelled"
+        ))),
+        Cancel::NotFound => Err(no_such_command()),
+    }
+}
+
+fn no_such_command() -> ApiError {
+    ApiError::NotFound("no such command".into())
+}

@@ -1,0 +1,208 @@
+//! Devices: provisioning with a one-time secret, listing, decommissioning.
+
+use actix_web::{HttpResponse, delete, get, post, web};
+use serde_json::Value;
+use tend_core::auth::{self, Role};
+use tend_core::db::devices::{self, Filter, Presence};
+use tend_core::db::{DbError, GenericClient};
+use tend_core::http::ApiError;
+use uuid::Uuid;
+
+use super::page_params;
+use crate::Shared;
+use crate::api::{
+    CreatedDevice, Credentials, DeviceList, DeviceOut, NewDevice, check_device_type, check_labels,
+    check_name,
+};
+use crate::caller::Caller;
+
+/// Register a device
+///
+/// Creates a device and its credentials. The secret is in this answer only:
+/// the platform keeps its hash. Admins only.
+#[utoipa::path(
+    tag = "devices",
+    request_body = NewDevice,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created; `credentials.secret` is shown once", body = CreatedDevice),
+        (status = 403, description = "Not an admin"),
+        (status = 422, description = "Invalid name, type or labels"),
+    )
+)]
+#[post("/devices")]
+pub async fn create(
+    state: Shared,
+    caller: Caller,
+    body: web::Json<NewDevice>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let body = body.into_inner();
+    check_name("name", &body.name)?;
+    check_device_type(&body.device_type)?;
+    check_labels(&body.labels)?;
+    let labels = serde_json::to_value(&body.labels).map_err(|e| ApiError::Internal(e.into()))?;
+    let secret = auth::new_device_secret();
+    let hash = auth::hash_device_secret(&secret);
+
+    let mut client = state.pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let device = devices::create(
+        &tx,
+        devices::NewDevice {
+            tenant_id: caller.tenant(),
+            name: &body.name,
+            device_type: &body.device_type,
+            labels: &labels,
+            secret_sha256: &hash,
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    tracing::info!(device.id = %device.id, "registered device {} ({})", device.id, device.name);
+    Ok(HttpResponse::Created().json(CreatedDevice {
+        credentials: Credentials {
+            device_id: device.id,
+            secret,
+        },
+        device: device.into(),
+    }))
+}
+
+/// List devices
+///
+/// The caller's tenant's devices, newest first. Filters: `status`
+/// (`online`, `offline`, `unknown`), `device_type`, and `label=key:value`
+/// (repeatable; all must match). Pages with `limit` (1 to 500, default 50)
+/// and `cursor` (the previous page's `next_cursor`).
+#[utoipa::path(
+    tag = "devices",
+    security(("bearer" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "online, offline or unknown"),
+        ("device_type" = Option<String>, Query),
+        ("label" = Option<String>, Query, description = "key:value, repeatable"),
+        ("limit" = Option<i64>, Query),
+        ("cursor" = Option<String>, Query),
+    ),
+    responses(
+        (status = 200, description = "A page of devices", body = DeviceList),
+        (status = 400, description = "Invalid filter, limit or cursor"),
+    )
+)]
+#[get("/devices")]
+pub async fn list(
+    state: Shared,
+    caller: Caller,
+    query: web::Query<Vec<(String, String)>>,
+) -> Result<HttpResponse, ApiError> {
+    let mut filter = Filter::default();
+    let mut labels = serde_json::Map::new();
+    let (mut limit, mut cursor) = (None, None);
+    for (k, v) in query.into_inner() {
+        match k.as_str() {
+            "status" => {
+                filter.status = Some(Presence::parse(&v).ok_or_else(|| {
+                    ApiError::BadRequest("status must be online, offline or unknown".into())
+                })?)
+            }
+            "device_type" => filter.device_type = Some(v),
+            "label" => {
+                let (lk, lv) = v
+                    .split_once(':')
+                    .ok_or_else(|| ApiError::BadRequest("label must be key:value".into()))?;
+                labels.insert(lk.to_owned(), Value::String(lv.to_owned()));
+            }
+            "limit" => {
+                limit = Some(
+                    v.parse::<i64>()
+                        .map_err(|_| ApiError::BadRequest("limit must be a whole number".into()))?,
+                )
+            }
+            "cursor" => cursor = Some(v),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}"
+                )));
+            }
+        }
+    }
+    if !labels.is_empty() {
+        filter.labels = Some(Value::Object(labels));
+    }
+    let (limit, after) = page_params(limit, cursor.as_deref())?;
+    let client = state.pool.get().await.map_err(DbError::from)?;
+    let page = devices::list(&client, caller.tenant(), &filter, after, limit).await?;
+    Ok(HttpResponse::Ok().json(DeviceList {
+        items: page.items.into_iter().map(DeviceOut::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Show a device
+#[utoipa::path(
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The device", body = DeviceOut),
+        (status = 404, description = "No such device in this tenant"),
+    )
+)]
+#[get("/devices/{id}")]
+pub async fn get(
+    state: Shared,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await.map_err(DbError::from)?;
+    let device = find(&client, &caller, *id).await?;
+    Ok(HttpResponse::Ok().json(DeviceOut::from(device)))
+}
+
+/// Decommission a device
+///
+/// Removes the device from the API, revokes its credentials on every sync
+/// server within seconds, and cancels its queued commands. Its command
+/// history is kept. Admins only.
+#[utoipa::path(
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 204, description = "Decommissioned"),
+        (status = 403, description = "Not an admin"),
+        (status = 404, description = "No such device in this tenant"),
+    )
+)]
+#[delete("/devices/{id}")]
+pub async fn decommission(
+    state: Shared,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let mut client = state.pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    if !devices::decommission(&tx, caller.tenant(), *id).await? {
+        return Err(no_such_device());
+    }
+    tx.commit().await.map_err(DbError::from)?;
+    tracing::info!(device.id = %id, "decommissioned device {id}");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub(super) fn no_such_device() -> ApiError {
+    ApiError::NotFound("no such device".into())
+}
+
+/// The caller's tenant's device, or 404.
+pub(super) async fn find(
+    c: &impl GenericClient,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<devices::Device, ApiError> {
+    devices::get(c, caller.tenant(), id)
+        .await?
+        .ok_or_else(no_such_device)
+}

@@ -1,0 +1,147 @@
+//! The admin API's routes and the OpenAPI document generated from them.
+
+mod commands;
+mod devices;
+mod session;
+mod tenants;
+mod users;
+
+use actix_web::{App, HttpResponse, web};
+use tend_core::db;
+use tend_core::http;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::AppExt;
+use utoipa_actix_web::service_config::ServiceConfig;
+
+use crate::Shared;
+
+/// Every `/api/v1` route. Registered once for serving and once for the
+/// OpenAPI document, so the document cannot miss a route.
+fn api(cfg: &mut ServiceConfig) {
+    cfg.service(session::login)
+        .service(tenants::create)
+        .service(users::create)
+        .service(devices::create)
+        .service(devices::list)
+        .service(devices::get)
+        .service(devices::decommission)
+        .service(commands::create)
+        .service(commands::list_for_device)
+        .service(commands::get)
+        .service(commands::cancel);
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(http::healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(http::metrics))
+        .service(
+            web::scope("/api/v1")
+                .route("/openapi.json", web::get().to(openapi_json))
+                .configure(|c| api(&mut ServiceConfig::new(c))),
+        );
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tend admin API",
+        description = "Queue remote commands for a fleet of unattended devices and follow them to their end."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "auth", description = "Log in"),
+        (name = "tenants", description = "Tenants (system admins)"),
+        (name = "users", description = "Admin users and their roles"),
+        (name = "devices", description = "Devices and their credentials"),
+        (name = "commands", description = "Remote commands and their lifecycle"),
+    )
+)]
+struct Doc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut Document) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of the admin API.
+pub fn openapi() -> Document {
+    let (_, mut doc) = App::new()
+        .into_utoipa_app()
+        .openapi(Doc::openapi())
+        .service(utoipa_actix_web::scope("/api/v1").configure(api))
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+async fn openapi_json(state: Shared) -> HttpResponse {
+    HttpResponse::Ok().json(&state.openapi)
+}
+
+async fn readyz(state: Shared) -> HttpResponse {
+    let pg = db::ping(&state.pool).await.map_err(|e| e.to_string());
+    http::readiness(vec![("postgres", pg)])
+}
+
+/// Reads `?limit=&cursor=`, bounded.
+fn page_params(
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> Result<(i64, Option<db::page::Cursor>), http::ApiError> {
+    let limit = limit.unwrap_or(db::page::DEFAULT_LIMIT);
+    if !(1..=db::page::MAX_LIMIT).contains(&limit) {
+        return Err(http::ApiError::BadRequest(format!(
+            "limit must be from 1 to {}",
+            db::page::MAX_LIMIT
+        )));
+    }
+    let cursor = cursor
+        .map(db::page::Cursor::decode)
+        .transpose()
+        .map_err(|_| http::ApiError::BadRequest("invalid cursor".into()))?;
+    Ok((limit, cursor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_lists_every_admin_route() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for (path, method) in [
+            ("/api/v1/auth/login", "post"),
+            ("/api/v1/tenants", "post"),
+            ("/api/v1/users", "post"),
+            ("/api/v1/devices", "post"),
+            ("/api/v1/devices", "get"),
+            ("/api/v1/devices/{id}", "get"),
+            ("/api/v1/devices/{id}", "delete"),
+            ("/api/v1/devices/{id}/commands", "post"),
+            ("/api/v1/devices/{id}/commands", "get"),
+            ("/api/v1/commands/{id}", "get"),
+            ("/api/v1/commands/{id}/cancel", "post"),
+        ] {
+            assert!(
+                paths.get(path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} missing from the OpenAPI document"
+            );
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! `POST /auth/login`: a username and password for an access token.
+
+use actix_web::{HttpResponse, post, web};
+use tend_core::auth;
+use tend_core::db::users;
+use tend_core::http::ApiError;
+
+use crate::Shared;
+use crate::api::{AccessToken, Login};
+
+/// Log in
+///
+/// Trades a username and password for a short-lived access token.
+#[utoipa::path(
+    tag = "auth",
+    request_body = Login,
+    responses(
+        (status = 200, description = "Logged in", body = AccessToken),
+        (status = 401, description = "Unknown user or wrong password"),
+    )
+)]
+#[post("/auth/login")]
+pub async fn login(state: Shared, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
+    let Login { username, password } = body.into_inner();
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(tend_core::db::DbError::from)?;
+    let found = users::find_credentials(&client, &username).await?;
+    drop(client);
+
+    // Hash even for an unknown user, so timing does not tell which names exist.
+    let hash = found
+        .as_ref()
+        .map(|c| c.password_hash.clone())
+        .unwrap_or_else(|| auth::decoy_password_hash().to_owned());
+    let ok = web::block(move || auth::verify_password(&password, &hash)).await?;
+    let Some(creds) = found.filter(|_| ok) else {
+        tracing::info!(user = %username, "failed login for {username}");
+        return Err(ApiError::Unauthorized(
+            "invalid username or password".into(),
+        ));
+    };
+    let user = creds.user;
+    let (token, expires_in) =
+        state
+            .tokens
+            .issue_admin(user.id, user.tenant_id, user.role, user.is_system_admin);
+    Ok(HttpResponse::Ok().json(AccessToken {
+        access_token: token,
+        token_type: "Bearer",
+        expires_in,
+    }))
+}

@@ -1,0 +1,69 @@
+//! `POST /tenants`: system admins create tenants with their first admin.
+
+use actix_web::{HttpResponse, post, web};
+use tend_core::auth::{self, Role};
+use tend_core::db::{DbError, tenants, users};
+use tend_core::http::ApiError;
+
+use crate::Shared;
+use crate::api::{NewTenant, TenantOut, check_name, check_password, check_username};
+use crate::caller::Caller;
+
+/// Create a tenant
+///
+/// Creates a tenant and its first admin user. System admins only.
+#[utoipa::path(
+    tag = "tenants",
+    request_body = NewTenant,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = TenantOut),
+        (status = 403, description = "Not a system admin"),
+        (status = 409, description = "The tenant name or the username is taken"),
+        (status = 422, description = "Invalid name, username or password"),
+    )
+)]
+#[post("/tenants")]
+pub async fn create(
+    state: Shared,
+    caller: Caller,
+    body: web::Json<NewTenant>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_system_admin()?;
+    let body = body.into_inner();
+    check_name("name", &body.name)?;
+    check_username(&body.admin.username)?;
+    check_password(&body.admin.password)?;
+    let password = body.admin.password;
+    let hash = web::block(move || auth::hash_password(&password)).await?;
+
+    let mut client = state.pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let tenant = tenants::create(&tx, &body.name).await.map_err(conflict)?;
+    users::create(
+        &tx,
+        users::NewUser {
+            tenant_id: tenant.id,
+            username: &body.admin.username,
+            password_hash: &hash,
+            role: Role::Admin,
+            is_system_admin: false,
+        },
+    )
+    .await
+    .map_err(conflict)?;
+    tx.commit().await.map_err(DbError::from)?;
+    tracing::info!(tenant.id = %tenant.id, "created tenant {}", tenant.name);
+    Ok(HttpResponse::Created().json(TenantOut {
+        id: tenant.id,
+        name: tenant.name,
+    }))
+}
+
+fn conflict(e: DbError) -> ApiError {
+    match e.unique_violation() {
+        Some("tenants_name_key") => ApiError::Conflict("a tenant with this name exists".into()),
+        Some("users_username_key") => ApiError::Conflict("this username is taken".into()),
+        _ => e.into(),
+    }
+}
