@@ -14,7 +14,7 @@ pub mod users;
 use std::time::Duration;
 
 use anyhow::Context;
-pub use deadpool_postgres::{GenericClient, Pool};
+pub use deadpool_postgres::{Client, GenericClient, Pool};
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;

@@ -1,0 +1,151 @@
+//! The RabbitMQ consumer: every replica binds a queue of its own to the
+//! installation's fanout exchange and turns events into hot-path state.
+//!
+//! - `command.queued`: the device is marked pending in Redis;
+//! - `device.decommissioned`: the device is revoked here at once and its
+//!   Redis state dropped.
+//!
+//! Events are hints: a lost one costs the time until the monitor announces
+//! the command again, never the command.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use futures_util::StreamExt;
+use tend_core::amqp::{self, lapin};
+use tend_core::live::Live;
+use tend_proto::event::Event;
+use tokio_util::sync::CancellationToken;
+
+use crate::Revocations;
+
+pub struct Consumer {
+    pub url: String,
+    pub instance: String,
+    pub live: Live,
+    pub revocations: Arc<Revocations>,
+    pub connected: Arc<AtomicBool>,
+}
+
+/// Consumes until cancelled, reconnecting with backoff when the broker goes
+/// away. `first` is the connection made at startup, if still fresh.
+pub async fn consume(c: Consumer, first: Option<lapin::Connection>, stop: CancellationToken) {
+    let mut conn = first;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let attempt = async {
+            let connection = match conn.take() {
+                Some(c) => c,
+                None => amqp::connect(&c.url, "tend-sync").await?,
+            };
+            run_once(&c, &connection, &stop).await
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(e) => {
+                c.connected.store(false, Ordering::Relaxed);
+                tracing::warn!("RabbitMQ consumer stopped: {e:#}; reconnecting in {delay:?}");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One connection's life: declare, bind, consume. Returns Ok when stopped.
+async fn run_once(
+    c: &Consumer,
+    connection: &lapin::Connection,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+
+    let channel = connection.create_channel().await?;
+    amqp::declare_exchange(&channel, &c.instance).await?;
+    // A queue per replica, gone with its connection: events are hints for
+    // the replica that is alive now, and nothing waits in a dead one.
+    let queue = format!("{}.sync.{}", c.instance, uuid::Uuid::new_v4());
+    channel
+        .queue_declare(
+            queue.clone().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("declaring the replica's queue")?;
+    channel
+        .queue_bind(
+            queue.clone().into(),
+            amqp::exchange(&c.instance).into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("binding the replica's queue")?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.clone().into(),
+            "tend-sync".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("consuming")?;
+    c.connected.store(true, Ordering::Relaxed);
+    tracing::info!(queue, "consuming events");
+
+    loop {
+        let delivery = tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = channel.close(200, "shutting down".into()).await;
+                return Ok(());
+            }
+            d = deliveries.next() => d,
+        };
+        match delivery {
+            Some(Ok(d)) => handle(c, &d.data).await,
+            Some(Err(e)) => return Err(e).context("receiving"),
+            None => anyhow::bail!("the broker cancelled the consumer"),
+        }
+    }
+}
+
+async fn handle(c: &Consumer, payload: &[u8]) {
+    let event: Event = match serde_json::from_slice(payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("ignoring an unreadable event: {e}");
+            return;
+        }
+    };
+    metrics::counter!("tend_sync_events_total", "topic" => event.topic()).increment(1);
+    match event {
+        Event::CommandQueued { device_id, .. } => {
+            if let Err(e) = c.live.set_pending(device_id).await {
+                tracing::warn!(device.id = %device_id, "cannot mark device {device_id} pending: {e}");
+            }
+        }
+        Event::DeviceDecommissioned { device_id, .. } => {
+            c.revocations.revoke(device_id, Utc::now());
+            if let Err(e) = c.live.forget(device_id).await {
+                tracing::warn!(device.id = %device_id, "cannot drop state of device {device_id}: {e}");
+            }
+        }
+        Event::CommandFinished { .. } => {}
+    }
+}

@@ -1,0 +1,139 @@
+//! tend-sync: the device API.
+//!
+//! Devices trade their secret for a short-lived token, heartbeat to learn
+//! whether work is pending, fetch their instructions and report results.
+//! The heartbeat is the hot path: it runs no SQL and one Redis round trip.
+//! Pending flags arrive from RabbitMQ ([`events`]); revocations are cached
+//! in memory ([`revocations`]), so a decommissioned device is refused
+//! without a query per request.
+
+mod device;
+mod events;
+mod revocations;
+mod routes;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::{App, HttpServer, middleware, web};
+use anyhow::Context;
+use tend_core::auth::Tokens;
+use tend_core::db::{self, Pool};
+use tend_core::live::Live;
+use tend_core::{Settings, amqp, http};
+use tokio_util::sync::CancellationToken;
+
+pub use revocations::Revocations;
+
+/// Reports carry command output; 1 MiB is ample for reboot and shutdown.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+pub(crate) struct State {
+    pub pool: Pool,
+    pub live: Live,
+    pub tokens: Tokens,
+    pub revocations: Arc<Revocations>,
+    pub heartbeat_s: u64,
+    /// Whether the RabbitMQ consumer is connected; `/readyz` reports it.
+    pub consuming: Arc<AtomicBool>,
+}
+
+pub(crate) type Shared = web::Data<State>;
+
+pub struct Sync {
+    listener: TcpListener,
+    state: web::Data<State>,
+    settings: Settings,
+    amqp: amqp::lapin::Connection,
+}
+
+impl Sync {
+    /// Connects to PostgreSQL, Redis and RabbitMQ, applies migrations, loads
+    /// the revocation list and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Sync> {
+        let pool = db::connect(settings.database_url.expose()).await?;
+        db::migrate(&pool).await?;
+        let live = Live::connect(settings.redis_url.expose(), &settings.instance).await?;
+        let amqp = amqp::connect_with_retry(settings.amqp_url.expose(), "tend-sync").await?;
+        let revocations = Arc::new(Revocations::default());
+        revocations
+            .refresh(&pool)
+            .await
+            .context("loading the revocation list")?;
+        let listener = TcpListener::bind(settings.listen)
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let state = web::Data::new(State {
+            pool,
+            live,
+            tokens: Tokens::new(settings.jwt_secret.expose()),
+            revocations,
+            heartbeat_s: settings.heartbeat.as_secs(),
+            consuming: Arc::new(AtomicBool::new(false)),
+        });
+        Ok(Sync {
+            listener,
+            state,
+            settings,
+            amqp,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests
+    /// and stops the background tasks.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(http::json_config(BODY_LIMIT))
+                .app_data(http::path_config())
+                .app_data(http::query_config())
+                .wrap(middleware::from_fn(http::record_metrics))
+                .configure(routes::configure)
+                .default_service(web::to(http::not_found))
+        })
+        .listen(self.listener)?
+        .shutdown_timeout(self.settings.shutdown_grace.as_secs())
+        .disable_signals()
+        .run();
+
+        let tasks = CancellationToken::new();
+        let refresher = tokio::spawn(revocations::keep_fresh(
+            self.state.revocations.clone(),
+            self.state.pool.clone(),
+            tasks.clone(),
+        ));
+        let consumer = tokio::spawn(events::consume(
+            events::Consumer {
+                url: self.settings.amqp_url.expose().to_owned(),
+                instance: self.settings.instance.clone(),
+                live: self.state.live.clone(),
+                revocations: self.state.revocations.clone(),
+                connected: self.state.consuming.clone(),
+            },
+            Some(self.amqp),
+            tasks.clone(),
+        ));
+
+        let handle = server.handle();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            handle.stop(true).await;
+        });
+        let served = server.await.context("device API server");
+        tasks.cancel();
+        let _ = tokio::join!(refresher, consumer);
+        self.state.consuming.store(false, Ordering::Relaxed);
+        served
+    }
+}

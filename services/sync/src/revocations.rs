@@ -1,0 +1,136 @@
+//! The revocation list: devices decommissioned recently enough that a token
+//! issued before may still be valid.
+//!
+//! Revocation lives in PostgreSQL. Each replica keeps a copy in memory,
+//! updated at once by the `device.decommissioned` event and, whatever
+//! happens to RabbitMQ, by polling every half second, so a decommissioned
+//! device is refused everywhere within 2 seconds without a query per
+//! request. Entries older than a device token's lifetime are dropped: every
+//! token they could hold has expired, and a new one needs the secret,
+//! which is checked against PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tend_core::auth::DEVICE_TOKEN_TTL;
+use tend_core::db::{self, Pool, devices};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How often the list is re-read from PostgreSQL. Half the 2-second promise,
+/// so one missed poll still keeps it.
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+pub struct Revocations {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    revoked: HashMap<Uuid, DateTime<Utc>>,
+    /// The newest decommission time read from PostgreSQL: the next poll
+    /// asks only for what came after it.
+    seen_up_to: Option<DateTime<Utc>>,
+}
+
+impl Inner {
+    fn prune(&mut self) {
+        let old = horizon();
+        self.revoked.retain(|_, at| *at > old);
+    }
+}
+
+fn horizon() -> DateTime<Utc> {
+    let ttl = chrono::Duration::from_std(DEVICE_TOKEN_TTL).unwrap_or(chrono::Duration::hours(1));
+    // A minute of slack for clock skew between replicas and the database.
+    Utc::now() - ttl - chrono::Duration::minutes(1)
+}
+
+impl Revocations {
+    pub fn is_revoked(&self, device: Uuid) -> bool {
+        self.inner
+            .read()
+            .map(|i| i.revoked.contains_key(&device))
+            .unwrap_or(true)
+    }
+
+    pub fn revoke(&self, device: Uuid, at: DateTime<Utc>) {
+        if let Ok(mut i) = self.inner.write() {
+            i.revoked.insert(device, at);
+        }
+    }
+
+    /// Reads decommissions newer than the last seen, and forgets old ones.
+    pub async fn refresh(&self, pool: &Pool) -> db::Result<()> {
+        let since = self
+            .inner
+            .read()
+            .ok()
+            .and_then(|i| i.seen_up_to)
+            .unwrap_or_else(horizon);
+        let client = pool.get().await?;
+        let fresh = devices::decommissioned_since(&client, since).await?;
+        if let Ok(mut i) = self.inner.write() {
+            for (id, at) in fresh {
+                i.revoked.insert(id, at);
+                i.seen_up_to = Some(i.seen_up_to.map_or(at, |s| s.max(at)));
+            }
+            if i.seen_up_to.is_none() {
+                i.seen_up_to = Some(since);
+            }
+            i.prune();
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().map(|i| i.revoked.len()).unwrap_or(0)
+    }
+}
+
+/// Polls PostgreSQL until cancelled.
+pub async fn keep_fresh(list: std::sync::Arc<Revocations>, pool: Pool, stop: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        match list.refresh(&pool).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("revocation list refreshed again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!("cannot refresh the revocation list: {e}");
+            }
+            Err(_) => {}
+        }
+        metrics::gauge!("tend_sync_revoked_devices").set(list.len() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_device_is_refused_until_its_entry_ages_out() {
+        let list = Revocations::default();
+        let d = Uuid::new_v4();
+        assert!(!list.is_revoked(d));
+        list.revoke(d, Utc::now());
+        assert!(list.is_revoked(d));
+
+        let stale = Uuid::new_v4();
+        list.revoke(stale, horizon() - chrono::Duration::seconds(1));
+        list.inner.write().unwrap().prune();
+        assert!(!list.is_revoked(stale));
+        assert!(list.is_revoked(d));
+    }
+}
