@@ -195,7 +195,10 @@ mod tests {
         for s in CommandStatus::ALL {
             let open = matches!(s, Delivered | InProgress);
             assert_eq!(s.accepts_reports(), open, "{s}");
-            assert_eq!(s.is_terminal(), !matches!(s, Queued | Delivered | InProgress));
+            assert_eq!(
+                s.is_terminal(),
+                !matches!(s, Queued | Delivered | InProgress)
+            );
         }
     }
 }

@@ -1,0 +1,400 @@
+//! The device API of `tend-sync`, as the agent calls it.
+//!
+//! It owns the device token: it authenticates lazily, renews the token
+//! before it expires, and re-authenticates once when the server answers 401
+//! anyway (the server restarted with a new key, or the clock drifted).
+
+use std::time::Duration;
+
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use tend_proto::device::{
+    AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instruction, Instructions, Report,
+};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::system::AGENT_VERSION;
+
+/// Connecting should be quick even on a poor link; a longer wait means the
+/// server is not there.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request did not get an answer (connection refused, timeout).
+    #[error("cannot reach the server: {}", chain(.0))]
+    Unreachable(reqwest::Error),
+    /// `POST /device/v1/auth` answered 401: wrong secret or decommissioned.
+    #[error("the server refused this device's credentials")]
+    AuthRefused,
+    #[error("the server answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("cannot read the server's answer: {}", chain(.0))]
+    Decode(reqwest::Error),
+}
+
+/// reqwest's own message hides the cause ("error sending request");
+/// logs need the whole chain on one line.
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// How a report ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Accepted,
+    /// Refused for good; sending it again cannot change the answer.
+    Refused(StatusCode),
+}
+
+struct Token {
+    value: String,
+    renew_at: Instant,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    device_id: Uuid,
+    secret: String,
+    token: Mutex<Option<Token>>,
+    /// Delays between report attempts.
+    pub(crate) retry: Backoff,
+}
+
+impl Client {
+    pub fn new(config: &Config) -> anyhow::Result<Client> {
+        let timeout = Duration::from_secs(config.request_timeout_s);
+        let http = reqwest::Client::builder()
+            .user_agent(format!("tend-agent/{AGENT_VERSION}"))
+            .timeout(timeout)
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+            .build()?;
+        Ok(Client {
+            http,
+            base: config.server_url.clone(),
+            device_id: config.device_id,
+            secret: config.device_secret.clone(),
+            token: Mutex::new(None),
+            retry: Backoff::default(),
+        })
+    }
+
+    pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
+        let url = format!("{}/device/v1/heartbeat", self.base);
+        let response = self
+            .send_authed(|token| self.http.post(&url).bearer_auth(token).json(heartbeat))
+            .await?;
+        decode(response).await
+    }
+
+    pub async fn instructions(&self) -> Result<Vec<Instruction>, ClientError> {
+        let url = format!("{}/device/v1/instructions", self.base);
+        let response = self
+            .send_authed(|token| self.http.get(&url).bearer_auth(token))
+            .await?;
+        decode::<Instructions>(response)
+            .await
+            .map(|list| list.instructions)
+    }
+
+    /// Sends one report once (plus one retry after re-authenticating).
+    /// An `Err` is worth retrying; `Ok` settles the report.
+    pub async fn report(&self, id: Uuid, report: &Report) -> Result<Delivery, ClientError> {
+        let url = format!("{}/device/v1/instructions/{id}/report", self.base);
+        let response = self
+            .send_authed(|token| self.http.post(&url).bearer_auth(token).json(report))
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Delivery::Accepted);
+        }
+        // 404 and 409 are the contract's final refusals. 400, 413 and 422
+        // judge the body itself, which the same bytes cannot fix either.
+        if matches!(
+            status,
+            StatusCode::NOT_FOUND
+                | StatusCode::CONFLICT
+                | StatusCode::BAD_REQUEST
+                | StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::UNPROCESSABLE_ENTITY
+        ) {
+            return Ok(Delivery::Refused(status));
+        }
+        Err(status_error(response).await)
+    }
+
+    /// Sends a report until the server settles it. Never gives up on its
+    /// own: callers stop it by dropping the future (at agent shutdown), and
+    /// the journal keeps the report for the next start.
+    pub async fn report_until_settled(&self, id: Uuid, report: &Report) -> Delivery {
+        let mut backoff = self.retry.clone();
+        loop {
+            match self.report(id, report).await {
+                Ok(delivery) => return delivery,
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(
+                        instruction.id = %id,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "report {} for instruction {id} not delivered: {e}",
+                        report.status.as_status()
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Sends a request with the current token; on a 401, fetches a new
+    /// token and sends it once more. A second 401 is the caller's to handle.
+    async fn send_authed(
+        &self,
+        request: impl Fn(&str) -> RequestBuilder,
+    ) -> Result<Response, ClientError> {
+        let token = self.token().await?;
+        let response = request(&token)
+            .send()
+            .await
+            .map_err(ClientError::Unreachable)?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        debug!("the server refused the device token; authenticating again");
+        self.forget(&token).await;
+        let token = self.token().await?;
+        request(&token)
+            .send()
+            .await
+            .map_err(ClientError::Unreachable)
+    }
+
+    async fn token(&self) -> Result<String, ClientError> {
+        // Held across the auth request so concurrent callers wait for one
+        // authentication instead of each starting their own.
+        let mut slot = self.token.lock().await;
+        if let Some(token) = slot.as_ref()
+            && Instant::now() < token.renew_at
+        {
+            return Ok(token.value.clone());
+        }
+        let auth = self.authenticate().await?;
+        // Renewing after three quarters of the lifetime leaves the last
+        // quarter as margin for clock drift and slow requests.
+        let lifetime = Duration::from_secs(auth.expires_in);
+        *slot = Some(Token {
+            value: auth.token.clone(),
+            renew_at: Instant::now() + lifetime.mul_f64(0.75),
+        });
+        info!(
+            expires_in_s = auth.expires_in,
+            "authenticated with the server"
+        );
+        Ok(auth.token)
+    }
+
+    /// Drops `used` unless another task already replaced it.
+    async fn forget(&self, used: &str) {
+        let mut slot = self.token.lock().await;
+        if slot.as_ref().is_some_and(|t| t.value == used) {
+            *slot = None;
+        }
+    }
+
+    async fn authenticate(&self) -> Result<AuthResponse, ClientError> {
+        let url = format!("{}/device/v1/auth", self.base);
+        let body = AuthRequest {
+            device_id: self.device_id,
+            secret: self.secret.clone(),
+        };
+        let response = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(ClientError::Unreachable)?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::AuthRefused);
+        }
+        decode(response).await
+    }
+}
+
+async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, ClientError> {
+    if !response.status().is_success() {
+        return Err(status_error(response).await);
+    }
+    response.json().await.map_err(ClientError::Decode)
+}
+
+async fn status_error(response: Response) -> ClientError {
+    let status = response.status();
+    let mut body = response.text().await.unwrap_or_default();
+    // Enough of a problem+json body to see its title and detail in a log.
+    if let Some((cut, _)) = body.char_indices().nth(300) {
+        body.truncate(cut);
+    }
+    ClientError::Status { status, body }
+}
+
+#[cfg(test)]
+mod tests {
+    use tend_proto::command::ReportStatus;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    use super::*;
+
+    fn config_for(server: &MockServer) -> Config {
+        Config::from_toml_str(&format!(
+            "server_url = \"{}\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\nrequest_timeout_s = 5\n",
+            server.uri(),
+            Uuid::new_v4()
+        ))
+        .unwrap()
+    }
+
+    fn fast_client(server: &MockServer) -> Client {
+        let mut client = Client::new(&config_for(server)).unwrap();
+        client.retry = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
+        client
+    }
+
+    async fn auth_gives(server: &MockServer, token: &str, expected_calls: u64) {
+        Mock::given(method("POST"))
+            .and(path("/device/v1/auth"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"token": token, "expires_in": 3600})),
+            )
+            .up_to_n_times(1)
+            .expect(expected_calls.min(1))
+            .mount(server)
+            .await;
+    }
+
+    fn report_path(id: Uuid) -> String {
+        format!("/device/v1/instructions/{id}/report")
+    }
+
+    #[tokio::test]
+    async fn reports_are_retried_until_the_server_refuses_them_for_good() {
+        for final_status in [409, 404] {
+            let server = MockServer::start().await;
+            auth_gives(&server, "t1", 1).await;
+            let id = Uuid::new_v4();
+            Mock::given(method("POST"))
+                .and(path(report_path(id)))
+                .respond_with(ResponseTemplate::new(503))
+                .up_to_n_times(2)
+                .expect(2)
+                .mount(&server)
+                .await;
+            Mock::given(method("POST"))
+                .and(path(report_path(id)))
+                .respond_with(ResponseTemplate::new(final_status))
+                .expect(1)
+                .mount(&server)
+                .await;
+
+            let client = fast_client(&server);
+            let delivery = client
+                .report_until_settled(id, &Report::status(ReportStatus::Succeeded))
+                .await;
+            assert_eq!(
+                delivery,
+                Delivery::Refused(StatusCode::from_u16(final_status).unwrap())
+            );
+            server.verify().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_401_makes_the_agent_authenticate_again_and_retry_once() {
+        let server = MockServer::start().await;
+        auth_gives(&server, "old", 1).await;
+        Mock::given(method("POST"))
+            .and(path("/device/v1/heartbeat"))
+            .and(header("authorization", "Bearer old"))
+            .respond_with(ResponseTemplate::new(401))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let client = fast_client(&server);
+        // The first token is cached; the next auth hands out a new one.
+        client.token().await.unwrap();
+        auth_gives(&server, "new", 1).await;
+        Mock::given(method("POST"))
+            .and(path("/device/v1/heartbeat"))
+            .and(header("authorization", "Bearer new"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"pending": true, "next_heartbeat_s": 7})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+
+        let answer = client.heartbeat(&Heartbeat::default()).await.unwrap();
+        assert!(answer.pending);
+        assert_eq!(answer.next_heartbeat_s, 7);
+        server.verify().await;
+    }
+
+    #[tokio::test]
+    async fn a_token_is_renewed_before_it_expires() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/device/v1/auth"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"token": "short", "expires_in": 0})),
+            )
+            .expect(2)
+            .mount(&server)
+            .await;
+        let client = fast_client(&server);
+        client.token().await.unwrap();
+        client.token().await.unwrap();
+        server.verify().await;
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_and_unreachable_servers_are_told_apart() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/device/v1/auth"))
+            .respond_with(ResponseTemplate::new(401))
+            .mount(&server)
+            .await;
+        let client = fast_client(&server);
+        let e = client.heartbeat(&Heartbeat::default()).await.unwrap_err();
+        assert!(matches!(e, ClientError::AuthRefused), "{e}");
+
+        let config = Config::from_toml_str(&format!(
+            "server_url = \"http://127.0.0.1:9\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\n",
+            Uuid::new_v4()
+        ))
+        .unwrap();
+        let e = Client::new(&config)
+            .unwrap()
+            .instructions()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable(_)), "{e}");
+        assert!(e.to_string().contains("refused"), "{e}");
+    }
+}

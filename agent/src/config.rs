@@ -1,0 +1,314 @@
+//! The agent's configuration file (TOML), as fixed by CONTRACT.md.
+//!
+//! Parsing and validation happen together so that a bad file stops the agent
+//! at startup with one line saying what is wrong, instead of failing later
+//! on the device where nobody reads the logs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// Everything the agent needs to know, validated.
+#[derive(Clone)]
+pub struct Config {
+    /// Base URL of `tend-sync`, without a trailing slash.
+    pub server_url: String,
+    pub device_id: Uuid,
+    /// Resolved from `device_secret_file` when that key is used.
+    pub device_secret: String,
+    /// Holds the journal, the operation log and the actions' output files.
+    pub state_dir: PathBuf,
+    /// Read once at startup; a changed value proves that a reboot happened.
+    pub boot_id_file: PathBuf,
+    pub actions: Actions,
+    /// The only files `log_query` may read; a missing file is not an error
+    /// because logs often appear after the agent starts.
+    pub log_sources: BTreeMap<String, PathBuf>,
+    /// Upper bound on one HTTP exchange with the server, so a half-open
+    /// connection cannot stall the heartbeat loop.
+    pub request_timeout_s: u64,
+}
+
+/// The argv that performs each action.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actions {
+    #[serde(default = "default_reboot")]
+    pub reboot: Vec<String>,
+    #[serde(default = "default_shutdown")]
+    pub shutdown: Vec<String>,
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Actions {
+            reboot: default_reboot(),
+            shutdown: default_shutdown(),
+        }
+    }
+}
+
+fn default_reboot() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
+}
+
+fn default_shutdown() -> Vec<String> {
+    vec!["systemctl".into(), "poweroff".into()]
+}
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/tend-agent";
+pub const DEFAULT_BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+/// Long enough for a slow cellular link, short enough that a dead
+/// connection is noticed within one heartbeat interval.
+pub const DEFAULT_REQUEST_TIMEOUT_S: u64 = 30;
+
+/// The file as written; unknown keys are refused so that a typo in a key
+/// name is reported instead of silently falling back to a default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server_url: String,
+    device_id: String,
+    device_secret: Option<String>,
+    device_secret_file: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    boot_id_file: Option<PathBuf>,
+    #[serde(default)]
+    actions: Actions,
+    #[serde(default)]
+    log_sources: BTreeMap<String, PathBuf>,
+    request_timeout_s: Option<u64>,
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::from_toml_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parses and validates a configuration. A relative
+    /// `device_secret_file` is relative to the working directory.
+    pub fn from_toml_str(text: &str) -> anyhow::Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| one_line(text, &e))?;
+
+        let server_url = validate_url(&raw.server_url)?;
+        let device_id = Uuid::parse_str(raw.device_id.trim())
+            .map_err(|e| anyhow!("device_id {:?} is not a UUID: {e}", raw.device_id))?;
+        let device_secret = match (raw.device_secret, raw.device_secret_file) {
+            (Some(_), Some(_)) => bail!("set device_secret or device_secret_file, not both"),
+            (None, None) => bail!("missing device secret: set device_secret or device_secret_file"),
+            (Some(secret), None) => secret,
+            (None, Some(file)) => std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read device_secret_file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        };
+        if device_secret.trim().is_empty() {
+            bail!("the device secret is empty");
+        }
+        for (name, argv) in [
+            ("reboot", &raw.actions.reboot),
+            ("shutdown", &raw.actions.shutdown),
+        ] {
+            if argv.first().is_none_or(|program| program.trim().is_empty()) {
+                bail!("actions.{name} must name a program to run (it is an empty argv)");
+            }
+        }
+        let request_timeout_s = raw.request_timeout_s.unwrap_or(DEFAULT_REQUEST_TIMEOUT_S);
+        if request_timeout_s == 0 {
+            bail!("request_timeout_s must be at least 1");
+        }
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if state_dir.as_os_str().is_empty() {
+            bail!("state_dir is empty");
+        }
+
+        Ok(Config {
+            server_url,
+            device_id,
+            device_secret,
+            state_dir,
+            boot_id_file: raw
+                .boot_id_file
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_BOOT_ID_FILE)),
+            actions: raw.actions,
+            log_sources: raw.log_sources,
+            request_timeout_s,
+        })
+    }
+}
+
+/// The secret stays out of logs and panic messages.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("server_url", &self.server_url)
+            .field("device_id", &self.device_id)
+            .field("device_secret", &"<redacted>")
+            .field("state_dir", &self.state_dir)
+            .field("boot_id_file", &self.boot_id_file)
+            .field("actions", &self.actions)
+            .field("log_sources", &self.log_sources)
+            .field("request_timeout_s", &self.request_timeout_s)
+            .finish()
+    }
+}
+
+fn validate_url(raw: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(raw.trim())
+        .map_err(|e| anyhow!("server_url {raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!("server_url {raw:?} must be an http:// or https:// URL with a host");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("server_url {raw:?} must not have a query or fragment");
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// toml's own message spans several lines with a source excerpt; the
+/// contract asks for one line.
+fn one_line(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            anyhow!("line {line}: {}", e.message().trim())
+        }
+        None => anyhow!("{}", e.message().trim()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "6f1c1a52-8d7e-4f2b-9a51-2f6e8c1d0b11";
+
+    fn minimal() -> String {
+        format!(
+            "server_url = \"http://127.0.0.1:8081/\"\ndevice_id = \"{ID}\"\ndevice_secret = \"s3cret\"\n"
+        )
+    }
+
+    fn error_of(text: &str) -> String {
+        let e = Config::from_toml_str(text).unwrap_err();
+        let message = format!("{e:#}");
+        assert!(!message.contains('\n'), "not one line: {message}");
+        message
+    }
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let config = Config::from_toml_str(&minimal()).unwrap();
+        assert_eq!(config.server_url, "http://127.0.0.1:8081");
+        assert_eq!(config.device_id.to_string(), ID);
+        assert_eq!(config.device_secret, "s3cret");
+        assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
+        assert_eq!(config.boot_id_file, Path::new(DEFAULT_BOOT_ID_FILE));
+        assert_eq!(config.actions.reboot, ["systemctl", "reboot"]);
+        assert_eq!(config.actions.shutdown, ["systemctl", "poweroff"]);
+        assert!(config.log_sources.is_empty());
+        assert_eq!(config.request_timeout_s, DEFAULT_REQUEST_TIMEOUT_S);
+    }
+
+    #[test]
+    fn the_contract_example_parses_with_all_its_tables() {
+        let text = format!(
+            "{}state_dir = \"/tmp/tend\"\nboot_id_file = \"/tmp/boot\"\n\
+             [actions]\nreboot = [\"sudo\", \"reboot\"]\nshutdown = [\"sh\", \"-c\", \"poweroff\"]\n\
+             [log_sources]\napp = \"/var/log/kiosk/does-not-exist-yet.log\"\n",
+            minimal()
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        assert_eq!(config.actions.reboot, ["sudo", "reboot"]);
+        assert_eq!(config.actions.shutdown, ["sh", "-c", "poweroff"]);
+        assert_eq!(
+            config.log_sources["app"],
+            Path::new("/var/log/kiosk/does-not-exist-yet.log")
+        );
+        assert_eq!(config.boot_id_file, Path::new("/tmp/boot"));
+    }
+
+    #[test]
+    fn the_secret_can_come_from_a_file_and_is_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let text = format!(
+            "server_url = \"https://sync.example\"\ndevice_id = \"{ID}\"\ndevice_secret_file = {:?}\n",
+            file.display().to_string()
+        );
+        let config = Config::from_toml_str(&text).unwrap();
+        assert_eq!(config.device_secret, "from-file");
+        assert!(!format!("{config:?}").contains("from-file"));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_one_line_saying_which() {
+        let base =
+            |url: &str, rest: &str| format!("server_url = \"{url}\"\ndevice_id = \"{ID}\"\n{rest}");
+        let e = error_of(&base("not a url", "device_secret = \"x\"\n"));
+        assert!(e.contains("server_url"), "{e}");
+        let e = error_of(&base("ftp://host", "device_secret = \"x\"\n"));
+        assert!(e.contains("http"), "{e}");
+        let e = error_of(&base("http://h", ""));
+        assert!(e.contains("missing device secret"), "{e}");
+        let e = error_of(&base(
+            "http://h",
+            "device_secret = \"x\"\ndevice_secret_file = \"/x\"\n",
+        ));
+        assert!(e.contains("not both"), "{e}");
+        let e = error_of(&base("http://h", "device_secret = \"  \"\n"));
+        assert!(e.contains("empty"), "{e}");
+        let e = error_of(&base(
+            "http://h",
+            "device_secret_file = \"/nonexistent/s\"\n",
+        ));
+        assert!(e.contains("device_secret_file"), "{e}");
+        let e = error_of(&base(
+            "http://h",
+            "device_secret = \"x\"\n[actions]\nreboot = []\n",
+        ));
+        assert!(e.contains("actions.reboot"), "{e}");
+        let e = error_of(&base(
+            "http://h",
+            "device_secret = \"x\"\nrequest_timeout_s = 0\n",
+        ));
+        assert!(e.contains("request_timeout_s"), "{e}");
+        let e =
+            error_of("server_url = \"http://h\"\ndevice_id = \"nope\"\ndevice_secret = \"x\"\n");
+        assert!(e.contains("device_id"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_keys_name_their_line() {
+        let e = error_of(&format!("{}heartbeat = 5\n", minimal()));
+        assert!(e.starts_with("line 4:") && e.contains("heartbeat"), "{e}");
+        let e = error_of("server_url = \n");
+        assert!(e.starts_with("line 1:"), "{e}");
+    }
+
+    #[test]
+    fn the_example_file_shipped_with_the_agent_is_valid_and_shows_the_defaults() {
+        let example = Config::from_toml_str(include_str!("../tend-agent.example.toml")).unwrap();
+        let defaults = Config::from_toml_str(&minimal()).unwrap();
+        assert_eq!(example.state_dir, defaults.state_dir);
+        assert_eq!(example.boot_id_file, defaults.boot_id_file);
+        assert_eq!(example.actions, defaults.actions);
+        assert_eq!(example.request_timeout_s, defaults.request_timeout_s);
+    }
+
+    #[test]
+    fn load_names_the_file_it_could_not_read() {
+        let e = Config::load(Path::new("/nonexistent/agent.toml")).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/agent.toml"));
+    }
+}

@@ -1,0 +1,24 @@
+//! tend's device agent.
+//!
+//! It heartbeats to `tend-sync`, fetches the instructions the server holds
+//! for this device, journals each one durably before acting on it so that
+//! nothing runs twice, performs reboots and shutdowns with the configured
+//! commands, records every operation in `state_dir/operations.log`, and
+//! reports the outcome until the server has it.
+//!
+//! The binary is a thin shell around [`run`], so tests can drive the agent
+//! in-process with a [`Config`] and a cancellation token.
+
+mod backoff;
+mod client;
+pub mod config;
+mod executor;
+mod journal;
+mod oplog;
+mod outcome;
+mod runner;
+mod system;
+
+pub use config::Config;
+pub use runner::run;
+pub use system::AGENT_VERSION;

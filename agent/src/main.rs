@@ -1,0 +1,77 @@
+//! `tend-agent`: parses the command line, starts logging and runs the agent
+//! until SIGTERM or SIGINT.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tend_agent::Config;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// tend's device agent: heartbeats to tend-sync, runs the remote commands
+/// it is sent, and reports their outcome.
+#[derive(Debug, Parser)]
+#[command(name = "tend-agent", version, about)]
+struct Cli {
+    /// The agent's TOML configuration file.
+    #[arg(long, env = "TEND_AGENT_CONFIG", value_name = "FILE")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    // One thread is plenty for a heartbeat loop and a few child processes,
+    // and keeps the agent light on small devices.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM received; stopping"),
+            _ = sigint.recv() => tracing::info!("SIGINT received; stopping"),
+        }
+        token.cancel();
+    });
+    tend_agent::run(config, shutdown).await
+}
+
+/// The contract's "one-line, human-readable reason", on stderr.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("tend-agent: {e:#}");
+    ExitCode::FAILURE
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_env("TEND_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
+    if std::env::var("TEND_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,155 @@
+//! The real `tend-agent` binary with harmless actions: each records the
+//! instruction it runs in `executed`, so tests count executions.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use uuid::Uuid;
+
+use crate::stack::{Device, Service, Stack, bin, signal};
+
+pub struct Agent {
+    pub device: Device,
+    pub dir: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Prepares an agent for `device` talking to the stack's sync server.
+    /// The reboot and shutdown actions append the instruction id to
+    /// `executed` and exit 0, like a real action that schedules the
+    /// machine's restart and returns.
+    pub fn new(stack: &Stack, device: &Device) -> Agent {
+        Agent::with_actions(stack, device, "exit 0", "exit 0")
+    }
+
+    /// Like [`Agent::new`], with shell snippets run after recording.
+    pub fn with_actions(stack: &Stack, device: &Device, reboot: &str, shutdown: &str) -> Agent {
+        let dir = stack.dir.path().join(format!("agent-{}", device.id));
+        std::fs::create_dir_all(&dir).expect("agent directory");
+        let executed = dir.join("executed");
+        let action = |then: &str| {
+            toml_array(&[
+                "sh",
+                "-c",
+                &format!(
+                    "echo \"$TEND_INSTRUCTION_ID\" >> '{}'; {then}",
+                    executed.display()
+                ),
+            ])
+        };
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "server_url = \"{server}\"\n\
+                 device_id = \"{id}\"\n\
+                 device_secret = \"{secret}\"\n\
+                 state_dir = \"{state}\"\n\
+                 boot_id_file = \"{boot}\"\n\
+                 \n[actions]\nreboot = {reboot}\nshutdown = {shutdown}\n",
+                server = stack.url(Service::Sync),
+                id = device.id,
+                secret = device.secret,
+                state = dir.join("state").display(),
+                boot = dir.join("boot_id").display(),
+                reboot = action(reboot),
+                shutdown = action(shutdown),
+            ),
+        )
+        .expect("agent config");
+        let agent = Agent {
+            device: device.clone(),
+            dir,
+            config,
+            child: None,
+        };
+        agent.new_boot_id();
+        agent
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "the agent is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))
+            .expect("agent log");
+        let child = Command::new(bin("tend-agent"))
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "TEND_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("starting tend-agent");
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, as at a clean shutdown of the device, and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL: the agent dies wherever it is.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Writes a new boot id, as a real reboot would.
+    pub fn new_boot_id(&self) {
+        std::fs::write(self.dir.join("boot_id"), format!("{}\n", Uuid::new_v4()))
+            .expect("boot id file");
+    }
+
+    /// The instruction ids the actions ran, in order.
+    pub fn executed(&self) -> Vec<Uuid> {
+        std::fs::read_to_string(self.dir.join("executed"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// The agent's operation log, one JSON value per line.
+    pub fn operations(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("state").join("operations.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+fn toml_array(items: &[&str]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- agent {} log ----\n{}", self.device.id, self.log());
+        }
+        self.kill();
+    }
+}

@@ -1,0 +1,37 @@
+//! The harness of tend's end-to-end tests.
+//!
+//! A [`Stack`] runs the real `tend-platform`, `tend-sync` and `tend-monitor`
+//! binaries against the real PostgreSQL, Redis and RabbitMQ, with a database
+//! and an instance prefix of its own, so tests run in parallel without
+//! seeing each other. An [`Agent`] runs the real `tend-agent` binary with
+//! harmless actions that record each execution in a file.
+//!
+//! Backing services come from `TEND_TEST_DATABASE_URL` (a database the
+//! harness can create databases from), `TEND_TEST_REDIS_URL` and
+//! `TEND_TEST_AMQP_URL`, defaulting to this machine's. A test fails loudly
+//! when one is missing: it never skips.
+
+mod agent;
+mod stack;
+
+pub use agent::Agent;
+pub use stack::{Device, Options, Service, Stack};
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics with
+/// `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

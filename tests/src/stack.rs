@@ -1,0 +1,505 @@
+//! The three services as real processes, with their own database and prefix.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::eventually;
+
+/// Which service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Platform,
+    Sync,
+    Monitor,
+}
+
+impl Service {
+    fn binary(self) -> &'static str {
+        match self {
+            Service::Platform => "tend-platform",
+            Service::Sync => "tend-sync",
+            Service::Monitor => "tend-monitor",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub heartbeat_s: u64,
+    pub sweep_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            heartbeat_s: 1,
+            sweep_ms: 200,
+        }
+    }
+}
+
+struct Proc {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+}
+
+/// A device's id and one-time secret, as the platform returned them.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: Uuid,
+    pub secret: String,
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub db_name: String,
+    pub instance: String,
+    pub http: reqwest::Client,
+    pub options: Options,
+    admin_url: String,
+    redis_url: String,
+    amqp_url: String,
+    jwt_secret: String,
+    procs: [Proc; 3],
+    admin_token: tokio::sync::OnceCell<String>,
+}
+
+pub const ADMIN_USER: &str = "root";
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery";
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The directory holding the workspace's binaries (next to `deps/`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+fn index(s: Service) -> usize {
+    match s {
+        Service::Platform => 0,
+        Service::Sync => 1,
+        Service::Monitor => 2,
+    }
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::start_with(Options::default()).await
+    }
+
+    /// Creates a database of its own and starts the three services.
+    pub async fn start_with(options: Options) -> Stack {
+        let tag = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let admin_url = var(
+            "TEND_TEST_DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
+        let db_name = format!("tend_test_{tag}");
+        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL is required at {admin_url} (TEND_TEST_DATABASE_URL): {e}")
+            });
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .expect("creating the test database");
+
+        let dir = tempfile::Builder::new()
+            .prefix("tend-e2e-")
+            .tempdir()
+            .expect("a temporary directory");
+        let procs = ["platform", "sync", "monitor"].map(|n| Proc {
+            child: None,
+            port: 0,
+            log: dir.path().join(format!("{n}.log")),
+        });
+        let mut stack = Stack {
+            dir,
+            db_name,
+            instance: format!("test-{tag}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client"),
+            options,
+            admin_url,
+            redis_url: var("TEND_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+            amqp_url: var(
+                "TEND_TEST_AMQP_URL",
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+            ),
+            jwt_secret: format!("test-secret-{}", Uuid::new_v4().simple()),
+            procs,
+            admin_token: tokio::sync::OnceCell::new(),
+        };
+        // The platform first: it migrates and creates the admin.
+        stack.spawn(Service::Platform).await;
+        stack.spawn(Service::Monitor).await;
+        stack.spawn(Service::Sync).await;
+        stack
+    }
+
+    pub fn database_url(&self) -> String {
+        let base = self
+            .admin_url
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or(&self.admin_url);
+        format!("{base}/{}", self.db_name)
+    }
+
+    /// Starts (or restarts, on its previous port) one service and waits
+    /// until it is ready.
+    pub async fn spawn(&mut self, s: Service) {
+        let db_url = self.database_url();
+        let heartbeat = self.options.heartbeat_s.to_string();
+        let sweep = self.options.sweep_ms.to_string();
+        let p = &mut self.procs[index(s)];
+        assert!(p.child.is_none(), "{s:?} is already running");
+        let listen = format!("127.0.0.1:{}", p.port);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&p.log)
+            .expect("the service's log file");
+        let start_len = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let child = Command::new(bin(s.binary()))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TEND_LISTEN", &listen)
+            .env("TEND_DATABASE_URL", &db_url)
+            .env("TEND_REDIS_URL", &self.redis_url)
+            .env("TEND_AMQP_URL", &self.amqp_url)
+            .env("TEND_INSTANCE", &self.instance)
+            .env("TEND_JWT_SECRET", &self.jwt_secret)
+            .env(
+                "TEND_BOOTSTRAP_ADMIN",
+                format!("{ADMIN_USER}:{ADMIN_PASSWORD}"),
+            )
+            .env("TEND_HEARTBEAT_S", &heartbeat)
+            .env("TEND_SWEEP_INTERVAL_MS", &sweep)
+            .env("TEND_SHUTDOWN_GRACE_S", "5")
+            .env(
+                "TEND_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", s.binary()));
+        p.child = Some(child);
+
+        let log_path = p.log.clone();
+        let port = eventually(
+            Duration::from_secs(60),
+            &format!("{} to log its address", s.binary()),
+            || {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let fresh = text.get(start_len as usize..).unwrap_or("").to_owned();
+                async move {
+                    fresh.lines().find_map(|l| {
+                        let rest = l.split("listening on ").nth(1)?;
+                        let addr = rest.split_whitespace().next()?;
+                        addr.rsplit_once(':')?.1.parse::<u16>().ok()
+                    })
+                }
+            },
+        )
+        .await;
+        self.procs[index(s)].port = port;
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        let http = self.http.clone();
+        eventually(
+            Duration::from_secs(30),
+            &format!("{} to be ready", s.binary()),
+            || {
+                let (http, ready) = (http.clone(), ready.clone());
+                async move {
+                    let r = http.get(&ready).send().await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// SIGKILL: the service dies without draining.
+    pub fn kill(&mut self, s: Service) {
+        if let Some(mut c) = self.procs[index(s)].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit; returns the exit status code.
+    pub fn terminate(&mut self, s: Service) -> Option<i32> {
+        let mut c = self.procs[index(s)].child.take()?;
+        signal(c.id(), "TERM");
+        c.wait().ok()?.code()
+    }
+
+    pub fn url(&self, s: Service) -> String {
+        format!("http://127.0.0.1:{}", self.procs[index(s)].port)
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("{}/api/v1{path}", self.url(Service::Platform))
+    }
+
+    pub fn device_api(&self, path: &str) -> String {
+        format!("{}/device/v1{path}", self.url(Service::Sync))
+    }
+
+    pub fn log_of(&self, s: Service) -> String {
+        std::fs::read_to_string(&self.procs[index(s)].log).unwrap_or_default()
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let r = self
+            .http
+            .post(self.api("/auth/login"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .expect("login request");
+        assert_eq!(r.status(), 200, "login of {username}");
+        let v: Value = r.json().await.expect("login answer");
+        v["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// A token of the bootstrap admin (admin of tenant `default`, system admin).
+    pub async fn admin(&self) -> String {
+        self.admin_token
+            .get_or_init(|| self.login(ADMIN_USER, ADMIN_PASSWORD))
+            .await
+            .clone()
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(self.api(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(self.api(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("admin request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn new_device(&self, token: &str) -> Device {
+        let (status, v) = self
+            .post(
+                token,
+                "/devices",
+                json!({ "name": "kiosk", "device_type": "kiosk", "labels": { "site": "test" } }),
+            )
+            .await;
+        assert_eq!(status, 201, "device creation: {v}");
+        Device {
+            id: v["credentials"]["device_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("device_id"),
+            secret: v["credentials"]["secret"]
+                .as_str()
+                .expect("secret")
+                .to_owned(),
+        }
+    }
+
+    /// Queues a command; panics unless the platform answers 201.
+    pub async fn queue(&self, token: &str, device: Uuid, body: Value) -> Uuid {
+        let (status, v) = self
+            .post(token, &format!("/devices/{device}/commands"), body)
+            .await;
+        assert_eq!(status, 201, "queueing a command: {v}");
+        v["id"].as_str().and_then(|s| s.parse().ok()).expect("id")
+    }
+
+    pub async fn command(&self, token: &str, id: Uuid) -> Value {
+        let (status, v) = self.get(token, &format!("/commands/{id}")).await;
+        assert_eq!(status, 200, "command {id}: {v}");
+        v
+    }
+
+    /// Waits until the command reaches `status`; panics if it reaches
+    /// another terminal state or the time runs out.
+    pub async fn wait_for(&self, token: &str, id: Uuid, status: &str, timeout: Duration) -> Value {
+        let terminal = [
+            "succeeded",
+            "failed",
+            "rejected",
+            "timed_out",
+            "expired",
+            "cancelled",
+        ];
+        eventually(timeout, &format!("command {id} to be {status}"), || async {
+            let v = self.command(token, id).await;
+            let now = v["status"].as_str().unwrap_or_default().to_owned();
+            if now == status {
+                return Some(v);
+            }
+            assert!(
+                !terminal.contains(&now.as_str()),
+                "command {id} ended {now}, expected {status}: {v}"
+            );
+            None
+        })
+        .await
+    }
+
+    /// A Redis connection, for tests that tamper with the hot-path state.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis is required (TEND_TEST_REDIS_URL)")
+    }
+
+    /// Deletes every Redis key of this installation.
+    pub async fn flush_redis(&self) {
+        let mut r = self.redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.instance))
+            .query_async(&mut r)
+            .await
+            .expect("KEYS");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut r)
+                .await
+                .expect("DEL");
+        }
+    }
+
+    /// A client of this stack's database, for assertions on the record.
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.database_url(), tokio_postgres::NoTls)
+            .await
+            .expect("the test database");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+/// Sends a signal with kill(1): the workspace forbids unsafe code, and
+/// these are our own children.
+pub(crate) fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for p in &self.procs {
+                let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("---- {} (last lines) ----", p.log.display());
+                for l in tail.into_iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        // Clean up from a thread of its own: Drop cannot await, and the
+        // test's runtime may be shutting down.
+        let (admin_url, db, redis_url, amqp_url, instance) = (
+            self.admin_url.clone(),
+            self.db_name.clone(),
+            self.redis_url.clone(),
+            self.amqp_url.clone(),
+            self.instance.clone(),
+        );
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                        .await;
+                }
+                if let Ok(client) = redis::Client::open(redis_url.as_str())
+                    && let Ok(mut r) = client.get_multiplexed_async_connection().await
+                {
+                    let keys: Vec<String> = redis::cmd("KEYS")
+                        .arg(format!("{instance}:*"))
+                        .query_async(&mut r)
+                        .await
+                        .unwrap_or_default();
+                    if !keys.is_empty() {
+                        let _: Result<(), _> =
+                            redis::cmd("DEL").arg(&keys).query_async(&mut r).await;
+                    }
+                }
+                if let Ok(conn) =
+                    lapin::Connection::connect(&amqp_url, lapin::ConnectionProperties::default())
+                        .await
+                    && let Ok(ch) = conn.create_channel().await
+                {
+                    let _ = ch
+                        .exchange_delete(
+                            format!("{instance}.sync").into(),
+                            lapin::options::ExchangeDeleteOptions::default(),
+                        )
+                        .await;
+                    let _ = conn.close(200, "done".into()).await;
+                }
+            });
+        })
+        .join();
+    }
+}

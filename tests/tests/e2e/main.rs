@@ -1,0 +1,8 @@
+//! End-to-end tests: the real binaries against real PostgreSQL, Redis and
+//! RabbitMQ, each test with its own database and instance prefix.
+
+mod input;
+mod isolation;
+mod latency;
+mod lifecycle;
+mod resilience;
