@@ -1,0 +1,345 @@
+//! Presence, moved from Redis to PostgreSQL.
+//!
+//! The sync servers record each heartbeat in a Redis sorted set (device id
+//! scored by the time of its latest heartbeat, in ms) and keep what the
+//! device reported beside it; heartbeats never touch PostgreSQL. Each sweep,
+//! the monitor reads the heartbeats that arrived since its last scan, writes
+//! them onto the device rows (`online`, `last_seen_at`, `reported`), then
+//! marks offline the devices silent for three heartbeat intervals.
+//!
+//! One replica per tick does this, under a transaction-scoped advisory lock;
+//! each replica keeps its own scan cursor, so a replica that takes over
+//! reads some heartbeats again, which changes nothing, and misses none.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use chrono::{DateTime, Utc};
+use tend_core::db::devices::{self, Seen};
+use tend_core::db::{GenericClient, Pool};
+use tend_core::live::{Beat, Live};
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::{Outage, ticker};
+
+/// Heartbeats per Redis read, and so per `UPDATE`: a few hundred kilobytes,
+/// which keeps both round trips short even for a large fleet.
+const SCAN_LIMIT: isize = 5000;
+
+/// How far before its own start a scan leaves the next one to read again.
+/// A sync server stamps a heartbeat with its own clock and writes it a
+/// moment later, so a heartbeat can land below a time a scan already
+/// covered; reading the last two seconds again catches it (and clock skew
+/// between servers up to that much), and `record_seen` ignores what it
+/// already has.
+const SCAN_OVERLAP_MS: i64 = 2000;
+
+/// How many heartbeat intervals of silence make a device offline: one lost
+/// heartbeat or a slow network is not an outage, three in a row are.
+const MISSED_BEATS: u32 = 3;
+
+/// Moves presence from Redis to PostgreSQL and detects silent devices.
+pub(crate) struct Presence {
+    pool: Pool,
+    live: Live,
+    /// Silence after which a device is offline: [`MISSED_BEATS`] heartbeats.
+    offline_after: Duration,
+    /// Score after which the next scan starts (exclusive).
+    since_ms: i64,
+    gate: OfflineGate,
+    redis: Outage,
+    step: Outage,
+}
+
+/// What one scan of the presence set achieved.
+struct Scan {
+    /// Every heartbeat scored up to here was read; `i64::MAX` once the
+    /// scan reached the end of the set.
+    covered_ms: i64,
+    recorded: u64,
+    /// False when Redis failed during the scan: the picture is incomplete.
+    complete: bool,
+}
+
+impl Presence {
+    /// The first scan reaches back one offline window: older heartbeats
+    /// could not keep a device online anyway.
+    pub(crate) fn new(pool: Pool, live: Live, heartbeat: Duration) -> Self {
+        let offline_after = heartbeat * MISSED_BEATS;
+        Presence {
+            pool,
+            live,
+            offline_after,
+            since_ms: Utc::now().timestamp_millis() - duration_ms(offline_after),
+            gate: OfflineGate::default(),
+            redis: Outage::new("presence scan (Redis)"),
+            step: Outage::new("presence sweep"),
+        }
+    }
+
+    /// Runs a presence step every `interval` until `token` is cancelled; a
+    /// step under way then is finished first.
+    pub(crate) async fn run(mut self, interval: Duration, token: CancellationToken) {
+        let mut tick = ticker(interval);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match self.sweep().await {
+                Ok(()) => self.step.recovered(),
+                Err(e) => self.step.failed(&e),
+            }
+        }
+    }
+
+    /// One presence step: record new heartbeats, then mark silent devices
+    /// offline. Does nothing while another replica holds the presence lock.
+    async fn sweep(&mut self) -> anyhow::Result<()> {
+        let mut client = self.pool.get().await.context("presence: PostgreSQL pool")?;
+        let tx = client.transaction().await.context("presence: BEGIN")?;
+        if !devices::try_lock_presence(&tx)
+            .await
+            .context("presence: taking the advisory lock")?
+        {
+            tracing::debug!("another monitor replica records presence this tick");
+            return Ok(());
+        }
+
+        // One cutoff for both steps: a heartbeat older than it cannot keep a
+        // device online, so the scan does not even read it (re-reading it
+        // would flip an offline device back to online for a moment).
+        let started_ms = Utc::now().timestamp_millis();
+        let cutoff_ms = started_ms - duration_ms(self.offline_after);
+        let cutoff = ms_to_utc(cutoff_ms).context("presence: the clock is out of range")?;
+        let from_ms = self.since_ms.max(cutoff_ms);
+        let scan = self.scan(&tx, from_ms).await?;
+        let now = Instant::now();
+        if scan.complete {
+            self.redis.recovered();
+        } else {
+            self.gate.hold(now, self.offline_after);
+        }
+        // Without a complete scan, silence may only mean that Redis lost
+        // the heartbeats: nobody is marked offline for that.
+        let offline = if scan.complete && self.gate.allows(now) {
+            devices::mark_offline(&tx, cutoff)
+                .await
+                .context("presence: marking silent devices offline")?
+        } else {
+            Vec::new()
+        };
+        tx.commit().await.context("presence: COMMIT")?;
+
+        self.since_ms = next_start(from_ms, scan.covered_ms, started_ms);
+        if scan.recorded > 0 {
+            tracing::debug!(
+                count = scan.recorded,
+                "recorded {} heartbeats",
+                scan.recorded
+            );
+        }
+        metrics::counter!("tend_devices_went_offline_total").increment(offline.len() as u64);
+        for id in offline {
+            tracing::info!(device.id = %id, "device {id} went offline");
+        }
+        Ok(())
+    }
+
+    /// Reads every heartbeat scored after `from_ms` and records it in `tx`.
+    async fn scan(&mut self, tx: &impl GenericClient, from_ms: i64) -> anyhow::Result<Scan> {
+        let mut since = from_ms;
+        let mut recorded = 0;
+        loop {
+            let beats = match self.live.beats_since(since, SCAN_LIMIT).await {
+                Ok(beats) => beats,
+                Err(e) => {
+                    self.redis.failed(
+                        &anyhow!(e).context("reading heartbeats; offline detection paused"),
+                    );
+                    return Ok(Scan {
+                        covered_ms: since,
+                        recorded,
+                        complete: false,
+                    });
+                }
+            };
+            let seen: Vec<Seen> = beats.iter().filter_map(to_seen).collect();
+            recorded += devices::record_seen(tx, &seen)
+                .await
+                .context("presence: recording heartbeats")?;
+            let at_ms: Vec<i64> = beats.iter().map(|b| b.at_ms).collect();
+            match advance(&at_ms, SCAN_LIMIT.unsigned_abs()) {
+                Next::Done => {
+                    return Ok(Scan {
+                        covered_ms: i64::MAX,
+                        recorded,
+                        complete: true,
+                    });
+                }
+                Next::More(from) => since = from,
+                Next::SkipTie(from) => {
+                    tracing::warn!(
+                        at_ms = from,
+                        "more than {SCAN_LIMIT} heartbeats share one millisecond; \
+                         the rest are recorded at their next heartbeat"
+                    );
+                    since = from;
+                }
+            }
+        }
+    }
+}
+
+/// What to do after one read of the presence set, which returns scores
+/// strictly above the cursor, oldest first, at most `limit`.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// The read was short: the set is read to its end.
+    Done,
+    /// The read was full: read again after this score. It is one below the
+    /// last score read, because more heartbeats may share that score.
+    More(i64),
+    /// The read was full of a single score; the set cannot be paged within
+    /// one score, so the scan moves past it.
+    SkipTie(i64),
+}
+
+fn advance(at_ms: &[i64], limit: usize) -> Next {
+    match (at_ms.first(), at_ms.last()) {
+        (Some(&first), Some(&last)) if at_ms.len() >= limit => {
+            if first < last {
+                Next::More(last - 1)
+            } else {
+                Next::SkipTie(last)
+            }
+        }
+        _ => Next::Done,
+    }
+}
+
+/// Where the next sweep's scan starts: everything up to `covered_ms` was
+/// read, and only heartbeats stamped less than [`SCAN_OVERLAP_MS`] before
+/// the scan started can still arrive late; the lower of the two, never
+/// further back than this scan's start.
+fn next_start(from_ms: i64, covered_ms: i64, started_ms: i64) -> i64 {
+    from_ms.max(covered_ms.min(started_ms - SCAN_OVERLAP_MS))
+}
+
+/// A heartbeat as the device row records it; `None` for a time out of
+/// range. What the device reported is kept only if it is a JSON value
+/// other than `null`; otherwise the row keeps what it had.
+fn to_seen(beat: &Beat) -> Option<Seen> {
+    Some(Seen {
+        device_id: beat.device_id,
+        at: ms_to_utc(beat.at_ms)?,
+        reported: beat
+            .reported
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .filter(|v| !v.is_null()),
+    })
+}
+
+fn ms_to_utc(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Holds offline detection back after Redis failed. Heartbeats sent during
+/// the outage were never recorded, so devices get one full offline window
+/// of working Redis to be heard again before their silence counts. Each
+/// replica knows only the failures it saw itself: a replica that did not
+/// hold the presence lock during the outage does not wait.
+#[derive(Debug, Default)]
+struct OfflineGate {
+    hold_until: Option<Instant>,
+}
+
+impl OfflineGate {
+    /// Redis failed at `now`.
+    fn hold(&mut self, now: Instant, window: Duration) {
+        self.hold_until = Some(now + window);
+    }
+
+    fn allows(&self, now: Instant) -> bool {
+        self.hold_until.is_none_or(|until| now >= until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn a_short_read_ends_the_scan() {
+        assert_eq!(advance(&[], 3), Next::Done);
+        assert_eq!(advance(&[5, 6], 3), Next::Done);
+    }
+
+    #[test]
+    fn a_full_read_continues_just_below_its_last_score_so_ties_are_not_lost() {
+        assert_eq!(advance(&[5, 6, 9], 3), Next::More(8));
+        assert_eq!(advance(&[5, 9, 9], 3), Next::More(8));
+    }
+
+    #[test]
+    fn a_full_read_of_one_millisecond_moves_past_it_instead_of_looping() {
+        assert_eq!(advance(&[7, 7, 7], 3), Next::SkipTie(7));
+    }
+
+    #[test]
+    fn after_a_full_scan_the_next_one_reaches_back_two_seconds_before_this_one() {
+        assert_eq!(next_start(1_000, i64::MAX, 10_000), 8_000);
+    }
+
+    #[test]
+    fn after_a_broken_scan_the_next_one_resumes_where_reading_stopped() {
+        assert_eq!(next_start(1_000, 4_000, 10_000), 4_000);
+    }
+
+    #[test]
+    fn the_scan_start_never_moves_back() {
+        assert_eq!(next_start(9_000, i64::MAX, 10_000), 9_000);
+        assert_eq!(next_start(9_000, 1_000, 10_000), 9_000);
+    }
+
+    #[test]
+    fn milliseconds_become_utc_times_and_absurd_ones_are_dropped() {
+        let t = ms_to_utc(1_700_000_000_123).unwrap();
+        assert_eq!(t.to_rfc3339(), "2023-11-14T22:13:20.123+00:00");
+        assert_eq!(t.timestamp_millis(), 1_700_000_000_123);
+        assert!(ms_to_utc(i64::MAX).is_none());
+    }
+
+    #[test]
+    fn a_heartbeat_keeps_its_report_only_when_it_is_json() {
+        let id = Uuid::new_v4();
+        let beat = |reported: Option<&str>| Beat {
+            device_id: id,
+            at_ms: 1_000,
+            reported: reported.map(str::to_owned),
+        };
+        let seen = to_seen(&beat(Some(r#"{"agent_version":"1.2.3"}"#))).unwrap();
+        assert_eq!(seen.device_id, id);
+        assert_eq!(seen.at.timestamp_millis(), 1_000);
+        assert_eq!(seen.reported.unwrap()["agent_version"], "1.2.3");
+        assert!(to_seen(&beat(Some("not json"))).unwrap().reported.is_none());
+        assert!(to_seen(&beat(Some("null"))).unwrap().reported.is_none());
+        assert!(to_seen(&beat(None)).unwrap().reported.is_none());
+    }
+
+    #[test]
+    fn after_a_redis_failure_offline_detection_waits_one_window() {
+        let mut gate = OfflineGate::default();
+        let t0 = Instant::now();
+        assert!(gate.allows(t0));
+        gate.hold(t0, Duration::from_secs(90));
+        assert!(!gate.allows(t0 + Duration::from_secs(89)));
+        assert!(gate.allows(t0 + Duration::from_secs(90)));
+    }
+}

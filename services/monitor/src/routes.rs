@@ -1,0 +1,40 @@
+//! The monitor's HTTP surface: health, readiness and metrics only. It has
+//! no API of its own; its work happens in the background loops.
+
+use actix_web::{HttpResponse, web};
+use tend_core::db::{self, Pool};
+use tend_core::http;
+use tend_core::live::Live;
+use tokio_util::sync::CancellationToken;
+
+use crate::relay::AmqpStatus;
+
+/// What `/readyz` checks.
+pub(crate) struct State {
+    pub pool: Pool,
+    pub live: Live,
+    pub amqp: AmqpStatus,
+    /// Cancelled when the monitor drains; readiness fails from then on.
+    pub shutdown: CancellationToken,
+}
+
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(http::healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(http::metrics));
+}
+
+/// `GET /readyz`: PostgreSQL and Redis answer, and the relay holds a live
+/// connection to RabbitMQ.
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    let (postgres, redis) = tokio::join!(db::ping(&state.pool), state.live.ping());
+    let mut checks = vec![
+        ("postgres", postgres.map_err(|e| e.to_string())),
+        ("redis", redis.map_err(|e| e.to_string())),
+        ("rabbitmq", state.amqp.check()),
+    ];
+    if state.shutdown.is_cancelled() {
+        checks.push(("shutdown", Err("draining".into())));
+    }
+    http::readiness(checks)
+}

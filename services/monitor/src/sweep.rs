@@ -1,0 +1,151 @@
+//! The periodic command sweeps: commands past their deadlines, commands
+//! still waiting to be announced again, and the outbox gauges.
+//!
+//! The sweeps lock their rows with `SKIP LOCKED`, so every replica runs
+//! them every tick without doing the same work twice. Presence has a loop
+//! of its own ([`crate::presence`]), so that a slow Redis never delays a
+//! command's deadline.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use tend_core::db::commands::{self, SWEEP_BATCH};
+use tend_core::db::{self, Pool, outbox};
+use tokio_util::sync::CancellationToken;
+
+use crate::retry::{Outage, ticker};
+
+/// How many heartbeat intervals a command may wait for its device before it
+/// is announced again: by then a device that got the first announcement has
+/// heartbeated and fetched it, so one still waiting likely missed it (a lost
+/// message, a flushed Redis).
+const REANNOUNCE_AFTER_BEATS: u32 = 2;
+
+pub(crate) struct Sweeper {
+    pool: Pool,
+    interval: Duration,
+    reannounce_after: Duration,
+    commands_outage: Outage,
+    backlog_outage: Outage,
+}
+
+impl Sweeper {
+    pub(crate) fn new(pool: Pool, interval: Duration, heartbeat: Duration) -> Self {
+        Sweeper {
+            pool,
+            interval,
+            reannounce_after: heartbeat * REANNOUNCE_AFTER_BEATS,
+            commands_outage: Outage::new("command sweeps"),
+            backlog_outage: Outage::new("outbox backlog gauge"),
+        }
+    }
+
+    /// Sweeps every interval until `token` is cancelled; a sweep under way
+    /// then is finished first.
+    pub(crate) async fn run(mut self, token: CancellationToken) {
+        let mut tick = ticker(self.interval);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            self.sweep().await;
+        }
+    }
+
+    /// One sweep. Each part fails on its own: the gauges are updated even
+    /// when a sweep statement failed.
+    async fn sweep(&mut self) {
+        match self.sweep_commands().await {
+            Ok(()) => self.commands_outage.recovered(),
+            Err(e) => self.commands_outage.failed(&e),
+        }
+        match self.update_backlog().await {
+            Ok(()) => self.backlog_outage.recovered(),
+            Err(e) => self.backlog_outage.failed(&e),
+        }
+    }
+
+    async fn sweep_commands(&self) -> anyhow::Result<()> {
+        let client = self.pool.get().await.context("sweep: PostgreSQL pool")?;
+        let c = &client;
+
+        let expired = drain(|| commands::expire_due(c))
+            .await
+            .context("sweep: expiring commands")?;
+        metrics::counter!("tend_commands_expired_total").increment(expired);
+        if expired > 0 {
+            tracing::info!(count = expired, "{expired} queued commands expired");
+        }
+
+        let timed_out = drain(|| commands::time_out_due(c))
+            .await
+            .context("sweep: timing out commands")?;
+        metrics::counter!("tend_commands_timed_out_total").increment(timed_out);
+        if timed_out > 0 {
+            tracing::info!(count = timed_out, "{timed_out} commands timed out");
+        }
+
+        let older_than_s = self.reannounce_after.as_secs_f64();
+        let reannounced = drain(|| commands::reannounce_due(c, older_than_s))
+            .await
+            .context("sweep: re-announcing waiting commands")?;
+        metrics::counter!("tend_commands_reannounced_total").increment(reannounced);
+        if reannounced > 0 {
+            tracing::info!(
+                count = reannounced,
+                "{reannounced} waiting commands announced again"
+            );
+        }
+        Ok(())
+    }
+
+    async fn update_backlog(&self) -> anyhow::Result<()> {
+        let client = self.pool.get().await.context("backlog: PostgreSQL pool")?;
+        let (count, oldest_age_s) = outbox::backlog(&client)
+            .await
+            .context("backlog: reading the outbox")?;
+        metrics::gauge!("tend_outbox_backlog").set(count as f64);
+        metrics::gauge!("tend_outbox_oldest_age_seconds").set(oldest_age_s);
+        Ok(())
+    }
+}
+
+/// Runs one sweep statement until it touches less than a full batch, so a
+/// backlog is worked off in bounded transactions within one sweep.
+async fn drain<F, Fut>(mut statement: F) -> db::Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = db::Result<u64>>,
+{
+    let mut total = 0;
+    loop {
+        let n = statement().await?;
+        total += n;
+        if n < SWEEP_BATCH.unsigned_abs() {
+            return Ok(total);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[tokio::test]
+    async fn a_sweep_statement_repeats_while_it_fills_whole_batches() {
+        let full = SWEEP_BATCH.unsigned_abs();
+        let answers = [full, full, 7, full];
+        let calls = AtomicU64::new(0);
+        let total = drain(|| {
+            let i = calls.fetch_add(1, Ordering::SeqCst) as usize;
+            async move { Ok(answers[i]) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(total, 2 * full + 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}

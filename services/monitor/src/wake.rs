@@ -1,0 +1,104 @@
+//! Wake-ups for the relay: a dedicated PostgreSQL connection that
+//! `LISTEN`s on `tend_outbox`, the channel the outbox trigger notifies at
+//! every commit of new rows.
+//!
+//! The connection is outside the pool because it is held for the life of
+//! the process and must be driven by hand to see notifications. When it
+//! breaks it is reopened with backoff; meanwhile the relay's one-second
+//! safety poll keeps events moving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use futures_util::StreamExt;
+use futures_util::stream;
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::retry::{Backoff, Outage, service_backoff, sleep_unless_cancelled};
+
+/// The channel named by the outbox trigger in the schema.
+const CHANNEL: &str = "tend_outbox";
+
+/// The connection settings of the LISTEN connection, from the database URL.
+pub(crate) fn listen_config(database_url: &str) -> anyhow::Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = database_url.parse().context("TEND_DATABASE_URL")?;
+    config
+        .application_name("tend-monitor listener")
+        // An unreachable server should fail the attempt, not hang it.
+        .connect_timeout(Duration::from_secs(5))
+        // The connection only receives; keepalives notice a peer that
+        // vanished without closing (the kernel default waits two hours).
+        .keepalives_idle(Duration::from_secs(30));
+    Ok(config)
+}
+
+/// Notifies `wake` on every outbox notification until `token` is
+/// cancelled, reconnecting whenever the connection breaks.
+pub(crate) async fn listen(
+    config: tokio_postgres::Config,
+    wake: Arc<Notify>,
+    token: CancellationToken,
+) {
+    let mut backoff = service_backoff();
+    let mut outage = Outage::new("outbox LISTEN connection");
+    loop {
+        let broken = tokio::select! {
+            _ = token.cancelled() => return,
+            r = listen_once(&config, &wake, &mut backoff, &mut outage) => r,
+        };
+        outage.failed(&broken);
+        if !sleep_unless_cancelled(backoff.next_delay(), &token).await {
+            return;
+        }
+    }
+}
+
+/// One connection's life: connect, LISTEN, forward notifications. Returns
+/// why it ended.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    wake: &Arc<Notify>,
+    backoff: &mut Backoff,
+    outage: &mut Outage,
+) -> anyhow::Error {
+    let (client, mut connection) = match config.connect(NoTls).await {
+        Ok(pair) => pair,
+        Err(e) => return anyhow!(e).context("connecting to PostgreSQL"),
+    };
+    let notify = Arc::clone(wake);
+    // The connection does no I/O unless polled, for LISTEN's answer too, so
+    // it is driven by its own task from the start.
+    let driver = AbortOnDropHandle::new(tokio::spawn(async move {
+        let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(_)) => notify.notify_one(),
+                Ok(AsyncMessage::Notice(notice)) => {
+                    tracing::debug!("PostgreSQL notice on the LISTEN connection: {notice}");
+                }
+                Ok(_) => {}
+                Err(e) => return anyhow!(e).context("the LISTEN connection failed"),
+            }
+        }
+        anyhow!("PostgreSQL closed the LISTEN connection")
+    }));
+    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        return anyhow!(e).context("LISTEN");
+    }
+    outage.recovered();
+    backoff.reset();
+    // Rows committed while nobody listened announced themselves to no one.
+    wake.notify_one();
+    tracing::debug!("listening for outbox notifications");
+    // `client` stays alive until here: dropping it would close the connection.
+    let ended = match driver.await {
+        Ok(reason) => reason,
+        Err(e) => anyhow!(e).context("the LISTEN task stopped"),
+    };
+    drop(client);
+    ended
+}
