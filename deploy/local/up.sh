@@ -375,7 +375,7 @@ cat <<EOF
           | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
       curl -s -H "Authorization: Bearer \$TOKEN" $PLATFORM_URL/api/v1/devices
       curl -s -X POST -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
-          -d '{"kind":"log_query","params":{"source":"demo"}}' \\
+          -d '{"kind":"reboot"}' \\
           $PLATFORM_URL/api/v1/devices/$DEVICE_ID/commands
 
     Logs: $RUN/{tend-platform,tend-sync,tend-monitor,agent}.log

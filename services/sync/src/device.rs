@@ -35,7 +35,9 @@ fn authenticate(req: &HttpRequest) -> Result<DeviceCaller, ApiError> {
         TokenError::Invalid => ApiError::Unauthorized("invalid device token".into()),
     })?;
     if state.revocations.is_revoked(claims.sub) {
-        return Err(ApiError::Unauthorized("this device was decommissioned".into()));
+        return Err(ApiError::Unauthorized(
+            "this device was decommissioned".into(),
+        ));
     }
     Ok(DeviceCaller { id: claims.sub })
 }

@@ -39,39 +39,250 @@ async fn bad_requests_get_problem_json_with_the_right_status() {
     use reqwest::Method as M;
 
     let cases: Vec<(&str, M, String, Option<&str>, Option<&str>, Vec<u8>, u16)> = vec![
-        ("malformed JSON", M::POST, commands.clone(), Some(&admin), json_ct, b"{\"kind\":".to_vec(), 400),
-        ("wrong type", M::POST, commands.clone(), Some(&admin), json_ct, br#"{"kind": 7}"#.to_vec(), 422),
-        ("unknown field", M::POST, commands.clone(), Some(&admin), json_ct, br#"{"kind": "reboot", "force": 1}"#.to_vec(), 422),
-        ("unknown kind", M::POST, commands.clone(), Some(&admin), json_ct, br#"{"kind": "format_disk"}"#.to_vec(), 422),
-        ("kind of a later feature", M::POST, commands.clone(), Some(&admin), json_ct, br#"{"kind": "upgrade", "params": {}}"#.to_vec(), 422),
-        ("params for reboot", M::POST, commands.clone(), Some(&admin), json_ct, br#"{"kind": "reboot", "params": {"now": true}}"#.to_vec(), 422),
-        ("zero timeout", M::POST, commands.clone(), Some(&admin), json_ct, br#"{"kind": "reboot", "timeout_s": 0}"#.to_vec(), 422),
-        ("negative expiry", M::POST, commands.clone(), Some(&admin), json_ct, br#"{"kind": "reboot", "expires_in_s": -5}"#.to_vec(), 422),
-        ("fractional timeout", M::POST, commands.clone(), Some(&admin), json_ct, br#"{"kind": "reboot", "timeout_s": 1.5}"#.to_vec(), 422),
-        ("not JSON", M::POST, commands.clone(), Some(&admin), Some("text/plain"), b"reboot".to_vec(), 415),
-        ("oversized body", M::POST, commands.clone(), Some(&admin), json_ct, format!("{{\"kind\":\"{}\"}}", "x".repeat(200_000)).into_bytes(), 413),
-        ("no token", M::POST, commands.clone(), None, json_ct, br#"{"kind": "reboot"}"#.to_vec(), 401),
-        ("forged token", M::POST, commands.clone(), Some("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"), json_ct, br#"{"kind": "reboot"}"#.to_vec(), 401),
-        ("garbage token", M::GET, stack.api("/devices"), Some("garbage"), None, vec![], 401),
-        ("unknown device", M::POST, stack.api(&format!("/devices/{}/commands", uuid::Uuid::new_v4())), Some(&admin), json_ct, br#"{"kind": "reboot"}"#.to_vec(), 404),
-        ("id that is no UUID", M::GET, stack.api("/commands/not-a-uuid"), Some(&admin), None, vec![], 404),
-        ("unknown route", M::GET, stack.api("/nothing-here"), Some(&admin), None, vec![], 404),
-        ("bad cursor", M::GET, stack.api("/devices?cursor=zzz"), Some(&admin), None, vec![], 400),
-        ("bad limit", M::GET, stack.api("/devices?limit=100000"), Some(&admin), None, vec![], 400),
-        ("bad status filter", M::GET, stack.api("/devices?status=asleep"), Some(&admin), None, vec![], 400),
-        ("short password", M::POST, stack.api("/users"), Some(&admin), json_ct, br#"{"username": "u", "password": "short", "role": "viewer"}"#.to_vec(), 422),
-        ("unknown role", M::POST, stack.api("/users"), Some(&admin), json_ct, br#"{"username": "u", "password": "long-enough", "role": "god"}"#.to_vec(), 422),
-        ("bad login", M::POST, stack.api("/auth/login"), None, json_ct, br#"{"username": "root", "password": "nope"}"#.to_vec(), 401),
-        ("device API without token", M::POST, stack.device_api("/heartbeat"), None, json_ct, br#"{"agent_version": "1"}"#.to_vec(), 401),
-        ("device auth with wrong types", M::POST, stack.device_api("/auth"), None, json_ct, br#"{"device_id": 5, "secret": []}"#.to_vec(), 422),
-        ("device auth malformed", M::POST, stack.device_api("/auth"), None, json_ct, b"{".to_vec(), 400),
+        (
+            "malformed JSON",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            b"{\"kind\":".to_vec(),
+            400,
+        ),
+        (
+            "wrong type",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            br#"{"kind": 7}"#.to_vec(),
+            422,
+        ),
+        (
+            "unknown field",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            br#"{"kind": "reboot", "force": 1}"#.to_vec(),
+            422,
+        ),
+        (
+            "unknown kind",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            br#"{"kind": "format_disk"}"#.to_vec(),
+            422,
+        ),
+        (
+            "kind of a later feature",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            br#"{"kind": "upgrade", "params": {}}"#.to_vec(),
+            422,
+        ),
+        (
+            "params for reboot",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            br#"{"kind": "reboot", "params": {"now": true}}"#.to_vec(),
+            422,
+        ),
+        (
+            "zero timeout",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            br#"{"kind": "reboot", "timeout_s": 0}"#.to_vec(),
+            422,
+        ),
+        (
+            "negative expiry",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            br#"{"kind": "reboot", "expires_in_s": -5}"#.to_vec(),
+            422,
+        ),
+        (
+            "fractional timeout",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            br#"{"kind": "reboot", "timeout_s": 1.5}"#.to_vec(),
+            422,
+        ),
+        (
+            "not JSON",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            Some("text/plain"),
+            b"reboot".to_vec(),
+            415,
+        ),
+        (
+            "oversized body",
+            M::POST,
+            commands.clone(),
+            Some(&admin),
+            json_ct,
+            format!("{{\"kind\":\"{}\"}}", "x".repeat(200_000)).into_bytes(),
+            413,
+        ),
+        (
+            "no token",
+            M::POST,
+            commands.clone(),
+            None,
+            json_ct,
+            br#"{"kind": "reboot"}"#.to_vec(),
+            401,
+        ),
+        (
+            "forged token",
+            M::POST,
+            commands.clone(),
+            Some("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"),
+            json_ct,
+            br#"{"kind": "reboot"}"#.to_vec(),
+            401,
+        ),
+        (
+            "garbage token",
+            M::GET,
+            stack.api("/devices"),
+            Some("garbage"),
+            None,
+            vec![],
+            401,
+        ),
+        (
+            "unknown device",
+            M::POST,
+            stack.api(&format!("/devices/{}/commands", uuid::Uuid::new_v4())),
+            Some(&admin),
+            json_ct,
+            br#"{"kind": "reboot"}"#.to_vec(),
+            404,
+        ),
+        (
+            "id that is no UUID",
+            M::GET,
+            stack.api("/commands/not-a-uuid"),
+            Some(&admin),
+            None,
+            vec![],
+            404,
+        ),
+        (
+            "unknown route",
+            M::GET,
+            stack.api("/nothing-here"),
+            Some(&admin),
+            None,
+            vec![],
+            404,
+        ),
+        (
+            "bad cursor",
+            M::GET,
+            stack.api("/devices?cursor=zzz"),
+            Some(&admin),
+            None,
+            vec![],
+            400,
+        ),
+        (
+            "bad limit",
+            M::GET,
+            stack.api("/devices?limit=100000"),
+            Some(&admin),
+            None,
+            vec![],
+            400,
+        ),
+        (
+            "bad status filter",
+            M::GET,
+            stack.api("/devices?status=asleep"),
+            Some(&admin),
+            None,
+            vec![],
+            400,
+        ),
+        (
+            "short password",
+            M::POST,
+            stack.api("/users"),
+            Some(&admin),
+            json_ct,
+            br#"{"username": "u", "password": "short", "role": "viewer"}"#.to_vec(),
+            422,
+        ),
+        (
+            "unknown role",
+            M::POST,
+            stack.api("/users"),
+            Some(&admin),
+            json_ct,
+            br#"{"username": "u", "password": "long-enough", "role": "god"}"#.to_vec(),
+            422,
+        ),
+        (
+            "bad login",
+            M::POST,
+            stack.api("/auth/login"),
+            None,
+            json_ct,
+            br#"{"username": "root", "password": "nope"}"#.to_vec(),
+            401,
+        ),
+        (
+            "device API without token",
+            M::POST,
+            stack.device_api("/heartbeat"),
+            None,
+            json_ct,
+            br#"{"agent_version": "1"}"#.to_vec(),
+            401,
+        ),
+        (
+            "device auth with wrong types",
+            M::POST,
+            stack.device_api("/auth"),
+            None,
+            json_ct,
+            br#"{"device_id": 5, "secret": []}"#.to_vec(),
+            422,
+        ),
+        (
+            "device auth malformed",
+            M::POST,
+            stack.device_api("/auth"),
+            None,
+            json_ct,
+            b"{".to_vec(),
+            400,
+        ),
     ];
     for (what, method, url, token, ct, body, want) in cases {
         let (status, content_type, v) = raw(&stack, method, url, token, ct, body).await;
         assert_eq!(status, want, "{what}: {v}");
         assert_eq!(content_type, "application/problem+json", "{what}");
         assert_eq!(v["status"], want, "{what}: {v}");
-        assert!(v["title"].is_string() && v["detail"].is_string(), "{what}: {v}");
+        assert!(
+            v["title"].is_string() && v["detail"].is_string(),
+            "{what}: {v}"
+        );
     }
 }
 
@@ -91,7 +302,9 @@ async fn device_reports_are_validated_against_the_lifecycle() {
         .as_str()
         .unwrap()
         .to_owned();
-    let id = stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await;
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
     let report = |body: Value| {
         let req = stack
             .http
@@ -101,7 +314,11 @@ async fn device_reports_are_validated_against_the_lifecycle() {
         async move { req.send().await.unwrap().status().as_u16() }
     };
 
-    assert_eq!(report(json!({ "status": "in_progress" })).await, 409, "not delivered yet");
+    assert_eq!(
+        report(json!({ "status": "in_progress" })).await,
+        409,
+        "not delivered yet"
+    );
     let r = stack
         .http
         .get(stack.device_api("/instructions"))
@@ -114,11 +331,19 @@ async fn device_reports_are_validated_against_the_lifecycle() {
     assert_eq!(v["instructions"][0]["kind"], "shutdown");
     assert_eq!(report(json!({ "status": "bogus" })).await, 422);
     assert_eq!(report(json!({ "status": "in_progress" })).await, 200);
-    assert_eq!(report(json!({ "status": "in_progress" })).await, 200, "repeat");
+    assert_eq!(
+        report(json!({ "status": "in_progress" })).await,
+        200,
+        "repeat"
+    );
     let done = json!({ "status": "succeeded", "output": "bye" });
     assert_eq!(report(done.clone()).await, 200);
     assert_eq!(report(done).await, 200, "an identical repeat is accepted");
-    assert_eq!(report(json!({ "status": "failed" })).await, 409, "terminal is final");
+    assert_eq!(
+        report(json!({ "status": "failed" })).await,
+        409,
+        "terminal is final"
+    );
     let v = stack.command(&admin, id).await;
     assert_eq!(v["status"], "succeeded");
     assert_eq!(v["result"]["output"], "bye");

@@ -55,7 +55,9 @@ async fn another_tenants_admin_gets_404_for_the_device_and_its_commands() {
     let stack = Stack::start().await;
     let root = stack.admin().await;
     let device = stack.new_device(&root).await;
-    let cmd = stack.queue(&root, device.id, json!({ "kind": "reboot" })).await;
+    let cmd = stack
+        .queue(&root, device.id, json!({ "kind": "reboot" }))
+        .await;
 
     let (status, v) = stack
         .post(
@@ -77,10 +79,16 @@ async fn another_tenants_admin_gets_404_for_the_device_and_its_commands() {
         assert_eq!(v["status"], 404);
     }
     let (status, _) = stack
-        .post(&other, &format!("/devices/{}/commands", device.id), json!({ "kind": "reboot" }))
+        .post(
+            &other,
+            &format!("/devices/{}/commands", device.id),
+            json!({ "kind": "reboot" }),
+        )
         .await;
     assert_eq!(status, 404);
-    let (status, _) = stack.post(&other, &format!("/commands/{cmd}/cancel"), json!({})).await;
+    let (status, _) = stack
+        .post(&other, &format!("/commands/{cmd}/cancel"), json!({}))
+        .await;
     assert_eq!(status, 404);
     let r = stack
         .http
@@ -125,16 +133,28 @@ async fn roles_decide_who_may_queue_and_manage() {
     let operator = stack.login("otto", "long-enough").await;
 
     let (status, v) = stack
-        .post(&viewer, &format!("/devices/{}/commands", device.id), json!({ "kind": "reboot" }))
+        .post(
+            &viewer,
+            &format!("/devices/{}/commands", device.id),
+            json!({ "kind": "reboot" }),
+        )
         .await;
     assert_eq!(status, 403, "{v}");
     assert_eq!(stack.get(&viewer, "/devices").await.0, 200);
-    let cmd = stack.queue(&operator, device.id, json!({ "kind": "reboot" })).await;
-    let (status, _) = stack.post(&viewer, &format!("/commands/{cmd}/cancel"), json!({})).await;
+    let cmd = stack
+        .queue(&operator, device.id, json!({ "kind": "reboot" }))
+        .await;
+    let (status, _) = stack
+        .post(&viewer, &format!("/commands/{cmd}/cancel"), json!({}))
+        .await;
     assert_eq!(status, 403);
     for token in [&viewer, &operator] {
         let (status, _) = stack
-            .post(token, "/devices", json!({ "name": "x", "device_type": "kiosk" }))
+            .post(
+                token,
+                "/devices",
+                json!({ "name": "x", "device_type": "kiosk" }),
+            )
             .await;
         assert_eq!(status, 403);
         let (status, _) = stack
@@ -164,7 +184,9 @@ async fn a_decommissioned_device_is_refused_within_two_seconds() {
     let (status, t) = device_token(&stack, device.id, &device.secret).await;
     assert_eq!(status, 200);
     let token = t["token"].as_str().unwrap().to_owned();
-    let queued = stack.queue(&admin, device.id, json!({ "kind": "reboot" })).await;
+    let queued = stack
+        .queue(&admin, device.id, json!({ "kind": "reboot" }))
+        .await;
 
     let r = stack
         .http
@@ -176,22 +198,32 @@ async fn a_decommissioned_device_is_refused_within_two_seconds() {
     assert_eq!(r.status(), 204);
     let deleted = Instant::now();
 
-    eventually(Duration::from_secs(2), "the token to be refused", || async {
-        let r = stack
-            .http
-            .post(stack.device_api("/heartbeat"))
-            .bearer_auth(&token)
-            .json(&json!({ "agent_version": "test" }))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 401).then_some(())
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the token to be refused",
+        || async {
+            let r = stack
+                .http
+                .post(stack.device_api("/heartbeat"))
+                .bearer_auth(&token)
+                .json(&json!({ "agent_version": "test" }))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 401).then_some(())
+        },
+    )
     .await;
     assert!(deleted.elapsed() < Duration::from_secs(2));
     let (status, _) = device_token(&stack, device.id, &device.secret).await;
     assert_eq!(status, 401, "the secret is refused too");
-    assert_eq!(stack.get(&admin, &format!("/devices/{}", device.id)).await.0, 404);
+    assert_eq!(
+        stack
+            .get(&admin, &format!("/devices/{}", device.id))
+            .await
+            .0,
+        404
+    );
     assert_eq!(stack.command(&admin, queued).await["status"], "cancelled");
 }
 
@@ -239,7 +271,9 @@ async fn a_wrong_device_secret_is_refused() {
     // A running agent with the right secret works.
     let mut agent = Agent::new(&stack, &device);
     agent.start();
-    let id = stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await;
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
     stack
         .wait_for(&admin, id, "succeeded", Duration::from_secs(30))
         .await;

@@ -16,7 +16,11 @@ async fn queued_to_delivered_latency_over_50_commands() {
 
     let mut ids = Vec::new();
     for _ in 0..50 {
-        ids.push(stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await);
+        ids.push(
+            stack
+                .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+                .await,
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let mut latencies_ms = Vec::new();

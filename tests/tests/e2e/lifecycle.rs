@@ -15,7 +15,9 @@ async fn a_reboot_runs_once_and_succeeds_when_the_agent_returns_with_a_new_boot_
     let mut agent = Agent::new(&stack, &device);
     agent.start();
 
-    let id = stack.queue(&admin, device.id, json!({ "kind": "reboot" })).await;
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "reboot" }))
+        .await;
     let running = stack.wait_for(&admin, id, "in_progress", WAIT).await;
     assert!(running["delivered_at"].is_string() && running["started_at"].is_string());
     eventually(WAIT, "the reboot action to run", || async {
@@ -47,7 +49,9 @@ async fn a_reboot_fails_and_is_not_run_again_when_the_boot_id_did_not_change() {
     let mut agent = Agent::new(&stack, &device);
     agent.start();
 
-    let id = stack.queue(&admin, device.id, json!({ "kind": "reboot" })).await;
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "reboot" }))
+        .await;
     stack.wait_for(&admin, id, "in_progress", WAIT).await;
     eventually(WAIT, "the reboot action to run", || async {
         (agent.executed().len() == 1).then_some(())
@@ -78,7 +82,9 @@ async fn a_shutdown_runs_once_and_succeeds() {
     let mut agent = Agent::new(&stack, &device);
     agent.start();
 
-    let id = stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await;
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
     stack.wait_for(&admin, id, "succeeded", WAIT).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(agent.executed(), vec![id]);
@@ -92,7 +98,9 @@ async fn a_failing_action_is_reported_failed_with_its_exit_status() {
     let mut agent = Agent::with_actions(&stack, &device, "exit 0", "echo no power >&2; exit 3");
     agent.start();
 
-    let id = stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await;
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
     let done = stack.wait_for(&admin, id, "failed", WAIT).await;
     assert!(done["result"].is_object(), "{done}");
     assert_eq!(agent.executed(), vec![id]);
@@ -103,7 +111,9 @@ async fn a_command_queued_while_the_agent_is_offline_is_delivered_when_it_starts
     let stack = Stack::start().await;
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
-    let id = stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await;
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.command(&admin, id).await["status"], "queued");
 
@@ -140,12 +150,18 @@ async fn a_cancelled_command_never_runs_and_cancelling_twice_is_a_conflict() {
     let stack = Stack::start().await;
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
-    let id = stack.queue(&admin, device.id, json!({ "kind": "reboot" })).await;
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "reboot" }))
+        .await;
 
-    let (status, v) = stack.post(&admin, &format!("/commands/{id}/cancel"), json!({})).await;
+    let (status, v) = stack
+        .post(&admin, &format!("/commands/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["status"], "cancelled");
-    let (status, v) = stack.post(&admin, &format!("/commands/{id}/cancel"), json!({})).await;
+    let (status, v) = stack
+        .post(&admin, &format!("/commands/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(status, 409, "{v}");
     assert_eq!(v["status"], 409);
 
@@ -163,9 +179,13 @@ async fn a_delivered_command_cannot_be_cancelled() {
     let device = stack.new_device(&admin).await;
     let mut agent = Agent::new(&stack, &device);
     agent.start();
-    let id = stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await;
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
     stack.wait_for(&admin, id, "succeeded", WAIT).await;
-    let (status, _) = stack.post(&admin, &format!("/commands/{id}/cancel"), json!({})).await;
+    let (status, _) = stack
+        .post(&admin, &format!("/commands/{id}/cancel"), json!({}))
+        .await;
     assert_eq!(status, 409);
 }
 
@@ -180,7 +200,11 @@ async fn an_in_progress_command_that_never_reports_times_out() {
     // The reboot action returns but the machine never goes down, and the
     // agent never restarts: nobody will report the end.
     let id = stack
-        .queue(&admin, device.id, json!({ "kind": "reboot", "timeout_s": 2 }))
+        .queue(
+            &admin,
+            device.id,
+            json!({ "kind": "reboot", "timeout_s": 2 }),
+        )
         .await;
     stack.wait_for(&admin, id, "in_progress", WAIT).await;
     let done = stack.wait_for(&admin, id, "timed_out", WAIT).await;

@@ -19,23 +19,39 @@ async fn killing_and_restarting_sync_and_monitor_loses_no_queued_command() {
 
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await);
+        ids.push(
+            stack
+                .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+                .await,
+        );
     }
     stack.kill(Service::Sync);
     stack.kill(Service::Monitor);
     for _ in 0..4 {
-        ids.push(stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await);
+        ids.push(
+            stack
+                .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+                .await,
+        );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.spawn(Service::Monitor).await;
     stack.spawn(Service::Sync).await;
     for _ in 0..3 {
-        ids.push(stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await);
+        ids.push(
+            stack
+                .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+                .await,
+        );
     }
     // And once more, a clean stop (SIGTERM) of both.
     assert_eq!(stack.terminate(Service::Monitor), Some(0));
     assert_eq!(stack.terminate(Service::Sync), Some(0));
-    ids.push(stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await);
+    ids.push(
+        stack
+            .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+            .await,
+    );
     stack.spawn(Service::Sync).await;
     stack.spawn(Service::Monitor).await;
 
@@ -65,7 +81,9 @@ async fn deleting_the_installations_redis_keys_loses_no_command() {
     let device = stack.new_device(&admin).await;
 
     // Queued while the device is away; the pending flag is set, then lost.
-    let first = stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await;
+    let first = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
     let pending_key = format!("{}:pending", stack.instance);
     eventually(WAIT, "the device to be marked pending", || async {
         let mut r = stack.redis().await;
@@ -85,7 +103,9 @@ async fn deleting_the_installations_redis_keys_loses_no_command() {
     stack.wait_for(&admin, first, "succeeded", WAIT).await;
 
     // And while it runs.
-    let second = stack.queue(&admin, device.id, json!({ "kind": "shutdown" })).await;
+    let second = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
     stack.flush_redis().await;
     stack.wait_for(&admin, second, "succeeded", WAIT).await;
     assert_eq!(agent.executed(), vec![first, second]);
