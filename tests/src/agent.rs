@@ -108,6 +108,23 @@ impl Agent {
         }
     }
 
+    /// Points the agent at another sync server (a second replica, say); it
+    /// takes effect at the next start.
+    pub fn set_server(&mut self, url: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("agent config");
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("server_url") {
+                    format!("server_url = \"{url}\"")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, text.join("\n") + "\n").expect("agent config");
+    }
+
     /// Writes a new boot id, as a real reboot would.
     pub fn new_boot_id(&self) {
         std::fs::write(self.dir.join("boot_id"), format!("{}\n", Uuid::new_v4()))

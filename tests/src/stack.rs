@@ -67,6 +67,8 @@ pub struct Stack {
     amqp_url: String,
     jwt_secret: String,
     procs: [Proc; 3],
+    /// Further replicas started by [`Stack::spawn_replica`].
+    replicas: Vec<Proc>,
     admin_token: tokio::sync::OnceCell<String>,
 }
 
@@ -151,6 +153,7 @@ impl Stack {
             ),
             jwt_secret: format!("test-secret-{}", Uuid::new_v4().simple()),
             procs,
+            replicas: Vec::new(),
             admin_token: tokio::sync::OnceCell::new(),
         };
         // The platform first: it migrates and creates the admin.
@@ -169,80 +172,53 @@ impl Stack {
         format!("{base}/{}", self.db_name)
     }
 
+    /// The environment every service of this stack gets.
+    fn service_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("TEND_DATABASE_URL", self.database_url()),
+            ("TEND_REDIS_URL", self.redis_url.clone()),
+            ("TEND_AMQP_URL", self.amqp_url.clone()),
+            ("TEND_INSTANCE", self.instance.clone()),
+            ("TEND_JWT_SECRET", self.jwt_secret.clone()),
+            (
+                "TEND_BOOTSTRAP_ADMIN",
+                format!("{ADMIN_USER}:{ADMIN_PASSWORD}"),
+            ),
+            ("TEND_HEARTBEAT_S", self.options.heartbeat_s.to_string()),
+            ("TEND_SWEEP_INTERVAL_MS", self.options.sweep_ms.to_string()),
+            ("TEND_SHUTDOWN_GRACE_S", "5".to_owned()),
+            (
+                "TEND_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
+        ]
+    }
+
     /// Starts (or restarts, on its previous port) one service and waits
     /// until it is ready.
     pub async fn spawn(&mut self, s: Service) {
-        let db_url = self.database_url();
-        let heartbeat = self.options.heartbeat_s.to_string();
-        let sweep = self.options.sweep_ms.to_string();
-        let p = &mut self.procs[index(s)];
-        assert!(p.child.is_none(), "{s:?} is already running");
-        let listen = format!("127.0.0.1:{}", p.port);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(&p.log)
-            .expect("the service's log file");
-        let start_len = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let child = Command::new(bin(s.binary()))
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("TEND_LISTEN", &listen)
-            .env("TEND_DATABASE_URL", &db_url)
-            .env("TEND_REDIS_URL", &self.redis_url)
-            .env("TEND_AMQP_URL", &self.amqp_url)
-            .env("TEND_INSTANCE", &self.instance)
-            .env("TEND_JWT_SECRET", &self.jwt_secret)
-            .env(
-                "TEND_BOOTSTRAP_ADMIN",
-                format!("{ADMIN_USER}:{ADMIN_PASSWORD}"),
-            )
-            .env("TEND_HEARTBEAT_S", &heartbeat)
-            .env("TEND_SWEEP_INTERVAL_MS", &sweep)
-            .env("TEND_SHUTDOWN_GRACE_S", "5")
-            .env(
-                "TEND_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", s.binary()));
-        p.child = Some(child);
-
-        let log_path = p.log.clone();
-        let port = eventually(
-            Duration::from_secs(60),
-            &format!("{} to log its address", s.binary()),
-            || {
-                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-                let fresh = text.get(start_len as usize..).unwrap_or("").to_owned();
-                async move {
-                    fresh.lines().find_map(|l| {
-                        let rest = l.split("listening on ").nth(1)?;
-                        let addr = rest.split_whitespace().next()?;
-                        addr.rsplit_once(':')?.1.parse::<u16>().ok()
-                    })
-                }
-            },
-        )
-        .await;
-        self.procs[index(s)].port = port;
-        let ready = format!("http://127.0.0.1:{port}/readyz");
+        let env = self.service_env();
         let http = self.http.clone();
-        eventually(
-            Duration::from_secs(30),
-            &format!("{} to be ready", s.binary()),
-            || {
-                let (http, ready) = (http.clone(), ready.clone());
-                async move {
-                    let r = http.get(&ready).send().await.ok()?;
-                    r.status().is_success().then_some(())
-                }
-            },
-        )
-        .await;
+        launch(&http, s, env, &mut self.procs[index(s)]).await;
+    }
+
+    /// Starts one more replica of a service against the same stores, on a
+    /// port of its own; returns its base URL.
+    pub async fn spawn_replica(&mut self, s: Service) -> String {
+        let n = self.replicas.len();
+        let mut p = Proc {
+            child: None,
+            port: 0,
+            log: self
+                .dir
+                .path()
+                .join(format!("{}-replica-{n}.log", s.binary())),
+        };
+        launch(&self.http, s, self.service_env(), &mut p).await;
+        let url = format!("http://127.0.0.1:{}", p.port);
+        self.replicas.push(p);
+        url
     }
 
     /// SIGKILL: the service dies without draining.
@@ -420,6 +396,64 @@ impl Stack {
     }
 }
 
+/// Starts one service process with `env` and waits until it logs its
+/// address and answers `/readyz`.
+async fn launch(
+    http: &reqwest::Client,
+    s: Service,
+    env: Vec<(&'static str, String)>,
+    p: &mut Proc,
+) {
+    assert!(p.child.is_none(), "{s:?} is already running");
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&p.log)
+        .expect("the service's log file");
+    let start_len = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let child = Command::new(bin(s.binary()))
+        .env_clear()
+        .envs(env)
+        .env("TEND_LISTEN", format!("127.0.0.1:{}", p.port))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", s.binary()));
+    p.child = Some(child);
+
+    let log_path = p.log.clone();
+    p.port = eventually(
+        Duration::from_secs(60),
+        &format!("{} to log its address", s.binary()),
+        || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let fresh = text.get(start_len as usize..).unwrap_or("").to_owned();
+            async move {
+                fresh.lines().find_map(|l| {
+                    let rest = l.split("listening on ").nth(1)?;
+                    let addr = rest.split_whitespace().next()?;
+                    addr.rsplit_once(':')?.1.parse::<u16>().ok()
+                })
+            }
+        },
+    )
+    .await;
+    let ready = format!("http://127.0.0.1:{}/readyz", p.port);
+    eventually(
+        Duration::from_secs(30),
+        &format!("{} to be ready", s.binary()),
+        || {
+            let (http, ready) = (http.clone(), ready.clone());
+            async move {
+                let r = http.get(&ready).send().await.ok()?;
+                r.status().is_success().then_some(())
+            }
+        },
+    )
+    .await;
+}
+
 /// Sends a signal with kill(1): the workspace forbids unsafe code, and
 /// these are our own children.
 pub(crate) fn signal(pid: u32, sig: &str) {
@@ -431,14 +465,14 @@ pub(crate) fn signal(pid: u32, sig: &str) {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for p in &mut self.procs {
+        for p in self.procs.iter_mut().chain(self.replicas.iter_mut()) {
             if let Some(mut c) = p.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
         }
         if std::thread::panicking() {
-            for p in &self.procs {
+            for p in self.procs.iter().chain(self.replicas.iter()) {
                 let text = std::fs::read_to_string(&p.log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 eprintln!("---- {} (last lines) ----", p.log.display());

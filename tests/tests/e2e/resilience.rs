@@ -110,3 +110,101 @@ async fn deleting_the_installations_redis_keys_loses_no_command() {
     stack.wait_for(&admin, second, "succeeded", WAIT).await;
     assert_eq!(agent.executed(), vec![first, second]);
 }
+
+#[tokio::test]
+async fn two_replicas_of_sync_and_monitor_deliver_each_command_once_and_share_revocations() {
+    let mut stack = Stack::start().await;
+    let second_sync = stack.spawn_replica(Service::Sync).await;
+    stack.spawn_replica(Service::Monitor).await;
+    let admin = stack.admin().await;
+
+    let mut agents = Vec::new();
+    for i in 0..4 {
+        let device = stack.new_device(&admin).await;
+        let mut agent = Agent::new(&stack, &device);
+        if i % 2 == 1 {
+            agent.set_server(&second_sync);
+        }
+        agent.start();
+        agents.push(agent);
+    }
+    let mut ids = Vec::new();
+    for round in 0..5 {
+        for agent in &agents {
+            let kind = if round % 2 == 0 { "shutdown" } else { "reboot" };
+            let cmd = stack
+                .queue(&admin, agent.device.id, json!({ "kind": kind }))
+                .await;
+            ids.push((agent.device.id, cmd, kind));
+        }
+    }
+    for (_, cmd, kind) in &ids {
+        let want = if *kind == "shutdown" {
+            "succeeded"
+        } else {
+            "in_progress"
+        };
+        stack.wait_for(&admin, *cmd, want, WAIT).await;
+    }
+    for agent in &agents {
+        let mine: HashSet<Uuid> = ids
+            .iter()
+            .filter(|(d, _, _)| *d == agent.device.id)
+            .map(|(_, c, _)| *c)
+            .collect();
+        let executed = agent.executed();
+        assert_eq!(executed.len(), mine.len(), "each ran once on its device");
+        assert_eq!(executed.into_iter().collect::<HashSet<_>>(), mine);
+    }
+    let db = stack.sql().await;
+    let outbox: i64 = eventually(WAIT, "the outbox to drain", || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM outbox", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 0).then_some(n)
+    })
+    .await;
+    assert_eq!(outbox, 0);
+
+    // A device on the second replica is refused there within 2 seconds.
+    let device = &agents[1].device;
+    let r = stack
+        .http
+        .post(format!("{second_sync}/device/v1/auth"))
+        .json(&json!({ "device_id": device.id, "secret": device.secret }))
+        .send()
+        .await
+        .unwrap();
+    let token = r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = stack
+        .http
+        .delete(stack.api(&format!("/devices/{}", device.id)))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for sync in [stack.url(Service::Sync), second_sync.clone()] {
+        eventually(
+            Duration::from_secs(2),
+            "every replica to refuse the device",
+            || async {
+                let r = stack
+                    .http
+                    .post(format!("{sync}/device/v1/heartbeat"))
+                    .bearer_auth(&token)
+                    .json(&json!({ "agent_version": "test" }))
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status() == 401).then_some(())
+            },
+        )
+        .await;
+    }
+}
