@@ -20,6 +20,8 @@ pub const HEARTBEAT_S: &str = "TEND_HEARTBEAT_S";
 pub const SWEEP_INTERVAL_MS: &str = "TEND_SWEEP_INTERVAL_MS";
 pub const SHUTDOWN_GRACE_S: &str = "TEND_SHUTDOWN_GRACE_S";
 
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tend";
+
 /// A secret that never shows up in `Debug` output or logs.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -100,9 +102,7 @@ impl Settings {
             .parse()
             .map_err(|_| invalid(LISTEN, "expected an address such as 0.0.0.0:8080"))?;
 
-        let database_url = get(DATABASE_URL)
-            .unwrap_or("postgres://postgres@127.0.0.1:5432/tend")
-            .to_owned();
+        let database_url = get(DATABASE_URL).unwrap_or(DEFAULT_DATABASE_URL).to_owned();
         database_url
             .parse::<tokio_postgres::Config>()
             .map_err(|e| invalid(DATABASE_URL, format!("not a PostgreSQL URL: {e}")))?;

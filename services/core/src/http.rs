@@ -103,7 +103,16 @@ impl ResponseError for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        if e.is_unavailable() {
+        if e.is_data_error() {
+            let why = match &e {
+                DbError::Postgres(pg) => pg
+                    .as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            ApiError::Unprocessable(format!("a value was refused: {why}"))
+        } else if e.is_unavailable() {
             tracing::warn!("database unavailable: {e}");
             ApiError::Unavailable("the database is unavailable; try again shortly".into())
         } else {

@@ -236,6 +236,10 @@ fn to_seen(beat: &Beat) -> Option<Seen> {
         reported: beat
             .reported
             .as_deref()
+            // jsonb refuses the NUL character; one such value would fail
+            // the whole batch, so it is dropped (the sync server strips
+            // NULs already: this is the second line of defence).
+            .filter(|s| !s.contains("\\u0000"))
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .filter(|v| !v.is_null()),
     })

@@ -28,6 +28,33 @@ pub(crate) struct State {
     pub pool: Pool,
     pub tokens: Tokens,
     pub openapi: serde_json::Value,
+    /// Bounds concurrent argon2 work. Each hash takes about 19 MiB and a
+    /// core for tens of milliseconds; unbounded, a flood of logins would
+    /// exhaust memory. Two per core keeps the cores busy and no more.
+    pub hashing: tokio::sync::Semaphore,
+    /// Set at SIGTERM: `/readyz` turns 503 while in-flight requests finish.
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+impl State {
+    /// Runs argon2 work on a blocking thread, at most a few at a time; 503
+    /// when the queue does not move within a few seconds.
+    pub async fn hash_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tend_core::http::ApiError> {
+        let wait = std::time::Duration::from_secs(5);
+        let _permit = tokio::time::timeout(wait, self.hashing.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                tend_core::http::ApiError::Unavailable(
+                    "too many password checks at once; try again shortly".into(),
+                )
+            })?;
+        Ok(web::block(work).await?)
+    }
 }
 
 pub struct Platform {
@@ -43,6 +70,9 @@ impl Platform {
         let pool = db::connect(settings.database_url.expose()).await?;
         db::migrate(&pool).await?;
         if let Some(admin) = &settings.bootstrap_admin {
+            api::check_username(&admin.username)
+                .and_then(|()| api::check_password(admin.password.expose()))
+                .map_err(|e| anyhow::anyhow!("TEND_BOOTSTRAP_ADMIN: {e}"))?;
             bootstrap(&pool, &admin.username, admin.password.expose()).await?;
         }
         let listener = TcpListener::bind(settings.listen)
@@ -52,6 +82,10 @@ impl Platform {
             pool,
             tokens: Tokens::new(settings.jwt_secret.expose()),
             openapi,
+            hashing: tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Platform {
             listener,
@@ -88,8 +122,12 @@ impl Platform {
         .disable_signals()
         .run();
         let handle: ServerHandle = server.handle();
+        let state = self.state.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
+            state
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             handle.stop(true).await;
         });
         server.await.context("admin API server")
@@ -133,9 +171,10 @@ async fn bootstrap(pool: &Pool, username: &str, password: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// `tend-platform migrate`: applies migrations and returns.
-pub async fn migrate_only(settings: &Settings) -> anyhow::Result<()> {
-    let pool = db::connect(settings.database_url.expose()).await?;
+/// `tend-platform migrate`: applies migrations and returns. It needs only
+/// the database, not the signing key.
+pub async fn migrate_only(database_url: &str) -> anyhow::Result<()> {
+    let pool = db::connect(database_url).await?;
     db::migrate(&pool).await
 }
 

@@ -1,7 +1,7 @@
 //! `tend-platform`: the admin API service. See the crate docs.
 
 use clap::{Parser, Subcommand};
-use tend_core::{Settings, shutdown, telemetry};
+use tend_core::{Settings, config, shutdown, telemetry};
 use tend_platform::Platform;
 
 /// tend's admin API: tenants, users, devices and remote commands.
@@ -22,6 +22,16 @@ enum Cmd {
 async fn main() {
     let cli = Cli::parse();
     telemetry::init_logs();
+    if let Some(Cmd::Migrate) = cli.command {
+        let url = std::env::var(config::DATABASE_URL)
+            .unwrap_or_else(|_| config::DEFAULT_DATABASE_URL.to_owned());
+        if let Err(e) = tend_platform::migrate_only(&url).await {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        tracing::info!("migrations applied");
+        return;
+    }
     let settings = match Settings::from_env("0.0.0.0:8080") {
         Ok(s) => s,
         Err(e) => {
@@ -29,14 +39,6 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    if let Some(Cmd::Migrate) = cli.command {
-        if let Err(e) = tend_platform::migrate_only(&settings).await {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
-        tracing::info!("migrations applied");
-        return;
-    }
     let platform = match Platform::build(settings).await {
         Ok(p) => p,
         Err(e) => {

@@ -37,6 +37,9 @@ pub(crate) struct State {
     pub heartbeat_s: u64,
     /// Whether the RabbitMQ consumer is connected; `/readyz` reports it.
     pub consuming: Arc<AtomicBool>,
+    /// Set at SIGTERM: `/readyz` turns 503 so load balancers stop sending
+    /// new requests while the in-flight ones finish.
+    pub draining: AtomicBool,
 }
 
 pub(crate) type Shared = web::Data<State>;
@@ -70,6 +73,7 @@ impl Sync {
             revocations,
             heartbeat_s: settings.heartbeat.as_secs(),
             consuming: Arc::new(AtomicBool::new(false)),
+            draining: AtomicBool::new(false),
         });
         Ok(Sync {
             listener,
@@ -126,8 +130,10 @@ impl Sync {
 
         let handle = server.handle();
         let stop = shutdown.clone();
+        let draining = self.state.clone();
         tokio::spawn(async move {
             stop.cancelled().await;
+            draining.draining.store(true, Ordering::Relaxed);
             handle.stop(true).await;
         });
         let served = server.await.context("device API server");

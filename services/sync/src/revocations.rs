@@ -23,6 +23,10 @@ use uuid::Uuid;
 /// so one missed poll still keeps it.
 const POLL: Duration = Duration::from_millis(500);
 
+/// How far back each poll reads again; longer than any decommission
+/// transaction takes.
+const OVERLAP: chrono::Duration = chrono::Duration::seconds(60);
+
 #[derive(Default)]
 pub struct Revocations {
     inner: RwLock<Inner>,
@@ -72,7 +76,10 @@ impl Revocations {
             .and_then(|i| i.seen_up_to)
             .unwrap_or_else(horizon);
         let client = pool.get().await?;
-        let fresh = devices::decommissioned_since(&client, since).await?;
+        // `decommissioned_at` is the deciding transaction's start time, and
+        // a transaction that started earlier may commit later: read a
+        // minute back each time (re-inserting is harmless) so none is missed.
+        let fresh = devices::decommissioned_since(&client, since - OVERLAP).await?;
         if let Ok(mut i) = self.inner.write() {
             for (id, at) in fresh {
                 i.revoked.insert(id, at);

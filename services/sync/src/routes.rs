@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, web};
 use tend_core::auth;
 use tend_core::db::commands::{self, ReportOutcome};
 use tend_core::db::{self, DbError, devices};
+
 use tend_core::http::{self, ApiError};
 use tend_proto::device::{
     AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instruction, Instructions, Report,
@@ -15,17 +16,56 @@ use uuid::Uuid;
 use crate::Shared;
 use crate::device::DeviceCaller;
 
+/// Auth bodies hold an id and a secret.
+const AUTH_LIMIT: usize = 4 * 1024;
+/// A heartbeat's inventory is stored in Redis at every beat and read back
+/// by the monitor in batches: keep it small.
+const HEARTBEAT_LIMIT: usize = 16 * 1024;
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(http::metrics))
         .service(
             web::scope("/device/v1")
-                .route("/auth", web::post().to(authenticate))
-                .route("/heartbeat", web::post().to(heartbeat))
+                .service(
+                    web::resource("/auth")
+                        .app_data(http::json_config(AUTH_LIMIT))
+                        .route(web::post().to(authenticate)),
+                )
+                .service(
+                    web::resource("/heartbeat")
+                        .app_data(http::json_config(HEARTBEAT_LIMIT))
+                        .route(web::post().to(heartbeat)),
+                )
                 .route("/instructions", web::get().to(instructions))
                 .route("/instructions/{id}/report", web::post().to(report)),
         );
+}
+
+/// Removes NUL characters from every string of a JSON value: PostgreSQL's
+/// jsonb and text refuse them, and one would fail every batch that holds it.
+fn strip_nul(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => strip_nul_str(s),
+        Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        Value::Object(map) => {
+            let taken = std::mem::take(map);
+            for (mut k, mut item) in taken {
+                strip_nul_str(&mut k);
+                strip_nul(&mut item);
+                map.insert(k, item);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn strip_nul_str(s: &mut String) {
+    if s.contains('\0') {
+        s.retain(|c| c != '\0');
+    }
 }
 
 /// `POST /device/v1/auth`: a device's secret for a short-lived token.
@@ -61,7 +101,9 @@ async fn heartbeat(
     body: web::Json<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
     metrics::counter!("tend_heartbeats_total").increment(1);
-    let reported = serde_json::to_string(&body.into_inner()).unwrap_or_default();
+    let mut reported = serde_json::to_value(body.into_inner()).unwrap_or_default();
+    strip_nul(&mut reported);
+    let reported = reported.to_string();
     let now_ms = chrono::Utc::now().timestamp_millis();
     let pending = match state.live.heartbeat(device.id, now_ms, &reported).await {
         Ok(p) => p,
@@ -82,8 +124,20 @@ async fn instructions(state: Shared, device: DeviceCaller) -> Result<HttpRespons
     // Clear the flag before reading, never after: a command committed after
     // this read sets it again through its event, so no wake-up is lost.
     let _ = state.live.clear_pending(device.id).await;
-    let client = state.pool.get().await.map_err(DbError::from)?;
-    let commands = commands::fetch_for_device(&client, device.id).await?;
+    let fetched = async {
+        let client = state.pool.get().await.map_err(DbError::from)?;
+        commands::fetch_for_device(&client, device.id).await
+    }
+    .await;
+    let commands = match fetched {
+        Ok(c) => c,
+        Err(e) => {
+            // The flag was cleared above; without it the device would not
+            // ask again until the monitor re-announces.
+            let _ = state.live.set_pending(device.id).await;
+            return Err(e.into());
+        }
+    };
     if !commands.is_empty() {
         // Delivered commands keep the device pending until it reports.
         let _ = state.live.set_pending(device.id).await;
@@ -113,7 +167,16 @@ async fn report(
     id: web::Path<Uuid>,
     body: web::Json<Report>,
 ) -> Result<HttpResponse, ApiError> {
-    let report = body.into_inner();
+    let mut report = body.into_inner();
+    for s in [&mut report.output, &mut report.error]
+        .into_iter()
+        .flatten()
+    {
+        strip_nul_str(s);
+    }
+    if let Some(d) = report.detail.as_mut() {
+        strip_nul(d);
+    }
     let mut client = state.pool.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
     let outcome = commands::apply_report(&tx, device.id, *id, &report).await?;
@@ -127,8 +190,11 @@ async fn report(
             }
             Ok(HttpResponse::Ok().json(serde_json::json!({ "id": cmd.id, "status": cmd.status })))
         }
+        ReportOutcome::Conflict(status) if status.is_terminal() => Err(ApiError::Conflict(
+            format!("the command is already {status}; the report was kept but changes nothing"),
+        )),
         ReportOutcome::Conflict(status) => Err(ApiError::Conflict(format!(
-            "the command is already {status}; the report was recorded but changes nothing"
+            "the command is {status}: it was not delivered to this device"
         ))),
         ReportOutcome::NotFound => Err(ApiError::NotFound("no such instruction".into())),
     }
@@ -147,6 +213,9 @@ async fn refresh_pending(state: &Shared, client: &db::Client, device: Uuid) {
 }
 
 async fn readyz(state: Shared) -> HttpResponse {
+    if state.draining.load(Ordering::Relaxed) {
+        return http::readiness(vec![("draining", Err("shutting down".to_owned()))]);
+    }
     let pg = db::ping(&state.pool).await.map_err(|e| e.to_string());
     let redis = state.live.ping().await.map_err(|e| e.to_string());
     let amqp = if state.consuming.load(Ordering::Relaxed) {
@@ -155,4 +224,16 @@ async fn readyz(state: Shared) -> HttpResponse {
         Err("not consuming events".to_owned())
     };
     http::readiness(vec![("postgres", pg), ("redis", redis), ("rabbitmq", amqp)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_are_stripped_from_keys_and_values() {
+        let mut v = serde_json::json!({ "a\0b": ["x\0", { "k": "v\0v" }], "n": 1 });
+        strip_nul(&mut v);
+        assert_eq!(v, serde_json::json!({ "ab": ["x", { "k": "vv" }], "n": 1 }));
+    }
 }

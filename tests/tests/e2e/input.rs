@@ -348,3 +348,72 @@ async fn device_reports_are_validated_against_the_lifecycle() {
     assert_eq!(v["status"], "succeeded");
     assert_eq!(v["result"]["output"], "bye");
 }
+
+#[tokio::test]
+async fn nul_characters_from_a_device_or_a_client_never_become_server_errors() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+    let r = stack
+        .http
+        .post(stack.device_api("/auth"))
+        .json(&json!({ "device_id": device.id, "secret": device.secret }))
+        .send()
+        .await
+        .unwrap();
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A heartbeat with NULs is accepted, and the monitor still records it.
+    let r = stack
+        .http
+        .post(stack.device_api("/heartbeat"))
+        .bearer_auth(&token)
+        .json(&json!({ "agent_version": "1\u{0}", "inventory": { "k\u{0}": ["v\u{0}"] } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = tend_tests::eventually(std::time::Duration::from_secs(20), "online", || async {
+        let (_, v) = stack.get(&admin, &format!("/devices/{}", device.id)).await;
+        (v["status"] == "online").then_some(v)
+    })
+    .await;
+    assert_eq!(v["reported"]["agent_version"], "1");
+
+    // A report whose output holds NULs is stored without them.
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
+    stack
+        .http
+        .get(stack.device_api("/instructions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let r = stack
+        .http
+        .post(stack.device_api(&format!("/instructions/{id}/report")))
+        .bearer_auth(&token)
+        .json(&json!({ "status": "succeeded", "output": "a\u{0}b", "detail": { "x": "\u{0}" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(stack.command(&admin, id).await["result"]["output"], "ab");
+
+    // Clients' NULs are a 4xx, not a 500.
+    let (status, _) = stack
+        .post(
+            &admin,
+            "/auth/login",
+            json!({ "username": "a\u{0}", "password": "x" }),
+        )
+        .await;
+    assert!((400..500).contains(&status), "login: {status}");
+    let (status, _) = stack.get(&admin, "/devices?device_type=a%00b").await;
+    assert!((400..500).contains(&status), "filter: {status}");
+}

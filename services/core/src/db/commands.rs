@@ -185,22 +185,33 @@ pub async fn cancel(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result
     })
 }
 
-/// Cancels everything a device still had queued (it is going away).
-pub async fn cancel_all_queued(c: &impl GenericClient, device_id: Uuid, why: &str) -> Result<u64> {
-    let stmt = c
-        .prepare_cached(
-            "WITH done AS (
-                 UPDATE commands SET status = 'cancelled', finished_at = now(),
-                        result = jsonb_build_object('output', NULL, 'error', $2::text, 'detail', NULL)
-                 WHERE device_id = $1 AND status = 'queued'
-                 RETURNING id, device_id, tenant_id, status)
-             INSERT INTO outbox (topic, payload)
+/// The outbox rows announcing `Event::CommandFinished` for every row of a
+/// CTE named `done(id, device_id, tenant_id, status)`. The payload is the
+/// serde form of the event, pinned by a test below.
+const FINISHED_EVENTS: &str = "INSERT INTO outbox (topic, payload)
              SELECT 'command.finished', jsonb_build_object('type', 'command_finished',
                     'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id, 'status', status)
-             FROM done",
-        )
+             FROM done";
+
+/// The outbox rows announcing `Event::CommandQueued` for every row of a CTE
+/// named `touched(id, device_id, tenant_id)`.
+const QUEUED_EVENTS: &str = "INSERT INTO outbox (topic, payload)
+             SELECT 'command.queued', jsonb_build_object('type', 'command_queued',
+                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id)
+             FROM touched";
+
+/// Cancels everything a device still had queued (it is going away).
+pub async fn cancel_all_queued(c: &impl GenericClient, device_id: Uuid) -> Result<u64> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "WITH done AS (
+                 UPDATE commands SET status = 'cancelled', finished_at = now()
+                 WHERE device_id = $1 AND status = 'queued'
+                 RETURNING id, device_id, tenant_id, status)
+             {FINISHED_EVENTS}"
+        ))
         .await?;
-    Ok(c.execute(&stmt, &[&device_id, &why]).await?)
+    Ok(c.execute(&stmt, &[&device_id]).await?)
 }
 
 /// The most instructions handed to a device in one fetch.
@@ -344,7 +355,7 @@ pub const SWEEP_BATCH: i64 = 1000;
 /// Queued commands past `expires_at` become `expired`. Returns how many.
 pub async fn expire_due(c: &impl GenericClient) -> Result<u64> {
     let stmt = c
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH due AS (
                  SELECT id FROM commands
                  WHERE status = 'queued' AND expires_at <= now()
@@ -353,11 +364,8 @@ pub async fn expire_due(c: &impl GenericClient) -> Result<u64> {
                  UPDATE commands c SET status = 'expired', finished_at = now()
                  FROM due WHERE c.id = due.id
                  RETURNING c.id, c.device_id, c.tenant_id, c.status)
-             INSERT INTO outbox (topic, payload)
-             SELECT 'command.finished', jsonb_build_object('type', 'command_finished',
-                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id, 'status', status)
-             FROM done",
-        )
+             {FINISHED_EVENTS}"
+        ))
         .await?;
     Ok(c.execute(&stmt, &[&SWEEP_BATCH]).await?)
 }
@@ -366,7 +374,7 @@ pub async fn expire_due(c: &impl GenericClient) -> Result<u64> {
 /// within `timeout_s` become `timed_out`. Returns how many.
 pub async fn time_out_due(c: &impl GenericClient) -> Result<u64> {
     let stmt = c
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH due AS (
                  SELECT id FROM commands
                  WHERE (status = 'delivered'
@@ -378,11 +386,8 @@ pub async fn time_out_due(c: &impl GenericClient) -> Result<u64> {
                  UPDATE commands c SET status = 'timed_out', finished_at = now()
                  FROM due WHERE c.id = due.id
                  RETURNING c.id, c.device_id, c.tenant_id, c.status)
-             INSERT INTO outbox (topic, payload)
-             SELECT 'command.finished', jsonb_build_object('type', 'command_finished',
-                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id, 'status', status)
-             FROM done",
-        )
+             {FINISHED_EVENTS}"
+        ))
         .await?;
     Ok(c.execute(&stmt, &[&SWEEP_BATCH]).await?)
 }
@@ -392,7 +397,7 @@ pub async fn time_out_due(c: &impl GenericClient) -> Result<u64> {
 /// flushed Redis then costs seconds, never a command.
 pub async fn reannounce_due(c: &impl GenericClient, older_than_s: f64) -> Result<u64> {
     let stmt = c
-        .prepare_cached(
+        .prepare_cached(&format!(
             "WITH due AS (
                  SELECT id FROM commands
                  WHERE status IN ('queued', 'delivered')
@@ -404,11 +409,51 @@ pub async fn reannounce_due(c: &impl GenericClient, older_than_s: f64) -> Result
                  UPDATE commands c SET announced_at = now()
                  FROM due WHERE c.id = due.id
                  RETURNING c.id, c.device_id, c.tenant_id)
-             INSERT INTO outbox (topic, payload)
-             SELECT 'command.queued', jsonb_build_object('type', 'command_queued',
-                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id)
-             FROM touched",
-        )
+             {QUEUED_EVENTS}"
+        ))
         .await?;
     Ok(c.execute(&stmt, &[&older_than_s, &SWEEP_BATCH]).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SQL above writes event payloads by hand; they must stay what
+    /// `Event`'s serde form is, or the sync servers would drop them.
+    #[test]
+    fn the_sql_event_payloads_match_the_wire_format() {
+        let ids = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for (event, sql) in [
+            (
+                Event::CommandFinished {
+                    command_id: ids.0,
+                    device_id: ids.1,
+                    tenant_id: ids.2,
+                    status: CommandStatus::Expired,
+                },
+                FINISHED_EVENTS,
+            ),
+            (
+                Event::CommandQueued {
+                    command_id: ids.0,
+                    device_id: ids.1,
+                    tenant_id: ids.2,
+                },
+                QUEUED_EVENTS,
+            ),
+        ] {
+            let v = serde_json::to_value(&event).unwrap();
+            assert!(sql.contains(&format!("'{}'", event.topic())));
+            for (key, value) in v.as_object().unwrap() {
+                assert!(
+                    sql.contains(&format!("'{key}'")),
+                    "{key} missing from {sql}"
+                );
+                if key == "type" {
+                    assert!(sql.contains(&format!("'{}'", value.as_str().unwrap())));
+                }
+            }
+        }
+    }
 }

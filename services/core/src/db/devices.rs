@@ -111,6 +111,29 @@ pub async fn get(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<Op
         .transpose()
 }
 
+/// Like [`get`], and holds a share lock on the row until the transaction
+/// ends: a command created under it cannot slip past a concurrent
+/// decommission (which waits, then cancels it, or wins, and this finds no
+/// device).
+pub async fn get_locked(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Device>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM devices
+             WHERE id = $1 AND tenant_id = $2 AND decommissioned_at IS NULL
+             FOR SHARE"
+        ))
+        .await?;
+    c.query_opt(&stmt, &[&id, &tenant_id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
     pub status: Option<Presence>,
@@ -196,7 +219,7 @@ pub async fn decommission(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> 
         )
         .await?;
     c.execute(&revoke, &[&id]).await?;
-    super::commands::cancel_all_queued(c, id, "device decommissioned").await?;
+    super::commands::cancel_all_queued(c, id).await?;
     outbox::insert(
         c,
         &Event::DeviceDecommissioned {

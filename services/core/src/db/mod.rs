@@ -43,13 +43,28 @@ impl DbError {
     }
 
     /// True when the database could not be reached (as opposed to a bad
-    /// statement): the caller answers 503 rather than 500.
+    /// statement or a bug): the caller answers 503 rather than 500.
     pub fn is_unavailable(&self) -> bool {
         match self {
             DbError::Pool(_) => true,
-            DbError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
+            DbError::Postgres(e) => {
+                e.is_closed()
+                    || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+                    || e.code().is_some_and(|c| {
+                        // 08: connection exception; 57P: operator intervention
+                        // (admin shutdown, crash recovery, cannot connect now).
+                        c.code().starts_with("08") || c.code().starts_with("57P")
+                    })
+            }
             DbError::Corrupt(_) => false,
         }
+    }
+
+    /// True when PostgreSQL refused a value the client sent (SQLSTATE class
+    /// 22, data exception: a NUL character in text, a date out of range):
+    /// the client's mistake, answered 422, not a server error.
+    pub fn is_data_error(&self) -> bool {
+        matches!(self, DbError::Postgres(e) if e.code().is_some_and(|c| c.code().starts_with("22")))
     }
 }
 

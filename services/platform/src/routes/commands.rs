@@ -10,7 +10,7 @@ use tend_core::http::ApiError;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::devices::find as find_device;
+use super::devices::{find as find_device, no_such_device};
 use super::page_params;
 use crate::Shared;
 use crate::api::{
@@ -18,6 +18,7 @@ use crate::api::{
     MAX_TIMEOUT_S, NewCommand, check_command, check_seconds,
 };
 use crate::caller::Caller;
+use tend_core::db::devices;
 
 /// Queue a command
 ///
@@ -64,7 +65,9 @@ pub async fn create(
 
     let mut client = state.pool.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
-    let device = find_device(&tx, &caller, *id).await?;
+    let device = devices::get_locked(&tx, caller.tenant(), *id)
+        .await?
+        .ok_or_else(no_such_device)?;
     let command = commands::create(
         &tx,
         commands::NewCommand {

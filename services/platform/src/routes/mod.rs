@@ -94,6 +94,9 @@ async fn openapi_json(state: Shared) -> HttpResponse {
 }
 
 async fn readyz(state: Shared) -> HttpResponse {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return http::readiness(vec![("draining", Err("shutting down".to_owned()))]);
+    }
     let pg = db::ping(&state.pool).await.map_err(|e| e.to_string());
     http::readiness(vec![("postgres", pg)])
 }

@@ -35,7 +35,9 @@ pub async fn login(state: Shared, body: web::Json<Login>) -> Result<HttpResponse
         .as_ref()
         .map(|c| c.password_hash.clone())
         .unwrap_or_else(|| auth::decoy_password_hash().to_owned());
-    let ok = web::block(move || auth::verify_password(&password, &hash)).await?;
+    let ok = state
+        .hash_work(move || auth::verify_password(&password, &hash))
+        .await?;
     let Some(creds) = found.filter(|_| ok) else {
         tracing::info!(user = %username, "failed login for {username}");
         return Err(ApiError::Unauthorized(

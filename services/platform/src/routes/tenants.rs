@@ -35,7 +35,9 @@ pub async fn create(
     check_username(&body.admin.username)?;
     check_password(&body.admin.password)?;
     let password = body.admin.password;
-    let hash = web::block(move || auth::hash_password(&password)).await?;
+    let hash = state
+        .hash_work(move || auth::hash_password(&password))
+        .await?;
 
     let mut client = state.pool.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;

@@ -35,7 +35,9 @@ pub async fn create(
     check_username(&body.username)?;
     check_password(&body.password)?;
     let password = body.password;
-    let hash = web::block(move || auth::hash_password(&password)).await?;
+    let hash = state
+        .hash_work(move || auth::hash_password(&password))
+        .await?;
 
     let client = state.pool.get().await.map_err(DbError::from)?;
     let user = users::create(
