@@ -15,7 +15,7 @@ mod agent;
 mod stack;
 
 pub use agent::Agent;
-pub use stack::{Device, Options, Service, Stack};
+pub use stack::{Device, Options, Service, Stack, bin};
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with
 /// `what` after `timeout`.
