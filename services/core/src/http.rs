@@ -113,6 +113,8 @@ impl From<DbError> for ApiError {
             };
             ApiError::Unprocessable(format!("a value was refused: {why}"))
         } else if e.is_unavailable() {
+            metrics::counter!("tend_backing_store_errors_total", "store" => "postgres")
+                .increment(1);
             tracing::warn!("database unavailable: {e}");
             ApiError::Unavailable("the database is unavailable; try again shortly".into())
         } else {
@@ -123,6 +125,7 @@ impl From<DbError> for ApiError {
 
 impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> Self {
+        metrics::counter!("tend_backing_store_errors_total", "store" => "redis").increment(1);
         tracing::warn!("redis unavailable: {e}");
         ApiError::Unavailable("the cache is unavailable; try again shortly".into())
     }

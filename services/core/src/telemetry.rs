@@ -28,13 +28,19 @@ pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(&[
                     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ])
                 .expect("static, non-empty bucket list")
                 .install_recorder()
-                .expect("no other metrics recorder is installed in tend's processes")
+                .expect("no other metrics recorder is installed in tend's processes");
+            // Shown at zero from the start, so an alert on their rate works
+            // before the first failure.
+            for store in ["postgres", "redis"] {
+                metrics::counter!("tend_backing_store_errors_total", "store" => store).increment(0);
+            }
+            handle
         })
         .clone()
 }

@@ -154,16 +154,22 @@ impl Monitor {
         // The loops return only once cancelled; one that ends early has
         // panicked, and the monitor stops rather than limp on without it.
         let mut failure = tokio::select! {
+            // Biased, and each early end re-checks the token: at SIGTERM the
+            // loops end as soon as the token is cancelled, and a loop that
+            // ended because of it is a clean stop, not a failure.
+            biased;
             _ = token.cancelled() => None,
-            r = &mut server => Some(match r {
-                Ok(Ok(())) => anyhow!("the HTTP server stopped on its own"),
-                Ok(Err(e)) => anyhow!(e).context("the HTTP server failed"),
-                Err(e) => anyhow!(e).context("the HTTP server task failed"),
-            }),
-            Some(r) = loops.join_next() => Some(match r {
-                Ok(()) => anyhow!("a background loop stopped on its own"),
-                Err(e) => anyhow!(e).context("a background loop failed"),
-            }),
+            r = &mut server => match r {
+                _ if token.is_cancelled() => None,
+                Ok(Ok(())) => Some(anyhow!("the HTTP server stopped on its own")),
+                Ok(Err(e)) => Some(anyhow!(e).context("the HTTP server failed")),
+                Err(e) => Some(anyhow!(e).context("the HTTP server task failed")),
+            },
+            Some(r) = loops.join_next() => match r {
+                Ok(()) if token.is_cancelled() => None,
+                Ok(()) => Some(anyhow!("a background loop stopped on its own")),
+                Err(e) => Some(anyhow!(e).context("a background loop failed")),
+            },
         };
         token.cancel();
         tracing::info!(grace_s = grace.as_secs(), "tend-monitor draining");

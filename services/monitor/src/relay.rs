@@ -278,6 +278,14 @@ impl Relay {
         // at-least-once delivery allows.
         tx.commit().await.context("relay: COMMIT")?;
         metrics::counter!("tend_outbox_published_total").increment(rows.len() as u64);
+        for row in &rows {
+            if row.topic == "command.finished"
+                && let Some(status) = row.payload.get("status").and_then(|s| s.as_str())
+            {
+                metrics::counter!("tend_commands_finished_total", "status" => status.to_owned())
+                    .increment(1);
+            }
+        }
         tracing::debug!(count = rows.len(), "relayed {} events", rows.len());
         Ok(rows.len())
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tend_core::db::commands::{self, SWEEP_BATCH};
-use tend_core::db::{self, Pool, outbox};
+use tend_core::db::{self, Pool, devices, outbox};
 use tokio_util::sync::CancellationToken;
 
 use crate::retry::{Outage, ticker};
@@ -22,12 +22,19 @@ use crate::retry::{Outage, ticker};
 /// message, a flushed Redis).
 const REANNOUNCE_AFTER_BEATS: u32 = 2;
 
+/// How often the fleet gauges (`tend_commands`, `tend_devices`) are
+/// recounted: they scan the devices table, and a scrape every 15 to 60
+/// seconds gains nothing from fresher counts.
+const FLEET_GAUGES_EVERY: Duration = Duration::from_secs(15);
+
 pub(crate) struct Sweeper {
     pool: Pool,
     interval: Duration,
     reannounce_after: Duration,
     commands_outage: Outage,
     backlog_outage: Outage,
+    /// When the fleet gauges were last counted.
+    fleet_gauges_at: Option<std::time::Instant>,
 }
 
 impl Sweeper {
@@ -37,7 +44,8 @@ impl Sweeper {
             interval,
             reannounce_after: heartbeat * REANNOUNCE_AFTER_BEATS,
             commands_outage: Outage::new("command sweeps"),
-            backlog_outage: Outage::new("outbox backlog gauge"),
+            backlog_outage: Outage::new("outbox backlog and fleet gauges"),
+            fleet_gauges_at: None,
         }
     }
 
@@ -101,13 +109,47 @@ impl Sweeper {
         Ok(())
     }
 
-    async fn update_backlog(&self) -> anyhow::Result<()> {
+    async fn update_backlog(&mut self) -> anyhow::Result<()> {
         let client = self.pool.get().await.context("backlog: PostgreSQL pool")?;
         let (count, oldest_age_s) = outbox::backlog(&client)
             .await
             .context("backlog: reading the outbox")?;
         metrics::gauge!("tend_outbox_backlog").set(count as f64);
         metrics::gauge!("tend_outbox_oldest_age_seconds").set(oldest_age_s);
+
+        // Fleet gauges count rows, so they are refreshed less often than
+        // the sweep runs.
+        let now = std::time::Instant::now();
+        if self
+            .fleet_gauges_at
+            .is_some_and(|at| now.duration_since(at) < FLEET_GAUGES_EVERY)
+        {
+            return Ok(());
+        }
+        self.fleet_gauges_at = Some(now);
+        let open = commands::open_counts(&client)
+            .await
+            .context("gauges: counting open commands")?;
+        for status in ["queued", "delivered", "in_progress"] {
+            for kind in tend_proto::CommandKind::ALL {
+                let n = open
+                    .iter()
+                    .find(|(k, s, _)| k == kind.as_str() && s == status)
+                    .map_or(0, |(_, _, n)| *n);
+                metrics::gauge!("tend_commands", "kind" => kind.as_str(), "status" => status)
+                    .set(n as f64);
+            }
+        }
+        let fleet = devices::count_by_status(&client)
+            .await
+            .context("gauges: counting devices")?;
+        for status in ["online", "offline", "unknown"] {
+            let n = fleet
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!("tend_devices", "status" => status).set(n as f64);
+        }
         Ok(())
     }
 }

@@ -130,7 +130,8 @@ pub struct DeviceList {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCommand {
-    /// `reboot` or `shutdown`; other kinds arrive with their features.
+    /// `reboot`, `shutdown` or `log_query`; other kinds arrive with their
+    /// features.
     pub kind: String,
     #[schema(value_type = Object)]
     pub params: Option<Value>,
@@ -279,13 +280,95 @@ pub fn check_command(kind: &str, params: &Value) -> Result<(), ApiError> {
             Value::Object(m) if m.is_empty() => Ok(()),
             _ => Err(unprocessable(format!("{kind} takes no params: send {{}}"))),
         },
+        Ok(CommandKind::LogQuery) => check_log_query(params),
         Ok(other) => Err(unprocessable(format!(
             "kind {other} is not supported by this platform yet"
         ))),
         Err(_) => Err(unprocessable(format!(
-            "unknown kind {kind:?}: expected reboot or shutdown"
+            "unknown kind {kind:?}: expected reboot, shutdown or log_query"
         ))),
     }
+}
+
+/// The most lines one log query may ask for.
+pub const LOG_QUERY_MAX_LINES: u64 = 10_000;
+/// The longest pattern accepted; longer ones are more likely mistakes than
+/// queries, and the device compiles them.
+const LOG_QUERY_MAX_PATTERN: usize = 1024;
+
+/// `log_query` params: `{source, since?, until?, pattern?, max_lines?}`.
+/// Refused here, not on the device: an unknown key, a source name that is a
+/// path, a timestamp that is not RFC 3339, `since` after `until`, a pattern
+/// that does not compile, `max_lines` out of 1 to 10000.
+fn check_log_query(params: &Value) -> Result<(), ApiError> {
+    let Value::Object(p) = params else {
+        return Err(unprocessable("log_query params must be an object"));
+    };
+    for key in p.keys() {
+        if !["source", "since", "until", "pattern", "max_lines"].contains(&key.as_str()) {
+            return Err(unprocessable(format!(
+                "log_query has no param {key:?}: use source, since, until, pattern, max_lines"
+            )));
+        }
+    }
+    let source = p
+        .get("source")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unprocessable("log_query needs a source (a string)"))?;
+    // A source is a name from the agent's [log_sources], never a path.
+    if source.is_empty()
+        || source.len() > 64
+        || source == "."
+        || source == ".."
+        || !source
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(unprocessable(
+            "source must name a log source (1 to 64 of letters, digits, '.', '_', '-'), not a path",
+        ));
+    }
+    let time = |key: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
+        match p.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+                .map(|t| Some(t.with_timezone(&Utc)))
+                .map_err(|e| unprocessable(format!("{key} is not an RFC 3339 time: {e}"))),
+            Some(_) => Err(unprocessable(format!("{key} must be an RFC 3339 string"))),
+        }
+    };
+    if let (Some(since), Some(until)) = (time("since")?, time("until")?)
+        && since > until
+    {
+        return Err(unprocessable("since must not be after until"));
+    }
+    match p.get("pattern") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(re)) => {
+            if re.len() > LOG_QUERY_MAX_PATTERN {
+                return Err(unprocessable(format!(
+                    "pattern is longer than {LOG_QUERY_MAX_PATTERN} bytes"
+                )));
+            }
+            regex::bytes::RegexBuilder::new(re)
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| unprocessable(format!("pattern does not compile: {e}")))?;
+        }
+        Some(_) => return Err(unprocessable("pattern must be a string")),
+    }
+    match p.get("max_lines") {
+        None | Some(Value::Null) => {}
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=LOG_QUERY_MAX_LINES).contains(&n) => {}
+            _ => {
+                return Err(unprocessable(format!(
+                    "max_lines must be a whole number from 1 to {LOG_QUERY_MAX_LINES}"
+                )));
+            }
+        },
+    }
+    Ok(())
 }
 
 /// A positive number of seconds within `max`, or the default.
@@ -310,8 +393,37 @@ mod tests {
         assert!(check_command("shutdown", &json!({})).is_ok());
         assert!(check_command("reboot", &json!({"force": true})).is_err());
         assert!(check_command("reboot", &json!([])).is_err());
-        assert!(check_command("log_query", &json!({})).is_err());
+        assert!(check_command("upgrade", &json!({})).is_err());
         assert!(check_command("rm -rf", &json!({})).is_err());
+    }
+
+    #[test]
+    fn log_queries_are_checked_when_queued() {
+        let ok = |p: Value| check_command("log_query", &p).is_ok();
+        assert!(ok(json!({ "source": "app" })));
+        assert!(ok(
+            json!({ "source": "operations", "since": "2026-11-21T10:00:00Z",
+            "until": "2026-11-21T11:00:00+01:00", "pattern": "ERROR|WARN", "max_lines": 10000 })
+        ));
+        assert!(ok(
+            json!({ "source": "app", "since": "2026-11-21T10:00:00Z",
+            "until": "2026-11-21T10:00:00Z" })
+        ));
+        assert!(!ok(json!({})));
+        assert!(!ok(json!({ "source": "../etc/shadow" })));
+        assert!(!ok(json!({ "source": "/var/log/syslog" })));
+        assert!(!ok(json!({ "source": ".." })));
+        assert!(!ok(json!({ "source": 5 })));
+        assert!(!ok(json!({ "source": "app", "since": "yesterday" })));
+        assert!(!ok(
+            json!({ "source": "app", "since": "2026-11-21T11:00:00Z",
+            "until": "2026-11-21T10:00:00Z" })
+        ));
+        assert!(!ok(json!({ "source": "app", "pattern": "(unclosed" })));
+        assert!(!ok(json!({ "source": "app", "max_lines": 0 })));
+        assert!(!ok(json!({ "source": "app", "max_lines": 10001 })));
+        assert!(!ok(json!({ "source": "app", "max_lines": 2.5 })));
+        assert!(!ok(json!({ "source": "app", "tail": true })));
     }
 
     #[test]

@@ -27,7 +27,6 @@ const BODY_LIMIT: usize = 64 * 1024;
 pub(crate) struct State {
     pub pool: Pool,
     pub tokens: Tokens,
-    pub openapi: serde_json::Value,
     /// Bounds concurrent argon2 work. Each hash takes about 19 MiB and a
     /// core for tens of milliseconds; unbounded, a flood of logins would
     /// exhaust memory. Two per core keeps the cores busy and no more.
@@ -67,6 +66,8 @@ impl Platform {
     /// Connects to PostgreSQL, applies migrations, creates the bootstrap
     /// admin if asked and nobody exists yet, and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Platform> {
+        // The recorder first: counters recorded before it exists are lost.
+        tend_core::telemetry::metrics();
         let pool = db::connect(settings.database_url.expose()).await?;
         db::migrate(&pool).await?;
         if let Some(admin) = &settings.bootstrap_admin {
@@ -77,11 +78,9 @@ impl Platform {
         }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
-        let openapi = serde_json::to_value(routes::openapi()).context("rendering OpenAPI")?;
         let state = web::Data::new(State {
             pool,
             tokens: Tokens::new(settings.jwt_secret.expose()),
-            openapi,
             hashing: tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
@@ -106,6 +105,7 @@ impl Platform {
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let state = self.state.clone();
+        let doc = routes::openapi();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -114,7 +114,7 @@ impl Platform {
                 .app_data(http::query_config())
                 .wrap(middleware::from_fn(http::record_metrics))
                 .wrap(tracing_actix_web::TracingLogger::default())
-                .configure(routes::configure)
+                .configure(|cfg| routes::configure(cfg, doc.clone()))
                 .default_service(web::to(http::not_found))
         })
         .listen(self.listener)?

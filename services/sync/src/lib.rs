@@ -26,8 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use revocations::Revocations;
 
-/// Reports carry command output; 1 MiB is ample for reboot and shutdown.
-const BODY_LIMIT: usize = 1024 * 1024;
+/// Reports carry command output: up to [`routes::MAX_OUTPUT_BYTES`] of text,
+/// which JSON escaping can make larger. The limit applies after gzip
+/// decompression (agents compress large reports), so it also bounds a
+/// compressed body that inflates without end.
+const BODY_LIMIT: usize = 4 * routes::MAX_OUTPUT_BYTES;
 
 pub(crate) struct State {
     pub pool: Pool,
@@ -55,6 +58,8 @@ impl Sync {
     /// Connects to PostgreSQL, Redis and RabbitMQ, applies migrations, loads
     /// the revocation list and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Sync> {
+        // The recorder first: counters recorded before it exists are lost.
+        tend_core::telemetry::metrics();
         let pool = db::connect(settings.database_url.expose()).await?;
         db::migrate(&pool).await?;
         let live = Live::connect(settings.redis_url.expose(), &settings.instance).await?;

@@ -16,6 +16,10 @@ use uuid::Uuid;
 use crate::Shared;
 use crate::device::DeviceCaller;
 
+/// The most output stored per command (a log query's lines, say). Longer
+/// output keeps its end, the newest lines, and says it was cut.
+pub const MAX_OUTPUT_BYTES: usize = 2 * 1024 * 1024;
+
 /// Auth bodies hold an id and a secret.
 const AUTH_LIMIT: usize = 4 * 1024;
 /// A heartbeat's inventory is stored in Redis at every beat and read back
@@ -60,6 +64,18 @@ fn strip_nul(v: &mut serde_json::Value) {
         }
         _ => {}
     }
+}
+
+/// Cuts `s` to at most `max` bytes keeping its end, from a line start.
+fn keep_tail(s: &mut String, max: usize) {
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    if let Some(nl) = s[start..].find('\n') {
+        start += nl + 1;
+    }
+    s.replace_range(..start, "");
 }
 
 fn strip_nul_str(s: &mut String) {
@@ -108,6 +124,7 @@ async fn heartbeat(
     let pending = match state.live.heartbeat(device.id, now_ms, &reported).await {
         Ok(p) => p,
         Err(e) => {
+            metrics::counter!("tend_backing_store_errors_total", "store" => "redis").increment(1);
             tracing::warn!(device.id = %device.id, "heartbeat without Redis: {e}");
             true
         }
@@ -177,6 +194,16 @@ async fn report(
     if let Some(d) = report.detail.as_mut() {
         strip_nul(d);
     }
+    if let Some(out) = report.output.as_mut()
+        && out.len() > MAX_OUTPUT_BYTES
+    {
+        keep_tail(out, MAX_OUTPUT_BYTES);
+        let detail = report.detail.get_or_insert_with(|| serde_json::json!({}));
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("truncated".into(), true.into());
+            d.insert("stored_bytes".into(), out.len().into());
+        }
+    }
     let mut client = state.pool.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
     let outcome = commands::apply_report(&tx, device.id, *id, &report).await?;
@@ -229,6 +256,16 @@ async fn readyz(state: Shared) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_output_keeps_its_newest_whole_lines() {
+        let mut s = "old line\nnewer é line\nnewest\n".to_owned();
+        keep_tail(&mut s, 20);
+        assert_eq!(s, "newest\n");
+        let mut s = "ééé".to_owned();
+        keep_tail(&mut s, 3);
+        assert_eq!(s, "é");
+    }
 
     #[test]
     fn nul_characters_are_stripped_from_keys_and_values() {

@@ -417,3 +417,134 @@ async fn nul_characters_from_a_device_or_a_client_never_become_server_errors() {
     let (status, _) = stack.get(&admin, "/devices?device_type=a%00b").await;
     assert!((400..500).contains(&status), "filter: {status}");
 }
+
+#[tokio::test]
+async fn a_gzip_compressed_report_is_accepted_and_oversized_output_keeps_its_end() {
+    use std::io::Write;
+
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+    let r = stack
+        .http
+        .post(stack.device_api("/auth"))
+        .json(&json!({ "device_id": device.id, "secret": device.secret }))
+        .send()
+        .await
+        .unwrap();
+    let token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let id = stack
+        .queue(
+            &admin,
+            device.id,
+            json!({ "kind": "log_query", "params": { "source": "app" } }),
+        )
+        .await;
+    stack
+        .http
+        .get(stack.device_api("/instructions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+
+    // 3 MiB of lines, over the 2 MiB the server stores, compressed in transit.
+    let output: String = (0..100_000)
+        .map(|i| format!("line {i:06} {}\n", "x".repeat(20)))
+        .collect();
+    let body = serde_json::to_vec(&json!({
+        "status": "succeeded",
+        "output": output,
+        "detail": { "matched": 100_000, "returned": 100_000, "truncated": false },
+    }))
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&body).unwrap();
+    let compressed = gz.finish().unwrap();
+    assert!(compressed.len() < body.len() / 10);
+    let r = stack
+        .http
+        .post(stack.device_api(&format!("/instructions/{id}/report")))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(compressed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+
+    let v = stack.command(&admin, id).await;
+    let stored = v["result"]["output"].as_str().unwrap();
+    assert!(stored.len() <= 2 * 1024 * 1024);
+    assert!(
+        stored.ends_with("line 099999 xxxxxxxxxxxxxxxxxxxx\n"),
+        "the newest lines are kept"
+    );
+    assert!(stored.starts_with("line "), "cut at a line start");
+    assert_eq!(v["result"]["detail"]["truncated"], true);
+
+    // The same text, downloadable as plain text.
+    let r = stack
+        .http
+        .get(stack.api(&format!("/commands/{id}/output")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(r.text().await.unwrap(), stored);
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_swagger_ui_are_served_without_a_token() {
+    let stack = Stack::start().await;
+    let r = stack
+        .http
+        .get(stack.api("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["paths"]["/api/v1/devices/{id}/commands"]["post"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    let base = stack.url(tend_tests::Service::Platform);
+    let r = stack
+        .http
+        .get(format!("{base}/docs/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("swagger"), "the Swagger UI page");
+    let r = stack
+        .http
+        .get(format!("{base}/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "its script is served from the binary, offline"
+    );
+    let r = stack
+        .http
+        .get(format!("{base}/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().contains("/api/v1/openapi.json"));
+}

@@ -5,4 +5,5 @@ mod input;
 mod isolation;
 mod latency;
 mod lifecycle;
+mod observability;
 mod resilience;

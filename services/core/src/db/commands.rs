@@ -348,6 +348,23 @@ pub fn finished_event(cmd: &Command) -> Event {
     }
 }
 
+/// How many commands wait or run, by kind and status (the open states
+/// only: they are few, and partial indexes cover them).
+pub async fn open_counts(c: &impl GenericClient) -> Result<Vec<(String, String, i64)>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT kind, status, count(*) FROM commands
+             WHERE status IN ('queued', 'delivered', 'in_progress')
+             GROUP BY kind, status",
+        )
+        .await?;
+    Ok(c.query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// The most rows one sweep statement touches, so a backlog is worked off in
 /// bounded transactions rather than one huge one.
 pub const SWEEP_BATCH: i64 = 1000;

@@ -279,6 +279,20 @@ pub async fn record_seen(c: &impl GenericClient, seen: &[Seen]) -> Result<u64> {
     Ok(c.execute(&stmt, &[&ids, &ats, &reported]).await?)
 }
 
+/// How many active devices are online, offline and never seen.
+pub async fn count_by_status(c: &impl GenericClient) -> Result<Vec<(String, i64)>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT status, count(*) FROM devices WHERE decommissioned_at IS NULL GROUP BY status",
+        )
+        .await?;
+    Ok(c.query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
 /// Marks online devices not seen since `cutoff` offline; returns them.
 pub async fn mark_offline(c: &impl GenericClient, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>> {
     let stmt = c

@@ -23,8 +23,11 @@ use tend_core::db::devices;
 /// Queue a command
 ///
 /// Queues a command for a device. The device learns of it at its next
-/// heartbeat. Kinds: `reboot` and `shutdown` (params `{}`). Admins and
-/// operators.
+/// heartbeat. Kinds: `reboot` and `shutdown` (params `{}`), and
+/// `log_query` (params `{source, since?, until?, pattern?, max_lines?}`:
+/// `source` names one of the agent's log sources or `operations`; `since`
+/// and `until` are inclusive RFC 3339 times; `pattern` a regular
+/// expression; `max_lines` 1 to 10000, default 1000). Admins and operators.
 #[utoipa::path(
     tag = "commands",
     request_body = NewCommand,
@@ -82,6 +85,7 @@ pub async fn create(
     )
     .await?;
     tx.commit().await.map_err(DbError::from)?;
+    metrics::counter!("tend_commands_queued_total", "kind" => command.kind.clone()).increment(1);
     tracing::info!(command.id = %command.id, device.id = %device.id, kind = %command.kind,
         "queued {} command {} for device {}", command.kind, command.id, device.id);
     Ok(HttpResponse::Created().json(CommandOut::from(command)))
@@ -146,6 +150,44 @@ pub async fn get(
         .await?
         .ok_or_else(no_such_command)?;
     Ok(HttpResponse::Ok().json(CommandOut::from(command)))
+}
+
+/// Download a command's output
+///
+/// The `output` of the command's result as plain text (a log query's
+/// matching lines, say), for files too large to read inside JSON.
+#[utoipa::path(
+    tag = "commands",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "The output", content_type = "text/plain", body = String),
+        (status = 404, description = "No such command in this tenant, or no output (yet)"),
+    )
+)]
+#[get("/commands/{id}/output")]
+pub async fn output(
+    state: Shared,
+    caller: Caller,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let client = state.pool.get().await.map_err(DbError::from)?;
+    let command = commands::get(&client, caller.tenant(), *id)
+        .await?
+        .ok_or_else(no_such_command)?;
+    let text = command
+        .result
+        .as_ref()
+        .and_then(|r| r.get("output"))
+        .and_then(|o| o.as_str())
+        .ok_or_else(|| ApiError::NotFound("the command has no output (yet)".into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .insert_header((
+            "content-disposition",
+            format!("attachment; filename=\"{}.txt\"", command.id),
+        ))
+        .body(text.to_owned()))
 }
 
 /// Cancel a command

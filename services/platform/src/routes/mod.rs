@@ -14,6 +14,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::Shared;
 
@@ -30,18 +31,28 @@ fn api(cfg: &mut ServiceConfig) {
         .service(commands::create)
         .service(commands::list_for_device)
         .service(commands::get)
+        .service(commands::output)
         .service(commands::cancel);
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers every route; `doc` is this API's OpenAPI document, served at
+/// `/api/v1/openapi.json` and browsable with Swagger UI at `/docs/` (its
+/// files are compiled in, so it works offline).
+pub fn configure(cfg: &mut web::ServiceConfig, doc: Document) {
     cfg.route("/healthz", web::get().to(http::healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(http::metrics))
-        .service(
-            web::scope("/api/v1")
-                .route("/openapi.json", web::get().to(openapi_json))
-                .configure(|c| api(&mut ServiceConfig::new(c))),
-        );
+        .route(
+            "/docs",
+            web::get().to(|| async {
+                HttpResponse::PermanentRedirect()
+                    .insert_header(("location", "/docs/"))
+                    .finish()
+            }),
+        )
+        // Before the /api/v1 scope, which would otherwise take the request.
+        .service(SwaggerUi::new("/docs/{_:.*}").url("/api/v1/openapi.json", doc))
+        .service(web::scope("/api/v1").configure(|c| api(&mut ServiceConfig::new(c))));
 }
 
 #[derive(OpenApi)]
@@ -87,10 +98,6 @@ pub fn openapi() -> Document {
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc
-}
-
-async fn openapi_json(state: Shared) -> HttpResponse {
-    HttpResponse::Ok().json(&state.openapi)
 }
 
 async fn readyz(state: Shared) -> HttpResponse {
@@ -139,6 +146,7 @@ mod tests {
             ("/api/v1/devices/{id}/commands", "post"),
             ("/api/v1/devices/{id}/commands", "get"),
             ("/api/v1/commands/{id}", "get"),
+            ("/api/v1/commands/{id}/output", "get"),
             ("/api/v1/commands/{id}/cancel", "post"),
         ] {
             assert!(
