@@ -1,0 +1,138 @@
+"""Rules of tend's Kubernetes manifests that a schema cannot express.
+
+Usage: k8s_policy.py NAME RENDERED.yaml
+
+NAME is `base` or an overlay's name; `prod` must pin images by digest.
+Prints one problem per line and exits 1 if there is any. Run by k8s.sh with
+the check venv's Python (PyYAML comes with kubernetes-validate).
+"""
+
+import sys
+
+import yaml
+
+WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+
+def main() -> int:
+    name, path = sys.argv[1], sys.argv[2]
+    with open(path, encoding="utf-8") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    problems: list[str] = []
+    bad = problems.append
+
+    if not docs:
+        bad("the rendering holds no object")
+    by_kind: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+
+    secrets = by_kind.get("Secret", {})
+    configmaps = by_kind.get("ConfigMap", {})
+    if name in ("base", "prod") and secrets:
+        bad(f"{name} must not carry a Secret (found {', '.join(secrets)}): "
+            "production credentials are created out of band")
+
+    grace_s = None
+    for cm in configmaps.values():
+        if "TEND_SHUTDOWN_GRACE_S" in cm.get("data", {}):
+            grace_s = int(cm["data"]["TEND_SHUTDOWN_GRACE_S"])
+
+    hpa_targets = {h["spec"]["scaleTargetRef"]["name"]
+                   for h in by_kind.get("HorizontalPodAutoscaler", {}).values()}
+    for target in hpa_targets:
+        if target not in by_kind.get("Deployment", {}):
+            bad(f"HorizontalPodAutoscaler targets a missing Deployment {target}")
+
+    for kind in WORKLOADS:
+        for wname, w in by_kind.get(kind, {}).items():
+            where = f"{kind.lower()}/{wname}"
+            spec = w["spec"]
+            pod = spec["template"]["spec"]
+            tend = spec["template"]["metadata"].get("labels", {}).get(
+                "app.kubernetes.io/name") == "tend"
+            if kind == "Deployment" and wname in hpa_targets and "replicas" in spec:
+                bad(f"{where}: sets replicas although an HPA owns the count")
+            psc = pod.get("securityContext", {})
+            if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                bad(f"{where}: pod seccompProfile is not RuntimeDefault")
+            if pod.get("automountServiceAccountToken") is not False:
+                bad(f"{where}: mounts a service account token")
+            for c in pod["containers"] + pod.get("initContainers", []):
+                cw = f"{where} container {c['name']}"
+                csc = c.get("securityContext", {})
+                if not (csc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+                    bad(f"{cw}: runAsNonRoot is not set")
+                if csc.get("allowPrivilegeEscalation") is not False:
+                    bad(f"{cw}: allowPrivilegeEscalation is not false")
+                if "ALL" not in csc.get("capabilities", {}).get("drop", []):
+                    bad(f"{cw}: does not drop ALL capabilities")
+                res = c.get("resources", {})
+                for part in ("requests", "limits"):
+                    for r in ("cpu", "memory"):
+                        if r not in res.get(part, {}):
+                            bad(f"{cw}: no {part}.{r}")
+                for ref in refs(c):
+                    kind_ref, ref_name, optional = ref
+                    pool = secrets if kind_ref == "Secret" else configmaps
+                    if ref_name in pool or optional:
+                        continue
+                    # base and prod read the Secret created out of band.
+                    if kind_ref == "Secret" and not secrets and ref_name == "tend-secrets":
+                        continue
+                    bad(f"{cw}: refers to a missing {kind_ref} {ref_name}")
+                if name == "prod" and "@sha256:" not in c["image"]:
+                    bad(f"{cw}: image {c['image']} is not pinned by digest")
+                if not tend:
+                    continue
+                if csc.get("readOnlyRootFilesystem") is not True:
+                    bad(f"{cw}: root filesystem is writable")
+                if kind != "Deployment":
+                    continue
+                if probe_path(c, "livenessProbe") != "/healthz":
+                    bad(f"{cw}: liveness must probe /healthz only")
+                if probe_path(c, "readinessProbe") != "/readyz":
+                    bad(f"{cw}: readiness must probe /readyz")
+                if "startupProbe" not in c:
+                    bad(f"{cw}: no startupProbe")
+                pre_stop = sleep_seconds(c)
+                period = pod.get("terminationGracePeriodSeconds", 30)
+                if grace_s is not None and pre_stop + grace_s >= period:
+                    bad(f"{cw}: preStop {pre_stop} s + drain {grace_s} s does not end "
+                        f"before terminationGracePeriodSeconds {period}")
+
+    for p in problems:
+        print(f"POLICY {name}: {p}")
+    return 1 if problems else 0
+
+
+def refs(container):
+    """(kind, name, optional) of every Secret and ConfigMap a container reads."""
+    for e in container.get("env", []):
+        src = e.get("valueFrom", {})
+        if "secretKeyRef" in src:
+            r = src["secretKeyRef"]
+            yield "Secret", r["name"], r.get("optional", False)
+        if "configMapKeyRef" in src:
+            r = src["configMapKeyRef"]
+            yield "ConfigMap", r["name"], r.get("optional", False)
+    for e in container.get("envFrom", []):
+        if "secretRef" in e:
+            yield "Secret", e["secretRef"]["name"], e["secretRef"].get("optional", False)
+        if "configMapRef" in e:
+            yield "ConfigMap", e["configMapRef"]["name"], e["configMapRef"].get("optional", False)
+
+
+def probe_path(container, probe):
+    return container.get(probe, {}).get("httpGet", {}).get("path")
+
+
+def sleep_seconds(container):
+    cmd = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    if len(cmd) == 2 and cmd[0] == "sleep":
+        return int(cmd[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
