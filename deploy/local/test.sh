@@ -34,10 +34,23 @@ fi
 
 step "cargo test --workspace ${LOCKED[*]} $*"
 cargo test --workspace "${LOCKED[@]}" "$@" || rc=$?
-echo
-if [ "$rc" -eq 0 ]; then
-    echo "test.sh: OK: build and all tests passed"
-else
+if [ "$rc" -ne 0 ]; then
+    echo
     echo "test.sh: FAILED: cargo test exited with $rc" >&2
+    exit "$rc"
 fi
-exit "$rc"
+
+# The checks that are not Rust tests: the live API fuzzed from its OpenAPI
+# document, the Kubernetes manifests rendered and validated, the agent's
+# Debian package built and inspected.
+for check in openapi k8s deb; do
+    step "deploy/checks/$check.sh"
+    bash "$ROOT/deploy/checks/$check.sh" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        echo
+        echo "test.sh: FAILED: deploy/checks/$check.sh exited with $rc" >&2
+        exit "$rc"
+    fi
+done
+echo
+echo "test.sh: OK: build, all tests and checks passed"
