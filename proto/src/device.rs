@@ -54,6 +54,31 @@ pub struct Instruction {
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub timeout_s: u32,
+    /// The trace id of the admin request that queued the command. The agent
+    /// logs it and sends it back with its reports (`traceparent` header),
+    /// so one id follows the command through every log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+/// Trace ids are W3C trace-context ids: 32 lowercase hex digits, not all 0.
+pub fn is_trace_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id_of_traceparent(header: &str) -> Option<&str> {
+    let mut parts = header.trim().split('-');
+    let (_version, trace, _span) = (parts.next()?, parts.next()?, parts.next()?);
+    is_trace_id(trace).then_some(trace)
+}
+
+/// A `traceparent` header value for `trace_id`, with a fresh span id.
+pub fn traceparent(trace_id: &str, span_id: u64) -> String {
+    format!("00-{trace_id}-{span_id:016x}-01")
 }
 
 impl Instruction {
@@ -90,5 +115,27 @@ impl Report {
             error: None,
             detail: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_headers_round_trip_their_trace_id() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let header = traceparent(id, 0x00f067aa0ba902b7);
+        assert_eq!(
+            header,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(trace_id_of_traceparent(&header), Some(id));
+        assert_eq!(
+            trace_id_of_traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id_of_traceparent("garbage"), None);
+        assert!(!is_trace_id("4BF92F3577B34DA6A3CE929D0E0E4736"));
     }
 }

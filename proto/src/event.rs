@@ -18,6 +18,9 @@ pub enum Event {
         command_id: Uuid,
         device_id: Uuid,
         tenant_id: Uuid,
+        /// The trace id of the request that queued it, for the logs.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace_id: Option<String>,
     },
     /// A command reached a terminal state.
     CommandFinished {
@@ -31,6 +34,14 @@ pub enum Event {
 }
 
 impl Event {
+    /// The trace id the event carries, if any.
+    pub fn trace_id(&self) -> Option<&str> {
+        match self {
+            Event::CommandQueued { trace_id, .. } => trace_id.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn topic(&self) -> &'static str {
         match self {
             Event::CommandQueued { .. } => "command.queued",

@@ -10,7 +10,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
 use serde::Serialize;
 
 use crate::db::DbError;
@@ -200,6 +200,25 @@ pub async fn record_metrics(
     metrics::histogram!("tend_http_request_duration_seconds",
         "method" => method, "route" => route)
     .record(started.elapsed().as_secs_f64());
+    Ok(res)
+}
+
+/// Answers every request with its id (`x-request-id`), the one the logs of
+/// that request carry, so a client's report can be matched to the logs.
+/// Wrap it inside `TracingLogger`, which assigns the id.
+pub async fn request_id_header(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = req
+        .extensions()
+        .get::<tracing_actix_web::RequestId>()
+        .map(|id| id.to_string());
+    let mut res = next.call(req).await?;
+    if let Some(id) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        res.headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), id);
+    }
     Ok(res)
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use futures_util::future::try_join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionStatus};
 use tend_core::amqp;
 use tend_core::db::Pool;
@@ -297,10 +298,28 @@ async fn publish(channel: &Channel, exchange: &str, rows: &[Pending]) -> anyhow:
     let mut confirms = Vec::with_capacity(rows.len());
     for row in rows {
         let payload = serde_json::to_vec(&row.payload).context("encoding an outbox payload")?;
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(PERSISTENT)
             .with_content_type("application/json".into())
             .with_message_id(row.id.to_string().into());
+        // The command's trace, as W3C trace context, for consumers that
+        // trace from message headers.
+        if let Some(trace_id) = row
+            .payload
+            .get("trace_id")
+            .and_then(|t| t.as_str())
+            .filter(|t| tend_proto::device::is_trace_id(t))
+        {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "traceparent".into(),
+                AMQPValue::LongString(
+                    tend_proto::device::traceparent(trace_id, row.id.unsigned_abs()).into(),
+                ),
+            );
+            properties = properties.with_headers(headers);
+            tracing::info!(trace_id, topic = %row.topic, "publishing {} for trace {trace_id}", row.topic);
+        }
         let confirm = channel
             .basic_publish(
                 exchange.into(),

@@ -167,6 +167,9 @@ pub struct CommandOut {
     /// `{output, error, detail}` as the agent reported it, or null.
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
+    /// Follows the command through every service's logs (W3C trace id: the
+    /// `traceparent` the admin sent, else the id of the request).
+    pub trace_id: Option<String>,
 }
 
 impl From<Command> for CommandOut {
@@ -184,6 +187,7 @@ impl From<Command> for CommandOut {
             timeout_s: c.timeout_s,
             expires_at: c.expires_at,
             result: c.result,
+            trace_id: c.trace_id,
         }
     }
 }

@@ -113,6 +113,7 @@ impl Platform {
                 .app_data(http::path_config())
                 .app_data(http::query_config())
                 .wrap(middleware::from_fn(http::record_metrics))
+                .wrap(middleware::from_fn(http::request_id_header))
                 .wrap(tracing_actix_web::TracingLogger::default())
                 .configure(|cfg| routes::configure(cfg, doc.clone()))
                 .default_service(web::to(http::not_found))

@@ -135,7 +135,15 @@ async fn handle(c: &Consumer, payload: &[u8]) {
     };
     metrics::counter!("tend_sync_events_total", "topic" => event.topic()).increment(1);
     match event {
-        Event::CommandQueued { device_id, .. } => {
+        Event::CommandQueued {
+            device_id,
+            command_id,
+            ref trace_id,
+            ..
+        } => {
+            tracing::debug!(command.id = %command_id, device.id = %device_id,
+                trace_id = trace_id.as_deref().unwrap_or(""),
+                "command {command_id} waits for device {device_id}");
             if let Err(e) = c.live.set_pending(device_id).await {
                 tracing::warn!(device.id = %device_id, "cannot mark device {device_id} pending: {e}");
             }

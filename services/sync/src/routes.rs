@@ -160,6 +160,11 @@ async fn instructions(state: Shared, device: DeviceCaller) -> Result<HttpRespons
         let _ = state.live.set_pending(device.id).await;
         metrics::counter!("tend_instructions_delivered_total").increment(commands.len() as u64);
     }
+    for c in &commands {
+        tracing::info!(command.id = %c.id, device.id = %device.id,
+            trace_id = c.trace_id.as_deref().unwrap_or(""),
+            "handing command {} to device {}", c.id, device.id);
+    }
     let instructions = commands
         .into_iter()
         .map(|c| Instruction {
@@ -169,6 +174,7 @@ async fn instructions(state: Shared, device: DeviceCaller) -> Result<HttpRespons
             issued_at: c.created_at,
             expires_at: c.expires_at,
             timeout_s: c.timeout_s.max(0) as u32,
+            trace_id: c.trace_id,
         })
         .collect();
     Ok(HttpResponse::Ok().json(Instructions { instructions }))
@@ -183,6 +189,7 @@ async fn report(
     device: DeviceCaller,
     id: web::Path<Uuid>,
     body: web::Json<Report>,
+    req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let mut report = body.into_inner();
     for s in [&mut report.output, &mut report.error]
@@ -210,8 +217,18 @@ async fn report(
     tx.commit().await.map_err(DbError::from)?;
     match outcome {
         ReportOutcome::Applied(cmd) | ReportOutcome::Repeated(cmd) => {
+            // The agent echoes the trace in `traceparent`; the record has it
+            // too, for agents that do not.
+            let trace_id = req
+                .headers()
+                .get("traceparent")
+                .and_then(|h| h.to_str().ok())
+                .and_then(tend_proto::device::trace_id_of_traceparent)
+                .map(str::to_owned)
+                .or(cmd.trace_id.clone())
+                .unwrap_or_default();
             tracing::info!(command.id = %cmd.id, device.id = %device.id, status = %cmd.status,
-                "command {} is {}", cmd.id, cmd.status);
+                trace_id = %trace_id, "command {} is {}", cmd.id, cmd.status);
             if cmd.status.is_terminal() {
                 refresh_pending(&state, &client, device.id).await;
             }

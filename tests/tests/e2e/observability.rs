@@ -80,3 +80,110 @@ async fn every_service_exports_its_named_series_after_traffic() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn one_trace_id_follows_a_command_through_every_service() {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+
+    // Listen on the installation's exchange like a sync replica does.
+    let amqp = lapin::Connection::connect(
+        &std::env::var("TEND_TEST_AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("RabbitMQ is required");
+    let ch = amqp.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.queue_bind(
+        q.name().clone(),
+        format!("{}.sync", stack.instance).into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            q.name().clone(),
+            "trace-test".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = stack
+        .http
+        .post(stack.api(&format!("/devices/{}/commands", device.id)))
+        .bearer_auth(&admin)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&json!({ "kind": "shutdown" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("x-request-id").is_some());
+    let cmd: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(cmd["trace_id"], trace);
+    let id: uuid::Uuid = cmd["id"].as_str().unwrap().parse().unwrap();
+
+    // The event carries it as a W3C traceparent header.
+    let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .expect("the command.queued event")
+        .unwrap()
+        .unwrap();
+    let headers = delivery.properties.headers().clone().expect("AMQP headers");
+    let traceparent = match headers.inner().get("traceparent") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("no traceparent header: {other:?}"),
+    };
+    assert!(
+        traceparent.starts_with(&format!("00-{trace}-")),
+        "{traceparent}"
+    );
+
+    let mut agent = Agent::new(&stack, &device);
+    agent.start();
+    stack
+        .wait_for(&admin, id, "succeeded", Duration::from_secs(30))
+        .await;
+
+    for service in [Service::Platform, Service::Monitor, Service::Sync] {
+        let log = stack.log_of(service);
+        assert!(
+            log.lines().any(|l| l.contains(trace)),
+            "{service:?} logs the trace id"
+        );
+    }
+    let sync_log = stack.log_of(Service::Sync);
+    assert!(
+        sync_log
+            .lines()
+            .any(|l| l.contains(trace) && l.contains("is succeeded")),
+        "the report is logged with the trace id"
+    );
+}

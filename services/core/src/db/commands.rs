@@ -29,10 +29,12 @@ pub struct Command {
     pub timeout_s: i32,
     pub expires_at: DateTime<Utc>,
     pub result: Option<Value>,
+    /// The trace id of the request that queued it.
+    pub trace_id: Option<String>,
 }
 
 const COLUMNS: &str = "id, tenant_id, device_id, kind, params, status, created_at, \
-     delivered_at, started_at, finished_at, timeout_s, expires_at, result";
+     delivered_at, started_at, finished_at, timeout_s, expires_at, result, trace_id";
 
 fn from_row(r: &Row) -> Result<Command> {
     let status: String = r.get(5);
@@ -52,6 +54,7 @@ fn from_row(r: &Row) -> Result<Command> {
         timeout_s: r.get(10),
         expires_at: r.get(11),
         result: r.get(12),
+        trace_id: r.get(13),
     })
 }
 
@@ -67,6 +70,7 @@ pub struct NewCommand<'a> {
     pub timeout_s: i32,
     pub expires_in_s: i32,
     pub created_by: Option<Uuid>,
+    pub trace_id: Option<&'a str>,
 }
 
 /// Queues a command and its `command.queued` event. Run it in a transaction:
@@ -74,8 +78,9 @@ pub struct NewCommand<'a> {
 pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Command> {
     let stmt = c
         .prepare_cached(&format!(
-            "INSERT INTO commands (id, tenant_id, device_id, kind, params, timeout_s, expires_at, created_by)
-             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8)
+            "INSERT INTO commands (id, tenant_id, device_id, kind, params, timeout_s, expires_at,
+                                   created_by, trace_id)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8, $9)
              RETURNING {COLUMNS}"
         ))
         .await?;
@@ -92,6 +97,7 @@ pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Comma
                 &new.timeout_s,
                 &f64::from(new.expires_in_s),
                 &new.created_by,
+                &new.trace_id,
             ],
         )
         .await?;
@@ -101,6 +107,7 @@ pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Comma
             command_id: id,
             device_id: new.device_id,
             tenant_id: new.tenant_id,
+            trace_id: new.trace_id.map(str::to_owned),
         },
     )
     .await?;
@@ -194,10 +201,11 @@ const FINISHED_EVENTS: &str = "INSERT INTO outbox (topic, payload)
              FROM done";
 
 /// The outbox rows announcing `Event::CommandQueued` for every row of a CTE
-/// named `touched(id, device_id, tenant_id)`.
+/// named `touched(id, device_id, tenant_id, trace_id)`.
 const QUEUED_EVENTS: &str = "INSERT INTO outbox (topic, payload)
-             SELECT 'command.queued', jsonb_build_object('type', 'command_queued',
-                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id)
+             SELECT 'command.queued', jsonb_strip_nulls(jsonb_build_object('type', 'command_queued',
+                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id,
+                    'trace_id', trace_id))
              FROM touched";
 
 /// Cancels everything a device still had queued (it is going away).
@@ -425,7 +433,7 @@ pub async fn reannounce_due(c: &impl GenericClient, older_than_s: f64) -> Result
              touched AS (
                  UPDATE commands c SET announced_at = now()
                  FROM due WHERE c.id = due.id
-                 RETURNING c.id, c.device_id, c.tenant_id)
+                 RETURNING c.id, c.device_id, c.tenant_id, c.trace_id)
              {QUEUED_EVENTS}"
         ))
         .await?;
@@ -456,6 +464,7 @@ mod tests {
                     command_id: ids.0,
                     device_id: ids.1,
                     tenant_id: ids.2,
+                    trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
                 },
                 QUEUED_EVENTS,
             ),

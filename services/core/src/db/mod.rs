@@ -112,7 +112,10 @@ pub async fn connect(url: &str) -> anyhow::Result<Pool> {
 }
 
 /// Migrations in order; each runs once, in its own transaction.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (2, "trace_id", include_str!("migrations/0002_trace_id.sql")),
+];
 
 /// Key of the advisory lock that serializes migrations across processes.
 const MIGRATION_LOCK: i64 = 0x7465_6e64_6d69_6772; // "tendmigr"

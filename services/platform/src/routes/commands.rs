@@ -46,6 +46,8 @@ pub async fn create(
     caller: Caller,
     id: web::Path<Uuid>,
     body: web::Json<NewCommand>,
+    req: actix_web::HttpRequest,
+    request_id: tracing_actix_web::RequestId,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin, Role::Operator])?;
     let body = body.into_inner();
@@ -66,6 +68,16 @@ pub async fn create(
         MAX_EXPIRES_IN_S,
     )?;
 
+    // The caller's W3C trace if it sent one, else this request's id: the
+    // command carries it through every service's logs.
+    let trace_id = req
+        .headers()
+        .get("traceparent")
+        .and_then(|h| h.to_str().ok())
+        .and_then(tend_proto::device::trace_id_of_traceparent)
+        .map(str::to_owned)
+        .unwrap_or_else(|| request_id.to_string().replace('-', ""));
+
     let mut client = state.pool.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
     let device = devices::get_locked(&tx, caller.tenant(), *id)
@@ -81,12 +93,14 @@ pub async fn create(
             timeout_s,
             expires_in_s,
             created_by: Some(caller.user()),
+            trace_id: Some(&trace_id),
         },
     )
     .await?;
     tx.commit().await.map_err(DbError::from)?;
     metrics::counter!("tend_commands_queued_total", "kind" => command.kind.clone()).increment(1);
     tracing::info!(command.id = %command.id, device.id = %device.id, kind = %command.kind,
+        trace_id = %trace_id,
         "queued {} command {} for device {}", command.kind, command.id, device.id);
     Ok(HttpResponse::Created().json(CommandOut::from(command)))
 }
