@@ -463,6 +463,7 @@ mod tests {
             issued_at: Utc::now(),
             expires_at: Utc::now(),
             timeout_s: 30,
+            trace_id: None,
         }
     }
 
