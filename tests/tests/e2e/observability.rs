@@ -187,3 +187,58 @@ async fn one_trace_id_follows_a_command_through_every_service() {
         "the report is logged with the trace id"
     );
 }
+
+/// The Grafana dashboard may only chart series the services export.
+#[tokio::test]
+async fn the_grafana_dashboard_charts_only_exported_series() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+    let mut agent = Agent::new(&stack, &device);
+    agent.start();
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
+    stack
+        .wait_for(&admin, id, "succeeded", Duration::from_secs(30))
+        .await;
+
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/grafana/tend-dashboard.json"),
+    )
+    .expect("deploy/grafana/tend-dashboard.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
+    let mut wanted = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("tend_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                wanted.insert(name);
+            }
+        }
+    }
+    assert!(wanted.len() >= 10, "{wanted:?}");
+    eventually(Duration::from_secs(30), "every charted series", || async {
+        let mut exported = String::new();
+        for s in [Service::Platform, Service::Sync, Service::Monitor] {
+            let r = stack
+                .http
+                .get(format!("{}/metrics", stack.url(s)))
+                .send()
+                .await
+                .ok()?;
+            exported.push_str(&r.text().await.ok()?);
+        }
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|name| !exported.lines().any(|l| l.starts_with(name.as_str())))
+            .collect();
+        missing.is_empty().then_some(())
+    })
+    .await;
+}
