@@ -48,6 +48,11 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// The longest delay this backoff waits.
+    pub fn cap(&self) -> Duration {
+        self.cap
+    }
 }
 
 /// `seconds` ±10 %, at least one second, so devices started together drift

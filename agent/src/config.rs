@@ -12,6 +12,9 @@ use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::logquery::{self, NaiveZone};
+use crate::oplog;
+
 /// Everything the agent needs to know, validated.
 #[derive(Clone)]
 pub struct Config {
@@ -31,6 +34,11 @@ pub struct Config {
     /// Upper bound on one HTTP exchange with the server, so a half-open
     /// connection cannot stall the heartbeat loop.
     pub request_timeout_s: u64,
+    /// `[log_query]`: how timestamps are read and how much one query returns.
+    pub log_query: logquery::Settings,
+    /// `[operations_log]`: when `operations.log` is rotated and how many
+    /// old files are kept.
+    pub operations_log: oplog::Settings,
 }
 
 /// The argv that performs each action.
@@ -82,7 +90,30 @@ struct RawConfig {
     #[serde(default)]
     log_sources: BTreeMap<String, PathBuf>,
     request_timeout_s: Option<u64>,
+    #[serde(default)]
+    log_query: RawLogQuery,
+    #[serde(default)]
+    operations_log: RawOperationsLog,
 }
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogQuery {
+    naive_timezone: Option<String>,
+    max_output_bytes: Option<usize>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOperationsLog {
+    max_bytes: Option<u64>,
+    keep: Option<u32>,
+}
+
+/// Bounds of `log_query.max_output_bytes`: below a few KiB a query returns
+/// next to nothing; above 16 MiB the report would outgrow what a server is
+/// sensibly configured to accept in one body.
+const MAX_OUTPUT_BYTES_RANGE: std::ops::RangeInclusive<usize> = 4096..=16 * 1024 * 1024;
 
 impl Config {
     /// Reads and validates the configuration file at `path`.
@@ -130,6 +161,59 @@ impl Config {
         if state_dir.as_os_str().is_empty() {
             bail!("state_dir is empty");
         }
+        for (name, path) in &raw.log_sources {
+            // Names are what a query sends; the agent refuses any with `/`
+            // or `..` at query time, so such a key could never be used.
+            if name.is_empty() || name.contains('/') || name.contains("..") {
+                bail!("log_sources: {name:?} is not a valid name (no `/` or `..`)");
+            }
+            if name == logquery::OPERATIONS {
+                bail!(
+                    "log_sources: {name:?} is reserved for the agent's own operation log; pick another name"
+                );
+            }
+            if !path.is_absolute() {
+                bail!(
+                    "log_sources.{name}: {} must be an absolute path",
+                    path.display()
+                );
+            }
+        }
+        let log_query = logquery::Settings {
+            naive_timezone: match raw.log_query.naive_timezone {
+                Some(zone) => zone
+                    .parse::<NaiveZone>()
+                    .map_err(|e| anyhow!("log_query.naive_timezone: {e}"))?,
+                None => NaiveZone::Utc,
+            },
+            max_output_bytes: raw
+                .log_query
+                .max_output_bytes
+                .unwrap_or(logquery::DEFAULT_MAX_OUTPUT_BYTES),
+        };
+        if !MAX_OUTPUT_BYTES_RANGE.contains(&log_query.max_output_bytes) {
+            bail!(
+                "log_query.max_output_bytes must be between {} and {}",
+                MAX_OUTPUT_BYTES_RANGE.start(),
+                MAX_OUTPUT_BYTES_RANGE.end()
+            );
+        }
+        let operations_log = oplog::Settings {
+            max_bytes: raw
+                .operations_log
+                .max_bytes
+                .unwrap_or(oplog::DEFAULT_MAX_BYTES),
+            keep: raw.operations_log.keep.unwrap_or(oplog::DEFAULT_KEEP),
+        };
+        if operations_log.max_bytes < oplog::MIN_MAX_BYTES {
+            bail!(
+                "operations_log.max_bytes must be at least {}",
+                oplog::MIN_MAX_BYTES
+            );
+        }
+        if operations_log.keep > oplog::MAX_KEEP {
+            bail!("operations_log.keep must be at most {}", oplog::MAX_KEEP);
+        }
 
         Ok(Config {
             server_url,
@@ -142,6 +226,8 @@ impl Config {
             actions: raw.actions,
             log_sources: raw.log_sources,
             request_timeout_s,
+            log_query,
+            operations_log,
         })
     }
 }
@@ -158,6 +244,8 @@ impl fmt::Debug for Config {
             .field("actions", &self.actions)
             .field("log_sources", &self.log_sources)
             .field("request_timeout_s", &self.request_timeout_s)
+            .field("log_query", &self.log_query)
+            .field("operations_log", &self.operations_log)
             .finish()
     }
 }
@@ -217,6 +305,53 @@ mod tests {
         assert_eq!(config.actions.shutdown, ["systemctl", "poweroff"]);
         assert!(config.log_sources.is_empty());
         assert_eq!(config.request_timeout_s, DEFAULT_REQUEST_TIMEOUT_S);
+        assert_eq!(config.log_query, logquery::Settings::default());
+        assert_eq!(config.log_query.naive_timezone, NaiveZone::Utc);
+        assert_eq!(config.log_query.max_output_bytes, 1024 * 1024);
+        assert_eq!(config.operations_log, oplog::Settings::default());
+        assert_eq!(config.operations_log.max_bytes, 10 * 1024 * 1024);
+        assert_eq!(config.operations_log.keep, 5);
+    }
+
+    #[test]
+    fn log_query_and_operations_log_settings_are_read_and_checked() {
+        let config = Config::from_toml_str(&format!(
+            "{}[log_query]\nnaive_timezone = \"local\"\nmax_output_bytes = 65536\n\
+             [operations_log]\nmax_bytes = 100000\nkeep = 0\n",
+            minimal()
+        ))
+        .unwrap();
+        assert_eq!(config.log_query.naive_timezone, NaiveZone::Local);
+        assert_eq!(config.log_query.max_output_bytes, 65536);
+        assert_eq!(config.operations_log.max_bytes, 100_000);
+        assert_eq!(config.operations_log.keep, 0);
+
+        for (rest, expected) in [
+            (
+                "[log_query]\nnaive_timezone = \"Europe/Paris\"\n",
+                "naive_timezone",
+            ),
+            ("[log_query]\nmax_output_bytes = 10\n", "max_output_bytes"),
+            ("[log_query]\nmax_lines = 10\n", "max_lines"),
+            (
+                "[operations_log]\nmax_bytes = 10\n",
+                "operations_log.max_bytes",
+            ),
+            ("[operations_log]\nkeep = 1000\n", "operations_log.keep"),
+            ("[log_sources]\noperations = \"/var/log/x\"\n", "reserved"),
+            (
+                "[log_sources]\n\"a/b\" = \"/var/log/x\"\n",
+                "not a valid name",
+            ),
+            (
+                "[log_sources]\n\"..\" = \"/var/log/x\"\n",
+                "not a valid name",
+            ),
+            ("[log_sources]\napp = \"relative.log\"\n", "absolute"),
+        ] {
+            let e = error_of(&format!("{}{rest}", minimal()));
+            assert!(e.contains(expected), "{rest}: {e}");
+        }
     }
 
     #[test]
@@ -304,6 +439,8 @@ mod tests {
         assert_eq!(example.boot_id_file, defaults.boot_id_file);
         assert_eq!(example.actions, defaults.actions);
         assert_eq!(example.request_timeout_s, defaults.request_timeout_s);
+        assert_eq!(example.log_query, defaults.log_query);
+        assert_eq!(example.operations_log, defaults.operations_log);
     }
 
     #[test]

@@ -31,12 +31,26 @@ pub const FILE_NAME: &str = "journal.jsonl";
 /// before), so forgetting it cannot make it run twice.
 pub const RETENTION: TimeDelta = TimeDelta::days(30);
 
+/// The journal format this agent writes; see [`Entry::format`].
+pub const FORMAT: u32 = 2;
+
+/// What entries written before [`Entry::format`] existed are read as.
+fn legacy_format() -> u32 {
+    1
+}
+
 /// Where an instruction is on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
-    /// Journaled before anything executed; `boot_id` is the boot it started in.
+    /// Journaled before anything executed; `boot_id` is the boot it started
+    /// in. For an action (format 2), the action has not been spawned yet:
+    /// the agent may still be waiting for the server to accept
+    /// `in_progress`.
     Started,
+    /// Journaled (fsync'd) right before the action's command is spawned:
+    /// from here on, only the boot id can tell what happened.
+    Running,
     /// The action's command returned (a reboot that now waits for the
     /// machine to go down and come back).
     ActionReturned,
@@ -65,6 +79,16 @@ pub struct Entry {
     pub report: Report,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// 2 when the writer journals [`State::Running`] before spawning an
+    /// action, so that `started` means "never spawned". 1 (absent) for
+    /// lines of agents from before that state: their `started` may or may
+    /// not have been spawned, and is judged by the boot id as they were.
+    #[serde(default = "legacy_format")]
+    pub format: u32,
+    /// The trace id the server gave with the instruction; logged with it
+    /// and sent back with its reports (`traceparent`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl Entry {
@@ -235,6 +259,8 @@ mod tests {
             at,
             report: Report::status(ReportStatus::InProgress),
             exit_code: None,
+            format: FORMAT,
+            trace_id: None,
         }
     }
 
@@ -335,6 +361,27 @@ mod tests {
         }
         assert_eq!(lines(dir.path()).len(), 3);
         assert!(!dir.path().join("journal.jsonl.tmp").exists());
+    }
+
+    #[test]
+    fn lines_of_older_agents_are_read_as_format_1_and_new_ones_name_their_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Uuid::new_v4();
+        let legacy = format!(
+            r#"{{"id":"{id}","kind":"reboot","params":{{}},"state":"started","boot_id":"b","started_at":"2026-01-01T00:00:00Z","at":"2026-01-01T00:00:00Z","report":{{"status":"in_progress"}}}}"#
+        );
+        fs::write(dir.path().join(FILE_NAME), format!("{legacy}\n")).unwrap();
+        let mut journal = Journal::open(dir.path()).unwrap();
+        let old = journal.get(id).unwrap();
+        assert_eq!((old.state, old.format), (State::Started, 1));
+
+        let running = entry(Uuid::new_v4(), State::Running, Utc::now());
+        journal.append(running.clone()).unwrap();
+        drop(journal);
+        assert!(lines(dir.path())[1].contains(r#""state":"running""#));
+        assert!(lines(dir.path())[1].contains(r#""format":2"#));
+        let journal = Journal::open(dir.path()).unwrap();
+        assert_eq!(journal.get(running.id), Some(&running));
     }
 
     #[test]

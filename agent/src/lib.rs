@@ -3,8 +3,9 @@
 //! It heartbeats to `tend-sync`, fetches the instructions the server holds
 //! for this device, journals each one durably before acting on it so that
 //! nothing runs twice, performs reboots and shutdowns with the configured
-//! commands, records every operation in `state_dir/operations.log`, and
-//! reports the outcome until the server has it.
+//! commands, answers log queries from the configured log sources, records
+//! every operation in `state_dir/operations.log`, and reports the outcome
+//! until the server has it.
 //!
 //! The binary is a thin shell around [`run`], so tests can drive the agent
 //! in-process with a [`Config`] and a cancellation token.
@@ -14,9 +15,12 @@ mod client;
 pub mod config;
 mod executor;
 mod journal;
+mod lock;
+pub mod logquery;
 mod oplog;
 mod outcome;
 mod runner;
+mod sanitize;
 mod system;
 
 pub use config::Config;

@@ -141,6 +141,45 @@ pub fn unsupported(kind: &str) -> Report {
     }
 }
 
+/// An action journaled `started` but never spawned: the agent stopped (a
+/// restart, a power cut) while it was still waiting for the server to
+/// accept `in_progress`. A new boot id proves nothing here, and the action
+/// is not run late on its own: the admin decides whether to send it again.
+pub fn never_spawned() -> Report {
+    failed(
+        "not performed: the agent stopped before running the action (the server had not yet \
+         accepted in_progress); it will not be run",
+    )
+}
+
+/// The agent could not journal that the action was about to run, so it
+/// did not run it: without that record a restart could not tell whether it
+/// ran.
+pub fn not_journaled(error: &str) -> Report {
+    failed(&format!(
+        "not performed: cannot journal that the action is about to run: {error}"
+    ))
+}
+
+/// The server refused a final report as too large (HTTP 413). The same
+/// bytes would be refused forever, and a report that never arrives leaves
+/// the admin with a command that times out and no reason: so the output
+/// is dropped and the instruction reported failed, saying why and keeping
+/// the detail (a log query's counts).
+pub fn too_large(report: &Report) -> Report {
+    let bytes = report.output.as_ref().map_or(0, String::len);
+    Report {
+        status: ReportStatus::Failed,
+        output: None,
+        error: Some(format!(
+            "the result ({bytes} bytes of output) was refused by the server as too large \
+             (HTTP 413); ask for less (fewer lines, a narrower time range) or raise the \
+             server's report size limit"
+        )),
+        detail: report.detail.clone(),
+    }
+}
+
 /// The server refused the `in_progress` report (the command already ended
 /// there, e.g. timed out), so the action was not performed.
 pub fn not_performed(http_status: u16) -> Report {
@@ -149,7 +188,7 @@ pub fn not_performed(http_status: u16) -> Report {
     ))
 }
 
-fn failed(error: &str) -> Report {
+pub fn failed(error: &str) -> Report {
     Report {
         status: ReportStatus::Failed,
         output: None,

@@ -9,6 +9,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 
+use crate::sanitize;
+
 /// The version this agent reports in heartbeats and inventory.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -38,6 +40,17 @@ fn parse_uptime(text: &str) -> Option<u64> {
 /// startup: none of it changes while the agent runs, and the heartbeat
 /// stays free of file reads beyond `/proc/uptime`.
 pub fn inventory() -> Value {
+    inventory_from(|path| std::fs::read_to_string(path).ok())
+}
+
+/// The inventory built from files read with `read` (a parameter so tests
+/// can feed it what a real device might hold).
+fn inventory_from(read: impl Fn(&str) -> Option<String>) -> Value {
+    let read_trimmed = |path: &str| {
+        let text = read(path)?;
+        let text = text.trim();
+        (!text.is_empty()).then(|| text.to_owned())
+    };
     let mut inventory = Map::new();
     inventory.insert("agent_version".into(), json!(AGENT_VERSION));
     inventory.insert("os".into(), json!(std::env::consts::OS));
@@ -50,19 +63,14 @@ pub fn inventory() -> Value {
     if let Some(kernel) = read_trimmed("/proc/sys/kernel/osrelease") {
         inventory.insert("kernel".into(), json!(kernel));
     }
-    if let Some(name) = std::fs::read_to_string("/etc/os-release")
-        .ok()
-        .and_then(|text| os_pretty_name(&text))
-    {
+    if let Some(name) = read("/etc/os-release").and_then(|text| os_pretty_name(&text)) {
         inventory.insert("os_release".into(), json!(name));
     }
-    Value::Object(inventory)
-}
-
-fn read_trimmed(path: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.to_owned())
+    let mut inventory = Value::Object(inventory);
+    // These files are taken as they are; a NUL in one must not make the
+    // server refuse every heartbeat.
+    sanitize::value(&mut inventory);
+    inventory
 }
 
 fn os_pretty_name(os_release: &str) -> Option<String> {
@@ -100,5 +108,21 @@ mod tests {
     #[test]
     fn the_inventory_names_the_agent_version() {
         assert_eq!(inventory()["agent_version"], AGENT_VERSION);
+    }
+
+    #[test]
+    fn nul_bytes_in_the_files_read_never_reach_the_inventory() {
+        let inventory = inventory_from(|path| match path {
+            "/proc/sys/kernel/hostname" => Some("kiosk\0-7\n".into()),
+            "/etc/os-release" => Some("PRETTY_NAME=\"Kiosk\0OS\"\n".into()),
+            _ => None,
+        });
+        assert_eq!(inventory["hostname"], "kiosk\u{FFFD}-7");
+        assert_eq!(inventory["os_release"], "Kiosk\u{FFFD}OS");
+        assert!(
+            !serde_json::to_string(&inventory)
+                .unwrap()
+                .contains("\\u0000")
+        );
     }
 }

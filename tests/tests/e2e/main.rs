@@ -7,3 +7,4 @@ mod latency;
 mod lifecycle;
 mod observability;
 mod resilience;
+mod tendctl;

@@ -1,0 +1,341 @@
+//! The command line: every subcommand, flag and value parser.
+//!
+//! Values are checked here, where clap can answer with its usage error
+//! (exit 2), rather than sent to the API to be refused (exit 3).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+/// Shown by `--help` (not `-h`): what scripts need to know.
+const AFTER_LONG_HELP: &str = "\
+Exit codes:
+  0  done; with --wait, the command succeeded
+  1  the command ended unsuccessfully (failed, rejected, timed_out, expired,
+     cancelled), or tendctl failed on this machine (its credentials file)
+  2  usage error, or a confirmation that was not given
+  3  the API refused the request (HTTP 4xx), not being logged in included
+  4  the server cannot be reached, or it answered HTTP 5xx
+  5  --wait gave up before the command ended (see --wait-timeout)
+
+Environment:
+  TENDCTL_SERVER      the platform's URL, like --server
+  TENDCTL_TOKEN       an access token to use instead of the saved login
+  TENDCTL_CONFIG_DIR  where credentials.json is kept
+                      (default $XDG_CONFIG_HOME/tend, else ~/.config/tend)
+
+With --json every command prints one JSON document on stdout: the API's
+answer as it came (a list followed with --all is one list), and messages go
+to stderr.";
+
+/// tend's admin command-line client.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tendctl",
+    version,
+    about = "Manage a tend device fleet: devices, remote commands and their results",
+    after_long_help = AFTER_LONG_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    /// The platform's URL [default: the saved login's server, else
+    /// http://127.0.0.1:8080]
+    #[arg(long, global = true, env = "TENDCTL_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// Print the API's JSON, one document per command, instead of tables
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Log in and keep the session (1 hour) in the config directory
+    ///
+    /// With --json the API's answer is printed as it came, the access token
+    /// included (for scripts that call the API themselves).
+    Login(LoginArgs),
+    /// Forget the saved session
+    ///
+    /// The token itself stays valid on the server until it expires.
+    Logout,
+    /// Register, list, show and decommission devices
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+    /// Queue a reboot of a device
+    Reboot(ActionArgs),
+    /// Queue a shutdown of a device
+    Shutdown(ActionArgs),
+    /// Query a log on a device (a log_query command)
+    ///
+    /// With --wait the matching lines are printed on stdout, oldest first,
+    /// and how many matched on stderr.
+    Logs(LogsArgs),
+    /// List, show, follow and cancel commands
+    #[command(subcommand)]
+    Commands(CommandsCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Asked for when stdin is a terminal
+    #[arg(long, short)]
+    pub username: Option<String>,
+    /// Read the password from the first line of stdin, even on a terminal
+    /// (without this flag a terminal is asked without echo, and a pipe is
+    /// read anyway)
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCmd {
+    /// List devices, newest first
+    List(DeviceListArgs),
+    /// Show a device and what its agent last reported
+    Show { id: Uuid },
+    /// Register a device; prints its secret, shown this once
+    Create {
+        name: String,
+        /// What kind of device it is (kiosk, camera-v2): letters, digits, '.', '_', '-'
+        #[arg(long = "type", value_name = "TYPE")]
+        device_type: String,
+        /// A label, repeatable
+        #[arg(long = "label", value_name = "KEY:VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Decommission a device: its credentials stop working at once
+    Decommission {
+        id: Uuid,
+        /// Do not ask for confirmation (required when stdin is not a terminal)
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceListArgs {
+    /// Only devices in this state
+    #[arg(long, value_parser = ["online", "offline", "unknown"])]
+    pub status: Option<String>,
+    /// Only devices of this type
+    #[arg(long = "type", value_name = "TYPE")]
+    pub device_type: Option<String>,
+    /// Only devices with this label, repeatable (all must match)
+    #[arg(long = "label", value_name = "KEY:VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// Items per page (the server's default is 50)
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=500))]
+    pub limit: Option<u16>,
+    /// Start at this page (a previous page's next_cursor)
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Follow next_cursor to the last page
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandsCmd {
+    /// List a device's commands, newest first
+    List {
+        device_id: Uuid,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show a command, or follow it to its end with --wait
+    Show {
+        id: Uuid,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Cancel a command that is still queued
+    Cancel { id: Uuid },
+}
+
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    pub device_id: Uuid,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub device_id: Uuid,
+    /// A log source of the agent's config, or `operations` for the agent's
+    /// own operation log
+    #[arg(long)]
+    pub source: String,
+    /// Lines from this time on (RFC 3339, inclusive)
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub since: Option<String>,
+    /// Lines up to this time (RFC 3339, inclusive)
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    pub until: Option<String>,
+    /// Only lines matching this regular expression
+    #[arg(long, value_name = "RE")]
+    pub pattern: Option<String>,
+    /// At most this many lines (the newest)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_lines: Option<u32>,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// How long a queued command may take; the server's defaults otherwise.
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// Time the device has to start and to finish (seconds, or 90s, 10m,
+    /// 2h; server default 10m)
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
+    pub timeout: Option<u64>,
+    /// Time the command may wait for its device (server default 7d)
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
+    pub expires_in: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Follow the command to its end; the exit code tells how it ended
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (exit 5)
+    #[arg(long, value_name = "S", default_value = "15m", value_parser = parse_duration, requires = "wait")]
+    pub wait_timeout: Duration,
+}
+
+/// `key:value`, split at the first colon (values may hold colons).
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err("expected KEY:VALUE, like site:north".to_owned()),
+    }
+}
+
+/// Whole seconds: `90`, `90s`, `10m`, `2h` or `7d`; at least one.
+pub fn parse_seconds(s: &str) -> Result<u64, String> {
+    let err = || format!("expected a whole number of seconds, or one with s, m, h or d: {s:?}");
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| err())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(err()),
+    };
+    match n.checked_mul(scale) {
+        Some(0) => Err("must be at least one second".to_owned()),
+        Some(v) => Ok(v),
+        None => Err(err()),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_seconds(s).map(Duration::from_secs)
+}
+
+/// An RFC 3339 time, kept as typed: the agent compares it, tendctl only
+/// catches typos early.
+pub fn parse_time(s: &str) -> Result<String, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("expected an RFC 3339 time like 2030-01-31T08:00:00Z: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn labels_split_at_the_first_colon() {
+        assert_eq!(
+            parse_label("site:north"),
+            Ok(("site".into(), "north".into()))
+        );
+        assert_eq!(
+            parse_label("url:http://x:1"),
+            Ok(("url".into(), "http://x:1".into()))
+        );
+        assert_eq!(parse_label("empty:"), Ok(("empty".into(), String::new())));
+        assert!(parse_label("site=north").is_err());
+        assert!(parse_label(":north").is_err());
+    }
+
+    #[test]
+    fn seconds_take_an_optional_unit() {
+        assert_eq!(parse_seconds("90"), Ok(90));
+        assert_eq!(parse_seconds("90s"), Ok(90));
+        assert_eq!(parse_seconds("15m"), Ok(900));
+        assert_eq!(parse_seconds("2h"), Ok(7200));
+        assert_eq!(parse_seconds("7d"), Ok(604_800));
+        for bad in [
+            "0",
+            "",
+            "m",
+            "-5",
+            "1.5",
+            "5 m",
+            "5w",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_seconds(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn times_must_be_rfc3339() {
+        assert!(parse_time("2030-01-31T08:00:00Z").is_ok());
+        assert!(parse_time("2030-01-31T08:00:00+02:00").is_ok());
+        assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn usage_errors_and_wait_flags_parse_as_documented() {
+        let id = Uuid::new_v4().to_string();
+        let parse = |args: &[&str]| Cli::try_parse_from([&["tendctl"], args].concat());
+        assert!(parse(&["reboot", "not-a-uuid"]).is_err());
+        assert!(
+            parse(&["reboot", &id, "--wait-timeout", "5"]).is_err(),
+            "needs --wait"
+        );
+        assert!(parse(&["logs", &id]).is_err(), "--source is required");
+        assert!(
+            parse(&["devices", "create", "k"]).is_err(),
+            "--type is required"
+        );
+        let cli = parse(&["--json", "reboot", &id, "--wait", "--wait-timeout", "1m"]).unwrap();
+        let Cmd::Reboot(a) = cli.command else {
+            panic!("a reboot")
+        };
+        assert!(cli.json && a.wait.wait);
+        assert_eq!(a.wait.wait_timeout, Duration::from_secs(60));
+        let cli = parse(&["commands", "show", &id, "--json"]).unwrap();
+        assert!(cli.json, "global flags work after the subcommand");
+    }
+}

@@ -1,0 +1,358 @@
+//! tendctl, the real binary, against the live services: what it prints and,
+//! above all, the exit codes scripts branch on.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tend_tests::{Agent, Service, Stack, bin};
+use tokio::io::AsyncWriteExt;
+use uuid::Uuid;
+
+// The harness's bootstrap admin (TEND_BOOTSTRAP_ADMIN of every test stack).
+const ADMIN_USER: &str = "root";
+const ADMIN_PASSWORD: &str = "correct-horse-battery";
+
+/// Bounds a whole tendctl run, `--wait` included, so a hang fails the test.
+const RUN_LIMIT: Duration = Duration::from_secs(90);
+
+/// The tendctl binary with a config directory of its own and nothing else
+/// from this process's environment (no HOME, no TENDCTL_* leaking in).
+struct Tendctl {
+    config_dir: PathBuf,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// stdout as the one JSON document `--json` promises.
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Tendctl {
+    fn new(config_dir: &Path) -> Tendctl {
+        Tendctl {
+            config_dir: config_dir.to_owned(),
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        self.run_with_stdin(args, None).await
+    }
+
+    async fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut child = tokio::process::Command::new(bin("tendctl"))
+            .args(args)
+            .env_clear()
+            .env("TENDCTL_CONFIG_DIR", &self.config_dir)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting tendctl");
+        if let Some(text) = stdin {
+            let mut pipe = child.stdin.take().expect("tendctl's stdin");
+            pipe.write_all(text.as_bytes())
+                .await
+                .expect("writing stdin");
+        }
+        let out = tokio::time::timeout(RUN_LIMIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("tendctl {args:?} did not finish in {RUN_LIMIT:?}"))
+            .expect("tendctl's output");
+        Run {
+            code: out.status.code().expect("tendctl exited, not killed"),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Logs in as the bootstrap admin, the password on stdin.
+    async fn login(&self, stack: &Stack) {
+        let server = stack.url(Service::Platform);
+        let r = self
+            .run_with_stdin(
+                &[
+                    "--server",
+                    &server,
+                    "login",
+                    "--username",
+                    ADMIN_USER,
+                    "--password-stdin",
+                ],
+                Some(&format!("{ADMIN_PASSWORD}\n")),
+            )
+            .await;
+        assert_eq!(r.code, 0, "login: {r:?}");
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn id_of(v: &Value) -> String {
+    v["id"].as_str().expect("an id").to_owned()
+}
+
+#[tokio::test]
+async fn an_admin_logs_in_and_manages_devices_and_queued_commands_with_tendctl() {
+    let stack = Stack::start().await;
+    let config_dir = stack.dir.path().join("tendctl");
+    let ctl = Tendctl::new(&config_dir);
+    let server = stack.url(Service::Platform);
+
+    // A wrong password is the API's refusal: exit 3, with its detail.
+    let r = ctl
+        .run_with_stdin(
+            &[
+                "--server",
+                &server,
+                "login",
+                "-u",
+                ADMIN_USER,
+                "--password-stdin",
+            ],
+            Some("not-the-password\n"),
+        )
+        .await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("(HTTP 401)"), "{r:?}");
+    assert!(!config_dir.join("credentials.json").exists());
+
+    ctl.login(&stack).await;
+    assert_eq!(mode(&config_dir), 0o700, "the config directory is private");
+    assert_eq!(mode(&config_dir.join("credentials.json")), 0o600);
+
+    // From here on the server comes from the saved login.
+    let r = ctl
+        .run(&[
+            "--json",
+            "devices",
+            "create",
+            "kiosk-north",
+            "--type",
+            "kiosk",
+            "--label",
+            "site:north",
+            "--label",
+            "floor:2",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let created = r.json();
+    let id = id_of(&created);
+    assert_eq!(created["credentials"]["device_id"], created["id"]);
+    assert!(created["credentials"]["secret"].is_string(), "{created}");
+    assert_eq!(created["labels"]["site"], "north");
+
+    let r = ctl
+        .run(&["devices", "create", "kiosk-south", "--type", "kiosk"])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("shown only this once") && r.stdout.contains("device_secret"),
+        "the secret is shown prominently: {r:?}"
+    );
+
+    let r = ctl
+        .run(&[
+            "--json",
+            "devices",
+            "list",
+            "--label",
+            "site:north",
+            "--status",
+            "unknown",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let ids: Vec<String> = r.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(id_of)
+        .collect();
+    assert_eq!(
+        ids,
+        vec![id.clone()],
+        "the label filter keeps kiosk-north only"
+    );
+
+    let r = ctl.run(&["devices", "list", "--limit", "1", "--all"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("LAST SEEN"),
+        "{r:?}"
+    );
+    assert_eq!(
+        lines.len(),
+        3,
+        "a header and both devices, across pages: {r:?}"
+    );
+    assert!(r.stdout.contains("floor:2,site:north"), "{r:?}");
+
+    let r = ctl.run(&["devices", "show", &id, "--json"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["name"], "kiosk-north");
+
+    // A device without an agent: its reboot stays queued and can be cancelled once.
+    let r = ctl.run(&["--json", "reboot", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let queued = r.json();
+    assert_eq!(queued["status"], "queued");
+    let command = id_of(&queued);
+
+    let r = ctl.run(&["--json", "commands", "cancel", &command]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["status"], "cancelled");
+    let r = ctl.run(&["commands", "cancel", &command]).await;
+    assert_eq!(r.code, 3, "a second cancel is a conflict: {r:?}");
+    assert!(
+        r.stderr.starts_with("tendctl: ") && r.stderr.contains("(HTTP 409)"),
+        "{r:?}"
+    );
+
+    // Waiting on a command that already ended unsuccessfully returns at once.
+    let r = ctl.run(&["commands", "show", &command, "--wait"]).await;
+    assert_eq!(r.code, 1, "a cancelled command is not a success: {r:?}");
+    assert!(r.stdout.contains("cancelled"), "{r:?}");
+
+    let r = ctl.run(&["commands", "list", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.starts_with("ID") && r.stdout.contains(&command),
+        "{r:?}"
+    );
+
+    // Decommissioning asks first: without --yes and without a terminal, nothing happens.
+    let r = ctl.run(&["devices", "decommission", &id]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    let r = ctl.run(&["devices", "decommission", &id, "--yes"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = ctl.run(&["devices", "show", &id]).await;
+    assert_eq!(r.code, 3, "a decommissioned device is gone: {r:?}");
+
+    let unknown = Uuid::new_v4().to_string();
+    let r = ctl.run(&["devices", "show", &unknown]).await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("(HTTP 404)"), "{r:?}");
+
+    let r = ctl.run(&["logout"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!config_dir.join("credentials.json").exists());
+    let r = ctl.run(&["devices", "list"]).await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("run tendctl login"), "{r:?}");
+}
+
+#[tokio::test]
+async fn wait_follows_a_command_to_its_end_and_the_exit_code_says_how_it_ended() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let ctl = Tendctl::new(&stack.dir.path().join("tendctl"));
+    ctl.login(&stack).await;
+
+    let device = stack.new_device(&admin).await;
+    let mut agent = Agent::new(&stack, &device);
+    agent.start();
+    let failing = stack.new_device(&admin).await;
+    let mut failing_agent = Agent::with_actions(&stack, &failing, "exit 0", "exit 3");
+    failing_agent.start();
+    let (id, failing_id) = (device.id.to_string(), failing.id.to_string());
+
+    // A shutdown whose action exits 0 succeeds: exit 0, the command on stdout,
+    // status changes on stderr (plain lines: stderr is not a terminal).
+    let r = ctl.run(&["--json", "shutdown", &id, "--wait"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let done = r.json();
+    assert_eq!(done["status"], "succeeded");
+    assert!(done["finished_at"].is_string());
+    assert!(r.stderr.lines().any(|l| l.contains("succeeded")), "{r:?}");
+    assert!(
+        !r.stderr.contains('\r'),
+        "no redrawn line off a terminal: {r:?}"
+    );
+
+    // The test agent's reboot never comes back with a new boot id: the wait
+    // gives up with the command still in progress.
+    let r = ctl
+        .run(&["--json", "reboot", &id, "--wait", "--wait-timeout", "10"])
+        .await;
+    assert_eq!(r.code, 5, "{r:?}");
+    assert_eq!(r.json()["status"], "in_progress", "{r:?}");
+    assert!(r.stderr.contains("gave up waiting"), "{r:?}");
+
+    // A shutdown whose action exits 3 fails: exit 1, and the table says why.
+    let r = ctl.run(&["shutdown", &failing_id, "--wait"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("STATUS") && l.ends_with("failed")),
+        "{r:?}"
+    );
+
+    let r = ctl.run(&["--json", "commands", "list", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let kinds: Vec<Value> = r.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|c| c["kind"].clone())
+        .collect();
+    assert_eq!(kinds, ["reboot", "shutdown"], "newest first");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_exits_4() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ctl = Tendctl::new(dir.path());
+    let r = ctl
+        .run_with_stdin(
+            &[
+                "--server",
+                "http://127.0.0.1:9",
+                "login",
+                "-u",
+                "root",
+                "--password-stdin",
+            ],
+            Some("whatever-it-is\n"),
+        )
+        .await;
+    assert_eq!(r.code, 4, "{r:?}");
+    assert!(
+        r.stderr.contains("cannot reach http://127.0.0.1:9"),
+        "{r:?}"
+    );
+}
