@@ -108,6 +108,20 @@ impl Agent {
         }
     }
 
+    /// Lets `log_query` read `path` under `name`; takes effect at the next
+    /// start.
+    pub fn add_log_source(&mut self, name: &str, path: &std::path::Path) {
+        let mut text = std::fs::read_to_string(&self.config).expect("agent config");
+        if !text.contains("[log_sources]") {
+            text.push_str("\n[log_sources]\n");
+        }
+        text.push_str(&format!(
+            "{name} = {}\n",
+            toml_array(&[&path.display().to_string()]).trim_matches(|c| c == '[' || c == ']')
+        ));
+        std::fs::write(&self.config, text).expect("agent config");
+    }
+
     /// Points the agent at another sync server (a second replica, say); it
     /// takes effect at the next start.
     pub fn set_server(&mut self, url: &str) {

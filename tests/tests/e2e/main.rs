@@ -5,6 +5,7 @@ mod input;
 mod isolation;
 mod latency;
 mod lifecycle;
+mod log_query;
 mod observability;
 mod resilience;
 mod tendctl;
