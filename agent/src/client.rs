@@ -133,8 +133,8 @@ impl Client {
     /// Sends one report once (plus one retry after re-authenticating).
     /// An `Err` is worth retrying; `Ok` settles the report. NUL characters
     /// are replaced (see [`sanitize`]) and a large body is compressed.
-    /// Sends a report; `trace_id` goes back as a W3C `traceparent` header so
-    /// the server logs the report under the command's trace.
+    /// `trace_id` goes back as a W3C `traceparent` header so the server
+    /// logs the report under the command's trace.
     pub async fn report(
         &self,
         id: Uuid,

@@ -33,6 +33,11 @@ pub struct Heartbeat {
     /// the device's `reported` object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<serde_json::Value>,
+    /// Long-poll: the device may be held up to this many seconds, and is
+    /// answered the moment a command for it arrives. The server caps it and
+    /// says in `next_heartbeat_s` when to come back (0: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
