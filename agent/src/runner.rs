@@ -166,6 +166,7 @@ impl Agent {
             boot_id: Some(self.boot_id.clone()),
             uptime_s: system::uptime_s(),
             inventory: Some(self.inventory.clone()),
+            wait_s: None,
         }
     }
 
