@@ -85,6 +85,8 @@ struct Token {
 }
 
 pub struct Client {
+    /// The bound on one exchange; a held heartbeat adds its wait to it.
+    timeout: Duration,
     http: reqwest::Client,
     base: String,
     device_id: Uuid,
@@ -104,6 +106,7 @@ impl Client {
             .build()?;
         Ok(Client {
             http,
+            timeout,
             base: config.server_url.clone(),
             device_id: config.device_id,
             secret: config.device_secret.clone(),
@@ -112,10 +115,19 @@ impl Client {
         })
     }
 
+    /// Sends a heartbeat. One that asks to be held (`wait_s`) may take that
+    /// long on top of the usual request timeout.
     pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<HeartbeatResponse, ClientError> {
         let url = format!("{}/device/v1/heartbeat", self.base);
+        let timeout = self.timeout + Duration::from_secs(heartbeat.wait_s.unwrap_or(0).into());
         let response = self
-            .send_authed(|token| self.http.post(&url).bearer_auth(token).json(heartbeat))
+            .send_authed(|token| {
+                self.http
+                    .post(&url)
+                    .bearer_auth(token)
+                    .timeout(timeout)
+                    .json(heartbeat)
+            })
             .await?;
         decode(response).await
     }

@@ -34,6 +34,10 @@ pub struct Config {
     /// Upper bound on one HTTP exchange with the server, so a half-open
     /// connection cannot stall the heartbeat loop.
     pub request_timeout_s: u64,
+    /// Ask the server to hold each heartbeat until work arrives (for up to
+    /// one interval), so a command reaches the device at once instead of
+    /// at the next heartbeat, for the same number of requests.
+    pub long_poll: bool,
     /// `[log_query]`: how timestamps are read and how much one query returns.
     pub log_query: logquery::Settings,
     /// `[operations_log]`: when `operations.log` is rotated and how many
@@ -90,6 +94,7 @@ struct RawConfig {
     #[serde(default)]
     log_sources: BTreeMap<String, PathBuf>,
     request_timeout_s: Option<u64>,
+    long_poll: Option<bool>,
     #[serde(default)]
     log_query: RawLogQuery,
     #[serde(default)]
@@ -226,6 +231,7 @@ impl Config {
             actions: raw.actions,
             log_sources: raw.log_sources,
             request_timeout_s,
+            long_poll: raw.long_poll.unwrap_or(true),
             log_query,
             operations_log,
         })
@@ -244,6 +250,7 @@ impl fmt::Debug for Config {
             .field("actions", &self.actions)
             .field("log_sources", &self.log_sources)
             .field("request_timeout_s", &self.request_timeout_s)
+            .field("long_poll", &self.long_poll)
             .field("log_query", &self.log_query)
             .field("operations_log", &self.operations_log)
             .finish()

@@ -160,13 +160,14 @@ impl Agent {
         Ok(())
     }
 
-    fn heartbeat(&self) -> Heartbeat {
+    /// A heartbeat; `wait_s` asks the server to hold it (long-poll).
+    fn heartbeat(&self, wait_s: Option<u32>) -> Heartbeat {
         Heartbeat {
             agent_version: AGENT_VERSION.to_owned(),
             boot_id: Some(self.boot_id.clone()),
             uptime_s: system::uptime_s(),
             inventory: Some(self.inventory.clone()),
-            wait_s: None,
+            wait_s,
         }
     }
 
@@ -401,14 +402,24 @@ impl Agent {
     }
 }
 
+/// How long a long-polling agent waits for the batch it just fetched
+/// before asking again while the server still says work is pending.
+const LONG_POLL_PENDING_PAUSE: Duration = Duration::from_secs(1);
+
 async fn heartbeat_loop(
     agent: &Arc<Agent>,
     shutdown: &CancellationToken,
     batch: &mut Option<JoinHandle<Option<()>>>,
 ) {
     let mut backoff = Backoff::default();
+    // The server's interval, learnt from a plain heartbeat: long-polls ask
+    // to be held that long, so the request rate stays that of polling.
+    let mut interval_s: Option<u64> = None;
     loop {
-        let delay = match agent.client.heartbeat(&agent.heartbeat()).await {
+        let wait_s = interval_s
+            .filter(|_| agent.config.long_poll)
+            .map(|s| u32::try_from(s).unwrap_or(u32::MAX));
+        let delay = match agent.client.heartbeat(&agent.heartbeat(wait_s)).await {
             Ok(answer) => {
                 backoff.reset();
                 debug!(
@@ -416,10 +427,32 @@ async fn heartbeat_loop(
                     next_heartbeat_s = answer.next_heartbeat_s,
                     "heartbeat sent"
                 );
+                if wait_s.is_none() {
+                    interval_s = Some(answer.next_heartbeat_s);
+                }
                 if answer.pending {
                     fetch(agent, shutdown, batch).await;
                 }
-                jittered(answer.next_heartbeat_s)
+                match wait_s {
+                    // Woken for work: once the batch is handled (its
+                    // reports end "pending"), be held again at once. A batch
+                    // still busy after a pause (a long log query) is asked
+                    // about again then: the server answers a pending device
+                    // without holding it, so this bounds that to one request
+                    // per pause.
+                    Some(_) if answer.pending => {
+                        if let Some(running) = batch.as_mut().filter(|b| !b.is_finished())
+                            && tokio::time::timeout(LONG_POLL_PENDING_PAUSE, running)
+                                .await
+                                .is_ok()
+                        {
+                            *batch = None;
+                        }
+                        Duration::ZERO
+                    }
+                    Some(_) => Duration::from_secs(answer.next_heartbeat_s),
+                    None => jittered(answer.next_heartbeat_s),
+                }
             }
             Err(e) => {
                 let delay = backoff.next_delay();

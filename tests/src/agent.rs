@@ -108,6 +108,14 @@ impl Agent {
         }
     }
 
+    /// Plain polling instead of long-poll (the agent's default); takes
+    /// effect at the next start.
+    pub fn poll_only(&mut self) {
+        let mut text = std::fs::read_to_string(&self.config).expect("agent config");
+        text = text.replacen("state_dir =", "long_poll = false\nstate_dir =", 1);
+        std::fs::write(&self.config, text).expect("agent config");
+    }
+
     /// Lets `log_query` read `path` under `name`; takes effect at the next
     /// start.
     pub fn add_log_source(&mut self, name: &str, path: &std::path::Path) {

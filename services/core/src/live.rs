@@ -1,9 +1,9 @@
-//! The hot-path state in Redis: who heartbeated when, what they reported,
-//! and which devices have work pending.
+//! Presence in Redis: who heartbeated when, and what they reported. The
+//! sync servers write it in batches; the monitor reads it to mark devices
+//! online and offline.
 //!
-//! Nothing here is the record. Losing Redis loses no command: pending flags
-//! are rebuilt by the monitor's re-announcements and by every fetch, and
-//! presence by the next heartbeats. Every key starts with the instance
+//! Nothing here is the record: losing Redis loses no command, and presence
+//! comes back with the next heartbeats. Every key starts with the instance
 //! prefix, so installations and test runs can share one Redis.
 
 use redis::AsyncCommands;
@@ -17,7 +17,6 @@ pub struct Live {
     conn: ConnectionManager,
     presence: String,
     reported: String,
-    pending: String,
 }
 
 /// One device's latest heartbeat as read back by the monitor.
@@ -57,42 +56,34 @@ impl Live {
             conn,
             presence: format!("{instance}:presence"),
             reported: format!("{instance}:reported"),
-            pending: format!("{instance}:pending"),
         })
     }
 
-    /// Records a heartbeat and answers whether work is pending: one round
-    /// trip (a pipeline of three commands).
-    pub async fn heartbeat(
-        &self,
-        device: Uuid,
-        at_ms: i64,
-        reported: &str,
-    ) -> Result<bool, RedisError> {
-        let id = device.to_string();
-        let (pending,): (bool,) = redis::pipe()
-            .zadd(&self.presence, &id, at_ms)
-            .ignore()
-            .hset(&self.reported, &id, reported)
-            .ignore()
-            .sismember(&self.pending, &id)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(pending)
-    }
-
-    pub async fn set_pending(&self, device: Uuid) -> Result<(), RedisError> {
-        self.conn
-            .clone()
-            .sadd::<_, _, ()>(&self.pending, device.to_string())
-            .await
-    }
-
-    pub async fn clear_pending(&self, device: Uuid) -> Result<(), RedisError> {
-        self.conn
-            .clone()
-            .srem::<_, _, ()>(&self.pending, device.to_string())
-            .await
+    /// Records a batch of heartbeats (device, time in ms, what it
+    /// reported) in one round trip: the sync servers buffer heartbeats and
+    /// write them together, so the heartbeat itself waits on nothing.
+    pub async fn record_beats(&self, beats: &[(Uuid, i64, String)]) -> Result<(), RedisError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        // ZADD and HSET take many members each; chunks keep every command
+        // a bounded size for Redis to parse.
+        for chunk in beats.chunks(1000) {
+            let scored: Vec<(i64, String)> = chunk
+                .iter()
+                .map(|(id, at, _)| (*at, id.to_string()))
+                .collect();
+            let fields: Vec<(String, &str)> = chunk
+                .iter()
+                .map(|(id, _, reported)| (id.to_string(), reported.as_str()))
+                .collect();
+            pipe.zadd_multiple(&self.presence, &scored)
+                .ignore()
+                .hset_multiple(&self.reported, &fields)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await
     }
 
     /// Heartbeats newer than `since_ms`, oldest first, at most `limit`.
@@ -136,8 +127,6 @@ impl Live {
             .zrem(&self.presence, &id)
             .ignore()
             .hdel(&self.reported, &id)
-            .ignore()
-            .srem(&self.pending, &id)
             .ignore()
             .query_async::<()>(&mut self.conn.clone())
             .await

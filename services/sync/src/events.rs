@@ -1,9 +1,13 @@
 //! The RabbitMQ consumer: every replica binds a queue of its own to the
 //! installation's fanout exchange and turns events into hot-path state.
 //!
-//! - `command.queued`: the device is marked pending in Redis;
+//! - `command.queued`: the device is marked pending on the [`Board`], which
+//!   wakes its held heartbeat;
 //! - `device.decommissioned`: the device is revoked here at once and its
-//!   Redis state dropped.
+//!   presence dropped from Redis.
+//!
+//! Each (re)connection also reads the devices with open commands from
+//! PostgreSQL: events sent while this replica was not listening are lost.
 //!
 //! Events are hints: a lost one costs the time until the monitor announces
 //! the command again, never the command.
@@ -21,11 +25,14 @@ use tend_proto::event::Event;
 use tokio_util::sync::CancellationToken;
 
 use crate::Revocations;
+use crate::board::Board;
 
 pub struct Consumer {
     pub url: String,
     pub instance: String,
     pub live: Live,
+    pub pool: tend_core::db::Pool,
+    pub board: Arc<Board>,
     pub revocations: Arc<Revocations>,
     pub connected: Arc<AtomicBool>,
 }
@@ -108,6 +115,13 @@ async fn run_once(
         .context("consuming")?;
     c.connected.store(true, Ordering::Relaxed);
     tracing::info!(queue, "consuming events");
+    // Bound before this read: an event for a command queued from now on
+    // reaches the queue, and one queued before is in the table.
+    if let Err(e) = load_pending(&c.board, &c.pool).await {
+        tracing::warn!(
+            "cannot read the devices with work pending: {e}; the monitor's re-announcements will tell"
+        );
+    }
 
     loop {
         let delivery = tokio::select! {
@@ -144,16 +158,23 @@ async fn handle(c: &Consumer, payload: &[u8]) {
             tracing::debug!(command.id = %command_id, device.id = %device_id,
                 trace_id = trace_id.as_deref().unwrap_or(""),
                 "command {command_id} waits for device {device_id}");
-            if let Err(e) = c.live.set_pending(device_id).await {
-                tracing::warn!(device.id = %device_id, "cannot mark device {device_id} pending: {e}");
-            }
+            c.board.mark(device_id);
         }
         Event::DeviceDecommissioned { device_id, .. } => {
             c.revocations.revoke(device_id, Utc::now());
+            c.board.clear(device_id);
             if let Err(e) = c.live.forget(device_id).await {
                 tracing::warn!(device.id = %device_id, "cannot drop state of device {device_id}: {e}");
             }
         }
         Event::CommandFinished { .. } => {}
     }
+}
+
+/// Marks every device that has a command `queued` or `delivered`.
+pub async fn load_pending(board: &Board, pool: &tend_core::db::Pool) -> tend_core::db::Result<()> {
+    let client = pool.get().await?;
+    let devices = tend_core::db::commands::devices_with_open_commands(&client).await?;
+    board.mark_all(devices);
+    Ok(())
 }

@@ -2,13 +2,17 @@
 //!
 //! Devices trade their secret for a short-lived token, heartbeat to learn
 //! whether work is pending, fetch their instructions and report results.
-//! The heartbeat is the hot path: it runs no SQL and one Redis round trip.
-//! Pending flags arrive from RabbitMQ ([`events`]); revocations are cached
-//! in memory ([`revocations`]), so a decommissioned device is refused
-//! without a query per request.
+//! The heartbeat is the hot path: it runs no SQL and waits on no round
+//! trip. Pending flags are kept in memory ([`board`]), fed by RabbitMQ
+//! ([`events`]); presence is written to Redis in batches ([`presence`]);
+//! revocations are cached in memory ([`revocations`]), so a decommissioned
+//! device is refused without a query per request. A heartbeat may ask to be
+//! held (long-poll) and is answered the moment a command for it arrives.
 
+mod board;
 mod device;
 mod events;
+mod presence;
 mod revocations;
 mod routes;
 
@@ -35,6 +39,11 @@ const BODY_LIMIT: usize = 4 * routes::MAX_OUTPUT_BYTES;
 pub(crate) struct State {
     pub pool: Pool,
     pub live: Live,
+    pub board: Arc<board::Board>,
+    pub presence: Arc<presence::Presence>,
+    /// Cancelled at SIGTERM: held heartbeats are answered at once so the
+    /// drain does not wait for them.
+    pub stopping: CancellationToken,
     pub tokens: Tokens,
     pub revocations: Arc<Revocations>,
     pub heartbeat_s: u64,
@@ -69,11 +78,18 @@ impl Sync {
             .refresh(&pool)
             .await
             .context("loading the revocation list")?;
+        let board = Arc::new(board::Board::default());
+        events::load_pending(&board, &pool)
+            .await
+            .context("loading the devices with work pending")?;
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let state = web::Data::new(State {
             pool,
             live,
+            board,
+            presence: Arc::new(presence::Presence::default()),
+            stopping: CancellationToken::new(),
             tokens: Tokens::new(settings.jwt_secret.expose()),
             revocations,
             heartbeat_s: settings.heartbeat.as_secs(),
@@ -126,10 +142,18 @@ impl Sync {
                 url: self.settings.amqp_url.expose().to_owned(),
                 instance: self.settings.instance.clone(),
                 live: self.state.live.clone(),
+                pool: self.state.pool.clone(),
+                board: self.state.board.clone(),
                 revocations: self.state.revocations.clone(),
                 connected: self.state.consuming.clone(),
             },
             Some(self.amqp),
+            tasks.clone(),
+        ));
+        let flusher = tokio::spawn(presence::keep_flushing(
+            self.state.presence.clone(),
+            self.state.board.clone(),
+            self.state.live.clone(),
             tasks.clone(),
         ));
 
@@ -139,11 +163,12 @@ impl Sync {
         tokio::spawn(async move {
             stop.cancelled().await;
             draining.draining.store(true, Ordering::Relaxed);
+            draining.stopping.cancel();
             handle.stop(true).await;
         });
         let served = server.await.context("device API server");
         tasks.cancel();
-        let _ = tokio::join!(refresher, consumer);
+        let _ = tokio::join!(refresher, consumer, flusher);
         self.state.consuming.store(false, Ordering::Relaxed);
         served
     }

@@ -1,6 +1,7 @@
 //! The device API routes.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use tend_core::auth;
@@ -107,31 +108,47 @@ async fn authenticate(
 /// `POST /device/v1/heartbeat`: the hot path, sent by every device every
 /// interval, forever.
 ///
-/// Budget: no SQL; one Redis round trip (presence, what the device
-/// reported, and its pending flag, pipelined). If Redis does not answer,
-/// the device is told to fetch: its fetch asks PostgreSQL, so commands
-/// still arrive, only at a higher cost while Redis is away.
+/// Budget: no SQL and no round trip. The token is checked by signature and
+/// an in-memory revocation list; presence goes into a buffer written to
+/// Redis in batches; `pending` is read from the in-memory board. With
+/// `wait_s`, the request is held until a command for the device arrives or
+/// the wait ends (at most one heartbeat interval), and `next_heartbeat_s`
+/// says how much of the interval is left.
 async fn heartbeat(
     state: Shared,
     device: DeviceCaller,
     body: web::Json<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
     metrics::counter!("tend_heartbeats_total").increment(1);
-    let mut reported = serde_json::to_value(body.into_inner()).unwrap_or_default();
+    let mut beat = body.into_inner();
+    let wait_s = beat
+        .wait_s
+        .take()
+        .map_or(0, u64::from)
+        .min(state.heartbeat_s);
+    let mut reported = serde_json::to_value(beat).unwrap_or_default();
     strip_nul(&mut reported);
-    let reported = reported.to_string();
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let pending = match state.live.heartbeat(device.id, now_ms, &reported).await {
-        Ok(p) => p,
-        Err(e) => {
-            metrics::counter!("tend_backing_store_errors_total", "store" => "redis").increment(1);
-            tracing::warn!(device.id = %device.id, "heartbeat without Redis: {e}");
-            true
-        }
-    };
+    state
+        .presence
+        .record(device.id, now_ms, reported.to_string());
+
+    if wait_s == 0 {
+        return Ok(HttpResponse::Ok().json(HeartbeatResponse {
+            pending: state.board.is_pending(device.id),
+            next_heartbeat_s: state.heartbeat_s,
+        }));
+    }
+    let held = std::time::Instant::now();
+    metrics::gauge!("tend_sync_longpoll_waiting").increment(1.0);
+    let pending = state
+        .board
+        .wait(device.id, Duration::from_secs(wait_s), &state.stopping)
+        .await;
+    metrics::gauge!("tend_sync_longpoll_waiting").decrement(1.0);
     Ok(HttpResponse::Ok().json(HeartbeatResponse {
         pending,
-        next_heartbeat_s: state.heartbeat_s,
+        next_heartbeat_s: state.heartbeat_s.saturating_sub(held.elapsed().as_secs()),
     }))
 }
 
@@ -140,7 +157,7 @@ async fn heartbeat(
 async fn instructions(state: Shared, device: DeviceCaller) -> Result<HttpResponse, ApiError> {
     // Clear the flag before reading, never after: a command committed after
     // this read sets it again through its event, so no wake-up is lost.
-    let _ = state.live.clear_pending(device.id).await;
+    state.board.clear(device.id);
     let fetched = async {
         let client = state.pool.get().await.map_err(DbError::from)?;
         commands::fetch_for_device(&client, device.id).await
@@ -151,13 +168,13 @@ async fn instructions(state: Shared, device: DeviceCaller) -> Result<HttpRespons
         Err(e) => {
             // The flag was cleared above; without it the device would not
             // ask again until the monitor re-announces.
-            let _ = state.live.set_pending(device.id).await;
+            state.board.mark(device.id);
             return Err(e.into());
         }
     };
     if !commands.is_empty() {
         // Delivered commands keep the device pending until it reports.
-        let _ = state.live.set_pending(device.id).await;
+        state.board.mark(device.id);
         metrics::counter!("tend_instructions_delivered_total").increment(commands.len() as u64);
     }
     for c in &commands {
@@ -229,9 +246,8 @@ async fn report(
                 .unwrap_or_default();
             tracing::info!(command.id = %cmd.id, device.id = %device.id, status = %cmd.status,
                 trace_id = %trace_id, "command {} is {}", cmd.id, cmd.status);
-            if cmd.status.is_terminal() {
-                refresh_pending(&state, &client, device.id).await;
-            }
+            // `in_progress` ends "delivered" as much as a final status does.
+            refresh_pending(&state, &client, device.id).await;
             Ok(HttpResponse::Ok().json(serde_json::json!({ "id": cmd.id, "status": cmd.status })))
         }
         ReportOutcome::Conflict(status) if status.is_terminal() => Err(ApiError::Conflict(
@@ -244,15 +260,16 @@ async fn report(
     }
 }
 
-/// Recomputes the pending flag once a command ended: clear it, then set it
-/// again if the device still has open commands (same ordering argument as
-/// in `instructions`).
+/// Recomputes the pending flag once a command left `delivered`: clear it,
+/// then set it again if the device still has open commands (same ordering
+/// argument as in `instructions`).
 async fn refresh_pending(state: &Shared, client: &db::Client, device: Uuid) {
-    if state.live.clear_pending(device).await.is_err() {
-        return;
-    }
-    if let Ok(true) = commands::has_open(client, device).await {
-        let _ = state.live.set_pending(device).await;
+    state.board.clear(device);
+    match commands::has_open(client, device).await {
+        Ok(false) => {}
+        // Unknown counts as pending: an extra fetch is cheap, a missed
+        // command is not.
+        Ok(true) | Err(_) => state.board.mark(device),
     }
 }
 

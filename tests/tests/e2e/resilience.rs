@@ -80,20 +80,19 @@ async fn deleting_the_installations_redis_keys_loses_no_command() {
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
 
-    // Queued while the device is away; the pending flag is set, then lost.
+    // Queued while the device is away and announced; then Redis loses
+    // everything of this installation.
     let first = stack
         .queue(&admin, device.id, json!({ "kind": "shutdown" }))
         .await;
-    let pending_key = format!("{}:pending", stack.instance);
-    eventually(WAIT, "the device to be marked pending", || async {
-        let mut r = stack.redis().await;
-        let yes: bool = redis::cmd("SISMEMBER")
-            .arg(&pending_key)
-            .arg(device.id.to_string())
-            .query_async(&mut r)
+    let db = stack.sql().await;
+    eventually(WAIT, "the command to be announced", || async {
+        let n: i64 = db
+            .query_one("SELECT count(*) FROM outbox", &[])
             .await
-            .ok()?;
-        yes.then_some(())
+            .ok()?
+            .get(0);
+        (n == 0).then_some(())
     })
     .await;
     stack.flush_redis().await;

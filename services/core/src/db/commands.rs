@@ -265,6 +265,21 @@ pub async fn has_open(c: &impl GenericClient, device_id: Uuid) -> Result<bool> {
     Ok(c.query_one(&stmt, &[&device_id]).await?.get(0))
 }
 
+/// The devices that have a command `queued` or `delivered`: what a sync
+/// replica must know as pending when it starts or missed events.
+pub async fn devices_with_open_commands(c: &impl GenericClient) -> Result<Vec<Uuid>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT DISTINCT device_id FROM commands WHERE status IN ('queued', 'delivered')",
+        )
+        .await?;
+    Ok(c.query(&stmt, &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// What became of a device's report.
 #[derive(Debug)]
 pub enum ReportOutcome {
