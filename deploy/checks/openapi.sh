@@ -38,6 +38,7 @@ fi
 cargo build -q -p tend-platform
 psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $DB" >/dev/null
 
+: >"$WORK/platform.log"   # exists before the background start opens it
 PASSWORD="openapi-check-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 env -i PATH="$PATH" \
     TEND_LISTEN=127.0.0.1:0 \
@@ -50,7 +51,7 @@ PID=$!
 
 PORT=""
 for _ in $(seq 1 120); do
-    PORT="$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/platform.log" | head -n 1)"
+    PORT="$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/platform.log" 2>/dev/null | head -n 1 || true)"
     [ -n "$PORT" ] && break
     kill -0 "$PID" 2>/dev/null || { cat "$WORK/platform.log" >&2; echo "openapi: tend-platform exited" >&2; exit 1; }
     sleep 0.25
