@@ -10,8 +10,12 @@
 //! harness can create databases from), `TEND_TEST_REDIS_URL` and
 //! `TEND_TEST_AMQP_URL`, defaulting to this machine's. A test fails loudly
 //! when one is missing: it never skips.
+//!
+//! [`fleet`] is the fleet simulator behind the `tend-fleet` binary: many
+//! simulated agents over real HTTP, for load and latency figures.
 
 mod agent;
+pub mod fleet;
 mod stack;
 
 pub use agent::Agent;

@@ -121,6 +121,22 @@ pub struct CreatedDevice {
     pub credentials: Credentials,
 }
 
+/// The most devices one bulk request may register.
+pub const MAX_BULK_DEVICES: usize = 1000;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevices {
+    /// 1 to 1000 devices, each as for `POST /devices`.
+    pub devices: Vec<NewDevice>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CreatedDevices {
+    /// The devices with their credentials, in the order of the request.
+    pub items: Vec<CreatedDevice>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct DeviceList {
     pub items: Vec<DeviceOut>,

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries against real PostgreSQL, Redis and
 //! RabbitMQ, each test with its own database and instance prefix.
 
+mod bulk;
 mod input;
 mod isolation;
 mod latency;

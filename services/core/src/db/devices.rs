@@ -96,6 +96,54 @@ pub async fn create(c: &impl GenericClient, new: NewDevice<'_>) -> Result<Device
     from_row(&row)
 }
 
+/// Inserts many devices and their credentials with two statements, whatever
+/// their number: one row each through `unnest` arrays, so provisioning a
+/// thousand devices costs two round trips, not two thousand. Returns them in
+/// the order given. Run it in a transaction, so that either all exist or
+/// none.
+pub async fn create_many(c: &impl GenericClient, new: &[NewDevice<'_>]) -> Result<Vec<Device>> {
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = new.iter().map(|_| Uuid::new_v4()).collect();
+    let tenants: Vec<Uuid> = new.iter().map(|d| d.tenant_id).collect();
+    let names: Vec<&str> = new.iter().map(|d| d.name).collect();
+    let types: Vec<&str> = new.iter().map(|d| d.device_type).collect();
+    let labels: Vec<&Value> = new.iter().map(|d| d.labels).collect();
+    let hashes: Vec<&[u8]> = new.iter().map(|d| d.secret_sha256).collect();
+
+    let insert = c
+        .prepare_cached(&format!(
+            "INSERT INTO devices (id, tenant_id, name, device_type, labels)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[])
+             RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let rows = c
+        .query(&insert, &[&ids, &tenants, &names, &types, &labels])
+        .await?;
+    let cred = c
+        .prepare_cached(
+            "INSERT INTO device_credentials (device_id, secret_sha256)
+             SELECT * FROM unnest($1::uuid[], $2::bytea[])",
+        )
+        .await?;
+    c.execute(&cred, &[&ids, &hashes]).await?;
+
+    // RETURNING promises no order: put the rows back in the caller's.
+    let mut by_id = rows
+        .iter()
+        .map(|r| from_row(r).map(|d| (d.id, d)))
+        .collect::<Result<std::collections::HashMap<_, _>>>()?;
+    ids.iter()
+        .map(|id| {
+            by_id
+                .remove(id)
+                .ok_or_else(|| DbError::Corrupt(format!("device {id} was not inserted")))
+        })
+        .collect()
+}
+
 /// A device of this tenant that is not decommissioned.
 pub async fn get(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<Option<Device>> {
     let stmt = c

@@ -1,6 +1,11 @@
-//! Devices: provisioning with a one-time secret, listing, decommissioning.
+//! Devices: provisioning with a one-time secret, one at a time or a
+//! thousand in one transaction, listing, decommissioning.
 
-use actix_web::{HttpResponse, delete, get, post, web};
+use actix_web::dev::{JsonBody, Payload};
+use actix_web::error::JsonPayloadError;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, delete, get, post, web};
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tend_core::auth::{self, Role};
 use tend_core::db::devices::{self, Filter, Presence};
@@ -11,8 +16,8 @@ use uuid::Uuid;
 use super::page_params;
 use crate::Shared;
 use crate::api::{
-    CreatedDevice, Credentials, DeviceList, DeviceOut, NewDevice, check_device_type, check_labels,
-    check_name,
+    CreatedDevice, CreatedDevices, Credentials, DeviceList, DeviceOut, MAX_BULK_DEVICES, NewDevice,
+    NewDevices, check_device_type, check_labels, check_name,
 };
 use crate::caller::Caller;
 
@@ -38,10 +43,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
     let body = body.into_inner();
-    check_name("name", &body.name)?;
-    check_device_type(&body.device_type)?;
-    check_labels(&body.labels)?;
-    let labels = serde_json::to_value(&body.labels).map_err(|e| ApiError::Internal(e.into()))?;
+    let labels = checked_labels(&body)?;
     let secret = auth::new_device_secret();
     let hash = auth::hash_device_secret(&secret);
 
@@ -67,6 +69,135 @@ pub async fn create(
         },
         device: device.into(),
     }))
+}
+
+/// Register devices in bulk
+///
+/// Creates 1 to 1000 devices and their credentials in one transaction: all
+/// of them, or none when one is invalid. Each item is as for
+/// `POST /devices`; the answer lists them with their secrets, shown once,
+/// in the order of the request. The body may be up to 4 MiB. Admins only.
+#[utoipa::path(
+    tag = "devices",
+    request_body = NewDevices,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created, in request order; each `credentials.secret` is shown once", body = CreatedDevices),
+        (status = 403, description = "Not an admin"),
+        (status = 413, description = "The body is over 4 MiB"),
+        (status = 422, description = "No devices, more than 1000, or an invalid item (nothing was created)"),
+    )
+)]
+#[post("/devices/bulk")]
+pub async fn create_bulk(
+    state: Shared,
+    caller: Caller,
+    body: BulkJson<NewDevices>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let items = body.0.devices;
+    if items.is_empty() || items.len() > MAX_BULK_DEVICES {
+        return Err(ApiError::Unprocessable(format!(
+            "devices must hold 1 to {MAX_BULK_DEVICES} items, not {}",
+            items.len()
+        )));
+    }
+    // Everything is checked before anything is written: one bad item
+    // refuses the whole request, with its index.
+    let labels = items
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            checked_labels(d).map_err(|e| match e {
+                ApiError::Unprocessable(m) => ApiError::Unprocessable(format!("devices[{i}]: {m}")),
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let secrets: Vec<String> = items.iter().map(|_| auth::new_device_secret()).collect();
+    let hashes: Vec<_> = secrets
+        .iter()
+        .map(|s| auth::hash_device_secret(s))
+        .collect();
+    let new: Vec<devices::NewDevice> = items
+        .iter()
+        .zip(&labels)
+        .zip(&hashes)
+        .map(|((d, labels), hash)| devices::NewDevice {
+            tenant_id: caller.tenant(),
+            name: &d.name,
+            device_type: &d.device_type,
+            labels,
+            secret_sha256: hash,
+        })
+        .collect();
+
+    let mut client = state.pool.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let created = devices::create_many(&tx, &new).await?;
+    tx.commit().await.map_err(DbError::from)?;
+    tracing::info!(
+        devices = created.len(),
+        "registered {} devices in bulk",
+        created.len()
+    );
+    let items = created
+        .into_iter()
+        .zip(secrets)
+        .map(|(device, secret)| CreatedDevice {
+            credentials: Credentials {
+                device_id: device.id,
+                secret,
+            },
+            device: device.into(),
+        })
+        .collect();
+    Ok(HttpResponse::Created().json(CreatedDevices { items }))
+}
+
+/// A device's name, type and labels checked as `POST /devices` does; its
+/// labels as the JSON object to store.
+fn checked_labels(d: &NewDevice) -> Result<Value, ApiError> {
+    check_name("name", &d.name)?;
+    check_device_type(&d.device_type)?;
+    check_labels(&d.labels)?;
+    serde_json::to_value(&d.labels).map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// The largest bulk body: a thousand devices of about 4 KiB each, names
+/// and labels included. The API's 64 KiB holds only a few hundred.
+const BULK_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// A JSON body read with [`BULK_BODY_LIMIT`] instead of the API's limit
+/// (actix's `JsonConfig` cannot be set for one `#[post]` route), its errors
+/// mapped as `tend_core::http::json_config` maps them.
+pub struct BulkJson<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for BulkJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = JsonBody::<T>::new(req, payload, None, true).limit(BULK_BODY_LIMIT);
+        Box::pin(async move {
+            body.await.map(BulkJson).map_err(|err| match err {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => {
+                    ApiError::PayloadTooLarge(BULK_BODY_LIMIT)
+                }
+                JsonPayloadError::ContentType => {
+                    ApiError::UnsupportedMediaType("send the body as application/json".into())
+                }
+                JsonPayloadError::Deserialize(e) if e.is_data() => {
+                    ApiError::Unprocessable(format!("invalid body: {e}"))
+                }
+                JsonPayloadError::Deserialize(e) => {
+                    ApiError::BadRequest(format!("malformed JSON: {e}"))
+                }
+                other => ApiError::BadRequest(format!("unreadable body: {other}")),
+            })
+        })
+    }
 }
 
 /// List devices

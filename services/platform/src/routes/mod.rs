@@ -25,6 +25,8 @@ fn api(cfg: &mut ServiceConfig) {
         .service(tenants::create)
         .service(users::create)
         .service(devices::create)
+        // Before `/devices/{id}`, so that "bulk" is never read as an id.
+        .service(devices::create_bulk)
         .service(devices::list)
         .service(devices::get)
         .service(devices::decommission)
@@ -140,6 +142,7 @@ mod tests {
             ("/api/v1/tenants", "post"),
             ("/api/v1/users", "post"),
             ("/api/v1/devices", "post"),
+            ("/api/v1/devices/bulk", "post"),
             ("/api/v1/devices", "get"),
             ("/api/v1/devices/{id}", "get"),
             ("/api/v1/devices/{id}", "delete"),
