@@ -145,7 +145,9 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
         .error_handler(move |err, _req| json_error(err, limit).into())
 }
 
-fn json_error(err: JsonPayloadError, limit: usize) -> ApiError {
+/// The answer for a JSON body that cannot be read, for extractors that set
+/// their own limit.
+pub fn json_error(err: JsonPayloadError, limit: usize) -> ApiError {
     match err {
         JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
             ApiError::PayloadTooLarge(limit)

@@ -2,7 +2,6 @@
 //! thousand in one transaction, listing, decommissioning.
 
 use actix_web::dev::{JsonBody, Payload};
-use actix_web::error::JsonPayloadError;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, delete, get, post, web};
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
@@ -180,22 +179,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for BulkJson<T> {
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let body = JsonBody::<T>::new(req, payload, None, true).limit(BULK_BODY_LIMIT);
         Box::pin(async move {
-            body.await.map(BulkJson).map_err(|err| match err {
-                JsonPayloadError::Overflow { .. }
-                | JsonPayloadError::OverflowKnownLength { .. } => {
-                    ApiError::PayloadTooLarge(BULK_BODY_LIMIT)
-                }
-                JsonPayloadError::ContentType => {
-                    ApiError::UnsupportedMediaType("send the body as application/json".into())
-                }
-                JsonPayloadError::Deserialize(e) if e.is_data() => {
-                    ApiError::Unprocessable(format!("invalid body: {e}"))
-                }
-                JsonPayloadError::Deserialize(e) => {
-                    ApiError::BadRequest(format!("malformed JSON: {e}"))
-                }
-                other => ApiError::BadRequest(format!("unreadable body: {other}")),
-            })
+            body.await
+                .map(BulkJson)
+                .map_err(|err| tend_core::http::json_error(err, BULK_BODY_LIMIT))
         })
     }
 }
