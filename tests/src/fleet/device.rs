@@ -203,7 +203,10 @@ impl Device {
                         // the command for the next run to trip over.
                         self.work(&fleet).await;
                     }
-                    if fleet.long_poll {
+                    if fleet.long_poll && a.pending {
+                        // As the agent does: the work is done, be held again.
+                        (Instant::now()).max(sent + MIN_LONG_POLL_GAP)
+                    } else if fleet.long_poll {
                         (Instant::now() + after_answer(a.next_heartbeat_s, rand::random()))
                             .max(sent + MIN_LONG_POLL_GAP)
                     } else {
