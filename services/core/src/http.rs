@@ -183,26 +183,83 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 }
 
 /// Counts requests by route and status and times them. The route is the
-/// matched pattern (`/api/v1/devices/{id}`), so ids never become labels.
+/// matched pattern (`/api/v1/devices/{id}`), so ids never become labels; a
+/// resource named after its pattern (`.name("/device/v1/heartbeat")`) is
+/// read without building the string
+/// (the heartbeat route is, being the hot path). Metric handles are kept per
+/// worker thread: after the first request of a kind, recording is two
+/// atomic updates, not a registry lookup.
 pub async fn record_metrics(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().to_string();
     let res = next.call(req).await?;
-    let route = res
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".into());
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("tend_http_requests_total",
-        "method" => method.clone(), "route" => route.clone(), "status" => status)
-    .increment(1);
-    metrics::histogram!("tend_http_request_duration_seconds",
-        "method" => method, "route" => route)
-    .record(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed().as_secs_f64();
+    let request = res.request();
+    let status = res.status().as_u16();
+    let method = request.method();
+    // Only names that are patterns: actix's route macros name resources
+    // after their handler function.
+    let route: std::borrow::Cow<'_, str> = match request.match_name() {
+        Some(name) if name.starts_with('/') => name.into(),
+        _ => request
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned())
+            .into(),
+    };
+    HANDLES.with(|handles| {
+        let mut handles = handles.borrow_mut();
+        match handles.get_mut(route.as_ref()) {
+            Some(per_route) => per_route.record(method, status, elapsed, &route),
+            None => handles
+                .entry(route.to_string())
+                .or_default()
+                .record(method, status, elapsed, &route),
+        }
+    });
     Ok(res)
+}
+
+thread_local! {
+    static HANDLES: std::cell::RefCell<std::collections::HashMap<String, RouteHandles>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// One route's counters (by method and status) and histograms (by method).
+#[derive(Default)]
+struct RouteHandles {
+    counters: Vec<(actix_web::http::Method, u16, metrics::Counter)>,
+    histograms: Vec<(actix_web::http::Method, metrics::Histogram)>,
+}
+
+impl RouteHandles {
+    fn record(&mut self, method: &actix_web::http::Method, status: u16, seconds: f64, route: &str) {
+        let counter = match self
+            .counters
+            .iter()
+            .find(|(m, s, _)| m == method && *s == status)
+        {
+            Some((_, _, c)) => c.clone(),
+            None => {
+                let c = metrics::counter!("tend_http_requests_total",
+                    "method" => method.to_string(), "route" => route.to_owned(), "status" => status.to_string());
+                self.counters.push((method.clone(), status, c.clone()));
+                c
+            }
+        };
+        counter.increment(1);
+        let histogram = match self.histograms.iter().find(|(m, _)| m == method) {
+            Some((_, h)) => h.clone(),
+            None => {
+                let h = metrics::histogram!("tend_http_request_duration_seconds",
+                    "method" => method.to_string(), "route" => route.to_owned());
+                self.histograms.push((method.clone(), h.clone()));
+                h
+            }
+        };
+        histogram.record(seconds);
+    }
 }
 
 /// Answers every request with its id (`x-request-id`), the one the logs of

@@ -39,7 +39,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(authenticate)),
                 )
                 .service(
+                    // Named: the metrics middleware reads a name without
+                    // building the pattern string.
                     web::resource("/heartbeat")
+                        .name("/device/v1/heartbeat")
                         .app_data(http::json_config(HEARTBEAT_LIMIT))
                         .route(web::post().to(heartbeat)),
                 )
@@ -119,19 +122,24 @@ async fn heartbeat(
     device: DeviceCaller,
     body: web::Json<Heartbeat>,
 ) -> Result<HttpResponse, ApiError> {
-    metrics::counter!("tend_heartbeats_total").increment(1);
+    static HEARTBEATS: std::sync::LazyLock<metrics::Counter> =
+        std::sync::LazyLock::new(|| metrics::counter!("tend_heartbeats_total"));
+    HEARTBEATS.increment(1);
     let mut beat = body.into_inner();
     let wait_s = beat
         .wait_s
         .take()
         .map_or(0, u64::from)
         .min(state.heartbeat_s);
-    let mut reported = serde_json::to_value(beat).unwrap_or_default();
-    strip_nul(&mut reported);
+    let mut reported = serde_json::to_string(&beat).unwrap_or_default();
+    // JSON escapes NUL as \u0000; the slow path runs only when one is there.
+    if reported.contains("\\u0000") {
+        let mut v: serde_json::Value = serde_json::from_str(&reported).unwrap_or_default();
+        strip_nul(&mut v);
+        reported = v.to_string();
+    }
     let now_ms = chrono::Utc::now().timestamp_millis();
-    state
-        .presence
-        .record(device.id, now_ms, reported.to_string());
+    state.presence.record(device.id, now_ms, reported);
 
     if wait_s == 0 {
         return Ok(HttpResponse::Ok().json(HeartbeatResponse {
