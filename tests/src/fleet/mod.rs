@@ -107,12 +107,22 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
         }
     ));
     let stop = CancellationToken::new();
-    let started = Instant::now();
-    let end = started + plan.duration;
+    let spawned = Instant::now();
     let mut devices = JoinSet::new();
     for (d, _) in authed {
-        devices.spawn(d.run(fleet.clone(), started, stop.clone()));
+        devices.spawn(d.run(fleet.clone(), spawned, stop.clone()));
     }
+    // Warm-up: the devices' first heartbeats are spread over one interval.
+    // The window (heartbeat figures, commands) starts once every device is
+    // heartbeating, so a command never waits for a device's first beat.
+    progress(format_args!(
+        "warming up for one interval ({} s)",
+        plan.interval.as_secs()
+    ));
+    sleep(plan.interval).await;
+    stats.start_window();
+    let started = Instant::now();
+    let end = started + plan.duration;
     if let Some(every) = plan.report_every {
         tokio::spawn(report_progress(stats.clone(), every, started, stop.clone()));
     }

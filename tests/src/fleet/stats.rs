@@ -206,6 +206,15 @@ impl Stats {
         lock(&self.errors).values().sum()
     }
 
+    /// Forgets the heartbeats counted so far: the measured window starts
+    /// after the warm-up.
+    pub fn start_window(&self) {
+        self.heartbeats_ok.store(0, Ordering::Relaxed);
+        self.heartbeats_failed.store(0, Ordering::Relaxed);
+        *lock(&self.latency) = Latency::default();
+        *lock(&self.lag) = Latency::default();
+    }
+
     pub fn heartbeat_window(&self) -> HeartbeatWindow {
         HeartbeatWindow {
             ok: self.heartbeats_ok.load(Ordering::Relaxed),
