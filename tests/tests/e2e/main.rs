@@ -7,6 +7,7 @@ mod isolation;
 mod latency;
 mod lifecycle;
 mod log_query;
+mod longpoll;
 mod observability;
 mod resilience;
 mod tendctl;
