@@ -451,6 +451,9 @@ async fn heartbeat_loop(
                         Duration::ZERO
                     }
                     Some(_) => Duration::from_secs(answer.next_heartbeat_s),
+                    // The first heartbeat only learnt the interval: start
+                    // being held at once rather than after a whole interval.
+                    None if agent.config.long_poll => Duration::ZERO,
                     None => jittered(answer.next_heartbeat_s),
                 }
             }
