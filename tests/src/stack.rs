@@ -319,6 +319,25 @@ impl Stack {
         }
     }
 
+    /// A device token from the sync server at `sync` (a base URL; the
+    /// stack's own with [`Stack::device_token`]).
+    pub async fn device_token_at(&self, sync: &str, device: &Device) -> String {
+        let r = self
+            .http
+            .post(format!("{sync}/device/v1/auth"))
+            .json(&json!({ "device_id": device.id, "secret": device.secret }))
+            .send()
+            .await
+            .expect("device auth request");
+        assert_eq!(r.status(), 200, "device auth");
+        let v: Value = r.json().await.expect("device auth answer");
+        v["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn device_token(&self, device: &Device) -> String {
+        self.device_token_at(&self.url(Service::Sync), device).await
+    }
+
     /// Queues a command; panics unless the platform answers 201.
     pub async fn queue(&self, token: &str, device: Uuid, body: Value) -> Uuid {
         let (status, v) = self

@@ -291,17 +291,7 @@ async fn device_reports_are_validated_against_the_lifecycle() {
     let stack = Stack::start().await;
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
-    let r = stack
-        .http
-        .post(stack.device_api("/auth"))
-        .json(&json!({ "device_id": device.id, "secret": device.secret }))
-        .send()
-        .await
-        .unwrap();
-    let token = r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = stack.device_token(&device).await;
     let id = stack
         .queue(&admin, device.id, json!({ "kind": "shutdown" }))
         .await;
@@ -354,17 +344,7 @@ async fn nul_characters_from_a_device_or_a_client_never_become_server_errors() {
     let stack = Stack::start().await;
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
-    let r = stack
-        .http
-        .post(stack.device_api("/auth"))
-        .json(&json!({ "device_id": device.id, "secret": device.secret }))
-        .send()
-        .await
-        .unwrap();
-    let token = r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = stack.device_token(&device).await;
 
     // A heartbeat with NULs is accepted, and the monitor still records it.
     let r = stack
@@ -425,17 +405,7 @@ async fn a_gzip_compressed_report_is_accepted_and_oversized_output_keeps_its_end
     let stack = Stack::start().await;
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
-    let r = stack
-        .http
-        .post(stack.device_api("/auth"))
-        .json(&json!({ "device_id": device.id, "secret": device.secret }))
-        .send()
-        .await
-        .unwrap();
-    let token = r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = stack.device_token(&device).await;
     let id = stack
         .queue(
             &admin,

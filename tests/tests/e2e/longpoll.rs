@@ -6,20 +6,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tend_tests::{Options, Service, Stack};
 
-async fn device_token(stack: &Stack, sync: &str, id: uuid::Uuid, secret: &str) -> String {
-    let r = stack
-        .http
-        .post(format!("{sync}/device/v1/auth"))
-        .json(&json!({ "device_id": id, "secret": secret }))
-        .send()
-        .await
-        .unwrap();
-    r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// Sends a heartbeat asking to be held `wait_s`; answers the reply and how
 /// long it took.
 async fn held_heartbeat(
@@ -50,7 +36,7 @@ async fn a_held_heartbeat_on_another_replica_is_answered_when_its_command_is_que
     let second_sync = stack.spawn_replica(Service::Sync).await;
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
-    let token = device_token(&stack, &second_sync, device.id, &device.secret).await;
+    let token = stack.device_token_at(&second_sync, &device).await;
 
     // Nothing queued: held for the whole wait, then told to come back at once.
     let (v, took) = held_heartbeat(stack.http.clone(), second_sync.clone(), token.clone(), 2).await;
@@ -91,7 +77,7 @@ async fn a_stopping_sync_server_lets_its_held_heartbeats_go() {
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
     let sync = stack.url(Service::Sync);
-    let token = device_token(&stack, &sync, device.id, &device.secret).await;
+    let token = stack.device_token(&device).await;
 
     let held = tokio::spawn(held_heartbeat(stack.http.clone(), sync, token, 30));
     tokio::time::sleep(Duration::from_millis(500)).await;
