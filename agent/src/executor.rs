@@ -70,7 +70,12 @@ pub async fn run(
     let stderr_path = dir.join(format!("{instruction_id}.stderr"));
     let end = match spawn(argv, instruction_id, dir, &stdout_path, &stderr_path) {
         Err(e) => End::Error(e),
-        Ok(mut child) => match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(mut child) => match tokio::time::timeout(timeout, async {
+            crate::fault::hit("during_action");
+            child.wait().await
+        })
+        .await
+        {
             Ok(Ok(status)) => End::Exited(status),
             Ok(Err(e)) => End::Error(e),
             Err(_) => {

@@ -14,6 +14,7 @@ mod backoff;
 mod client;
 pub mod config;
 mod executor;
+mod fault;
 mod journal;
 mod lock;
 pub mod logquery;

@@ -32,6 +32,7 @@ use crate::backoff::{Backoff, jittered};
 use crate::client::{Client, ClientError, Delivery};
 use crate::config::Config;
 use crate::executor::{self, End};
+use crate::fault;
 use crate::journal::{self, Entry, Journal, JournalError, State};
 use crate::lock::{self, StateLock};
 use crate::logquery::{self, QueryError};
@@ -251,6 +252,7 @@ impl Agent {
             return;
         }
         info!(instruction.id = %id, "instruction {id}: {} started", entry.kind);
+        fault::hit("after_journal");
 
         if let Delivery::Refused(status) = self
             .client
@@ -489,6 +491,7 @@ async fn fetch(
         Ok(instructions) if instructions.is_empty() => {}
         Ok(instructions) => {
             debug!(count = instructions.len(), "fetched instructions");
+            fault::hit("after_fetch");
             *batch =
                 Some(tokio::spawn(shutdown.clone().run_until_cancelled_owned(
                     agent.clone().handle_batch(instructions),
@@ -580,6 +583,7 @@ async fn deliver_round(
             round.next_stuck_at = Some(round.next_stuck_at.map_or(at, |next| next.min(at)));
             continue;
         }
+        fault::hit("before_report");
         match agent
             .client
             .report(id, &entry.report, entry.trace_id.as_deref())
