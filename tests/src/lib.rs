@@ -16,9 +16,11 @@
 
 mod agent;
 pub mod fleet;
+pub mod proxy;
 mod stack;
 
 pub use agent::Agent;
+pub use proxy::{Mode, Proxy};
 pub use stack::{Device, Options, Service, Stack, bin};
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with
