@@ -71,7 +71,7 @@ pub async fn run(
     let end = match spawn(argv, instruction_id, dir, &stdout_path, &stderr_path) {
         Err(e) => End::Error(e),
         Ok(mut child) => match tokio::time::timeout(timeout, async {
-            crate::fault::hit("during_action");
+            crate::fault::hit("during_action", instruction_id);
             child.wait().await
         })
         .await

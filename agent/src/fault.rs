@@ -47,25 +47,26 @@ mod enabled {
             .collect()
     }
 
-    pub fn hit(point: &str) {
+    pub fn hit(point: &str, about: impl std::fmt::Display) {
         if let Some(&p) = FAULTS.get(point)
             && rand::random::<f64>() < p
         {
-            eprintln!("tend-agent: fault point {point}: aborting");
+            eprintln!("tend-agent: fault point {point} at instruction {about}: aborting");
             std::process::abort();
         }
     }
 }
 
 /// Aborts the agent here if the fault suite asked for it (see the module
-/// documentation); does nothing otherwise.
+/// documentation), saying which instruction(s) it was handling (`about`);
+/// does nothing otherwise.
 #[cfg(feature = "fault-points")]
 pub use enabled::hit;
 
 /// Without the `fault-points` feature a fault point is nothing at all.
 #[cfg(not(feature = "fault-points"))]
 #[inline(always)]
-pub fn hit(_point: &str) {}
+pub fn hit(_point: &str, _about: impl std::fmt::Display) {}
 
 #[cfg(all(test, feature = "fault-points"))]
 mod tests {

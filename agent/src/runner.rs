@@ -252,7 +252,7 @@ impl Agent {
             return;
         }
         info!(instruction.id = %id, "instruction {id}: {} started", entry.kind);
-        fault::hit("after_journal");
+        fault::hit("after_journal", id);
 
         if let Delivery::Refused(status) = self
             .client
@@ -491,13 +491,28 @@ async fn fetch(
         Ok(instructions) if instructions.is_empty() => {}
         Ok(instructions) => {
             debug!(count = instructions.len(), "fetched instructions");
-            fault::hit("after_fetch");
+            fault::hit("after_fetch", Ids(&instructions));
             *batch =
                 Some(tokio::spawn(shutdown.clone().run_until_cancelled_owned(
                     agent.clone().handle_batch(instructions),
                 )));
         }
         Err(e) => warn!("cannot fetch instructions: {e}"),
+    }
+}
+
+/// The ids of a batch, space-separated, for the fault points' message.
+struct Ids<'a>(&'a [Instruction]);
+
+impl std::fmt::Display for Ids<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, instruction) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{}", instruction.id)?;
+        }
+        Ok(())
     }
 }
 
@@ -583,7 +598,7 @@ async fn deliver_round(
             round.next_stuck_at = Some(round.next_stuck_at.map_or(at, |next| next.min(at)));
             continue;
         }
-        fault::hit("before_report");
+        fault::hit("before_report", id);
         match agent
             .client
             .report(id, &entry.report, entry.trace_id.as_deref())

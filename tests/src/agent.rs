@@ -14,6 +14,7 @@ pub struct Agent {
     pub dir: PathBuf,
     config: PathBuf,
     child: Option<Child>,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -25,9 +26,26 @@ impl Agent {
         Agent::with_actions(stack, device, "exit 0", "exit 0")
     }
 
+    /// An agent whose reboot really restarts it: the action records the
+    /// instruction, writes a new boot id and kills the agent (SIGKILL, as
+    /// the machine going down would), so the reboot succeeds once a
+    /// supervisor ([`Agent::restart_if_exited`]) starts it again.
+    pub fn rebooting(stack: &Stack, device: &Device) -> Agent {
+        let boot = Agent::dir_of(stack, device).join("boot_id");
+        let reboot = format!(
+            "cat /proc/sys/kernel/random/uuid > '{}'; kill -9 $PPID",
+            boot.display()
+        );
+        Agent::with_actions(stack, device, &reboot, "exit 0")
+    }
+
+    fn dir_of(stack: &Stack, device: &Device) -> PathBuf {
+        stack.dir.path().join(format!("agent-{}", device.id))
+    }
+
     /// Like [`Agent::new`], with shell snippets run after recording.
     pub fn with_actions(stack: &Stack, device: &Device, reboot: &str, shutdown: &str) -> Agent {
-        let dir = stack.dir.path().join(format!("agent-{}", device.id));
+        let dir = Agent::dir_of(stack, device);
         std::fs::create_dir_all(&dir).expect("agent directory");
         let executed = dir.join("executed");
         let action = |then: &str| {
@@ -65,6 +83,7 @@ impl Agent {
             dir,
             config,
             child: None,
+            env: Vec::new(),
         };
         agent.new_boot_id();
         agent
@@ -84,12 +103,39 @@ impl Agent {
                 "TEND_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
             .spawn()
             .expect("starting tend-agent");
         self.child = Some(child);
+    }
+
+    /// An environment variable for the agent (`TEND_AGENT_FAULTS`, say);
+    /// takes effect at the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// What a supervisor (systemd's `Restart=always`) does: if the agent
+    /// died (a fault point, a simulated reboot), start it again. Returns
+    /// whether it had died.
+    pub fn restart_if_exited(&mut self) -> bool {
+        let exited = self
+            .child
+            .as_mut()
+            .is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+        if exited {
+            self.child = None;
+            self.start();
+        }
+        exited
     }
 
     /// SIGTERM, as at a clean shutdown of the device, and wait.

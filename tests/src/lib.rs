@@ -17,11 +17,12 @@
 mod agent;
 pub mod fleet;
 pub mod proxy;
+pub mod redis_server;
 mod stack;
 
 pub use agent::Agent;
 pub use proxy::{Mode, Proxy};
-pub use stack::{Device, Options, Service, Stack, bin};
+pub use stack::{ADMIN_PASSWORD, ADMIN_USER, Device, Faults, Options, Service, Stack, bin};
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with
 /// `what` after `timeout`.

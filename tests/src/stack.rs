@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::eventually;
+use crate::proxy::Proxy;
+use crate::redis_server::RedisServer;
 
 /// Which service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,9 @@ impl Service {
 pub struct Options {
     pub heartbeat_s: u64,
     pub sweep_ms: u64,
+    /// Puts a [`Proxy`] of the test's own between the services and each
+    /// store, and gives the stack a private Redis: see [`Faults`].
+    pub faults: bool,
 }
 
 impl Default for Options {
@@ -39,11 +44,29 @@ impl Default for Options {
         Options {
             heartbeat_s: 1,
             sweep_ms: 200,
+            faults: false,
         }
     }
 }
 
+/// The fault injectors of a stack started with [`Options::faults`]: the
+/// services reach PostgreSQL, Redis and RabbitMQ only through these
+/// proxies, and Redis is a private server. Faults cut, stall or refuse
+/// this stack's connections and restart its own Redis; the machine's
+/// shared stores, which other tests use at the same time, are never
+/// disturbed. The harness's own clients ([`Stack::sql`], [`Stack::redis`])
+/// connect directly, so checks work while a fault is on.
+pub struct Faults {
+    pub postgres: Proxy,
+    pub redis: Proxy,
+    pub amqp: Proxy,
+    pub redis_server: RedisServer,
+}
+
 struct Proc {
+    service: Service,
+    /// 0 for the first process of a service, then 1, 2… for replicas.
+    n: usize,
     child: Option<Child>,
     port: u16,
     log: PathBuf,
@@ -66,9 +89,11 @@ pub struct Stack {
     redis_url: String,
     amqp_url: String,
     jwt_secret: String,
-    procs: [Proc; 3],
-    /// Further replicas started by [`Stack::spawn_replica`].
-    replicas: Vec<Proc>,
+    /// The store URLs the services get: the same as the harness's, or the
+    /// fault proxies'.
+    service_urls: [String; 3],
+    pub faults: Option<Faults>,
+    procs: Vec<Proc>,
     admin_token: tokio::sync::OnceCell<String>,
 }
 
@@ -95,12 +120,32 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-fn index(s: Service) -> usize {
-    match s {
-        Service::Platform => 0,
-        Service::Sync => 1,
-        Service::Monitor => 2,
-    }
+/// `url` with its `host:port` replaced by `addr`.
+fn with_addr(url: &str, addr: std::net::SocketAddr) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let (userinfo, hostpath) = match rest.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), rest),
+    };
+    let path = hostpath.find('/').map_or("", |i| &hostpath[i..]);
+    format!("{scheme}://{userinfo}{addr}{path}")
+}
+
+/// The socket address a store URL names (default port `port`).
+fn addr_of(url: &str, port: u16) -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split('/').next().unwrap_or(host);
+    let host = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:{port}")
+    };
+    host.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("cannot resolve the store address of {url}"))
 }
 
 impl Stack {
@@ -131,11 +176,46 @@ impl Stack {
             .prefix("tend-e2e-")
             .tempdir()
             .expect("a temporary directory");
-        let procs = ["platform", "sync", "monitor"].map(|n| Proc {
-            child: None,
-            port: 0,
-            log: dir.path().join(format!("{n}.log")),
-        });
+        let procs = [Service::Platform, Service::Sync, Service::Monitor]
+            .into_iter()
+            .map(|service| Proc {
+                service,
+                n: 0,
+                child: None,
+                port: 0,
+                log: dir.path().join(format!("{}.log", service.binary())),
+            })
+            .collect();
+        let mut redis_url = var("TEND_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+        let amqp_url = var(
+            "TEND_TEST_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        );
+        let pg_url = {
+            let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+            format!("{base}/{db_name}")
+        };
+        let mut service_urls = [pg_url.clone(), redis_url.clone(), amqp_url.clone()];
+        let faults = if options.faults {
+            let redis_server = RedisServer::start(dir.path().join("redis")).await;
+            redis_url = redis_server.url();
+            let postgres = Proxy::start("postgres", addr_of(&pg_url, 5432)).await;
+            let redis = Proxy::start("redis", addr_of(&redis_url, 6379)).await;
+            let amqp = Proxy::start("amqp", addr_of(&amqp_url, 5672)).await;
+            service_urls = [
+                with_addr(&pg_url, postgres.addr()),
+                with_addr(&redis_url, redis.addr()),
+                with_addr(&amqp_url, amqp.addr()),
+            ];
+            Some(Faults {
+                postgres,
+                redis,
+                amqp,
+                redis_server,
+            })
+        } else {
+            None
+        };
         let mut stack = Stack {
             dir,
             db_name,
@@ -146,14 +226,12 @@ impl Stack {
                 .expect("an HTTP client"),
             options,
             admin_url,
-            redis_url: var("TEND_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
-            amqp_url: var(
-                "TEND_TEST_AMQP_URL",
-                "amqp://guest:guest@127.0.0.1:5672/%2f",
-            ),
+            redis_url,
+            amqp_url,
             jwt_secret: format!("test-secret-{}", Uuid::new_v4().simple()),
+            service_urls,
+            faults,
             procs,
-            replicas: Vec::new(),
             admin_token: tokio::sync::OnceCell::new(),
         };
         // The platform first: it migrates and creates the admin.
@@ -176,9 +254,9 @@ impl Stack {
     fn service_env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("PATH", std::env::var("PATH").unwrap_or_default()),
-            ("TEND_DATABASE_URL", self.database_url()),
-            ("TEND_REDIS_URL", self.redis_url.clone()),
-            ("TEND_AMQP_URL", self.amqp_url.clone()),
+            ("TEND_DATABASE_URL", self.service_urls[0].clone()),
+            ("TEND_REDIS_URL", self.service_urls[1].clone()),
+            ("TEND_AMQP_URL", self.service_urls[2].clone()),
             ("TEND_INSTANCE", self.instance.clone()),
             ("TEND_JWT_SECRET", self.jwt_secret.clone()),
             (
@@ -198,32 +276,66 @@ impl Stack {
     /// Starts (or restarts, on its previous port) one service and waits
     /// until it is ready.
     pub async fn spawn(&mut self, s: Service) {
+        self.spawn_nth(s, 0).await;
+    }
+
+    fn proc_mut(&mut self, s: Service, n: usize) -> &mut Proc {
+        self.procs
+            .iter_mut()
+            .find(|p| p.service == s && p.n == n)
+            .unwrap_or_else(|| panic!("no {s:?} #{n} in this stack"))
+    }
+
+    fn proc(&self, s: Service, n: usize) -> &Proc {
+        self.procs
+            .iter()
+            .find(|p| p.service == s && p.n == n)
+            .unwrap_or_else(|| panic!("no {s:?} #{n} in this stack"))
+    }
+
+    /// Starts (or restarts, on its previous port) process `n` of a service
+    /// (0 the first, then the replicas) and waits until it is ready.
+    pub async fn spawn_nth(&mut self, s: Service, n: usize) {
         let env = self.service_env();
         let http = self.http.clone();
-        launch(&http, s, env, &mut self.procs[index(s)]).await;
+        launch(&http, s, env, self.proc_mut(s, n)).await;
+    }
+
+    /// How many processes of a service this stack has (running or not).
+    pub fn count(&self, s: Service) -> usize {
+        self.procs.iter().filter(|p| p.service == s).count()
+    }
+
+    /// Whether process `n` of a service is running.
+    pub fn is_running(&self, s: Service, n: usize) -> bool {
+        self.proc(s, n).child.is_some()
     }
 
     /// Starts one more replica of a service against the same stores, on a
     /// port of its own; returns its base URL.
     pub async fn spawn_replica(&mut self, s: Service) -> String {
-        let n = self.replicas.len();
-        let mut p = Proc {
+        let n = self.count(s);
+        self.procs.push(Proc {
+            service: s,
+            n,
             child: None,
             port: 0,
             log: self
                 .dir
                 .path()
                 .join(format!("{}-replica-{n}.log", s.binary())),
-        };
-        launch(&self.http, s, self.service_env(), &mut p).await;
-        let url = format!("http://127.0.0.1:{}", p.port);
-        self.replicas.push(p);
-        url
+        });
+        self.spawn_nth(s, n).await;
+        self.url_nth(s, n)
     }
 
     /// SIGKILL: the service dies without draining.
     pub fn kill(&mut self, s: Service) {
-        if let Some(mut c) = self.procs[index(s)].child.take() {
+        self.kill_nth(s, 0);
+    }
+
+    pub fn kill_nth(&mut self, s: Service, n: usize) {
+        if let Some(mut c) = self.proc_mut(s, n).child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -231,13 +343,31 @@ impl Stack {
 
     /// SIGTERM and wait for the exit; returns the exit status code.
     pub fn terminate(&mut self, s: Service) -> Option<i32> {
-        let mut c = self.procs[index(s)].child.take()?;
+        self.terminate_nth(s, 0)
+    }
+
+    pub fn terminate_nth(&mut self, s: Service, n: usize) -> Option<i32> {
+        let mut c = self.proc_mut(s, n).child.take()?;
         signal(c.id(), "TERM");
         c.wait().ok()?.code()
     }
 
     pub fn url(&self, s: Service) -> String {
-        format!("http://127.0.0.1:{}", self.procs[index(s)].port)
+        self.url_nth(s, 0)
+    }
+
+    pub fn url_nth(&self, s: Service, n: usize) -> String {
+        format!("http://127.0.0.1:{}", self.proc(s, n).port)
+    }
+
+    /// The listening addresses of every process of a service, for a
+    /// balancing [`Proxy`] in front of them.
+    pub fn addrs(&self, s: Service) -> Vec<std::net::SocketAddr> {
+        self.procs
+            .iter()
+            .filter(|p| p.service == s)
+            .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p.port)))
+            .collect()
     }
 
     pub fn api(&self, path: &str) -> String {
@@ -249,7 +379,7 @@ impl Stack {
     }
 
     pub fn log_of(&self, s: Service) -> String {
-        std::fs::read_to_string(&self.procs[index(s)].log).unwrap_or_default()
+        std::fs::read_to_string(&self.proc(s, 0).log).unwrap_or_default()
     }
 
     pub async fn login(&self, username: &str, password: &str) -> String {
@@ -484,14 +614,14 @@ pub(crate) fn signal(pid: u32, sig: &str) {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        for p in self.procs.iter_mut().chain(self.replicas.iter_mut()) {
+        for p in self.procs.iter_mut() {
             if let Some(mut c) = p.child.take() {
                 let _ = c.kill();
                 let _ = c.wait();
             }
         }
         if std::thread::panicking() {
-            for p in self.procs.iter().chain(self.replicas.iter()) {
+            for p in self.procs.iter() {
                 let text = std::fs::read_to_string(&p.log).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 eprintln!("---- {} (last lines) ----", p.log.display());
