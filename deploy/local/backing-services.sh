@@ -245,6 +245,16 @@ ensure_rabbitmq() {
     echo "rabbitmq: $action"
 }
 
+# The fault suite (tests/tests/faults) runs private Redis servers, which it
+# kills and restarts without touching the shared one: it needs the binary
+# even where the shared Redis runs elsewhere.
+ensure_redis_server_binary() {
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+    command -v redis-server >/dev/null 2>&1 || die "redis-server: not on PATH after installing it"
+    echo "redis-server: $(command -v redis-server) (for the fault suite's private instances)"
+}
+
 ensure_postgres
 ensure_redis
 ensure_rabbitmq
+ensure_redis_server_binary
