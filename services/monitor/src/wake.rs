@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use futures_util::StreamExt;
 use futures_util::stream;
 use tokio::sync::Notify;
@@ -23,16 +23,17 @@ use crate::retry::{Backoff, Outage, service_backoff, sleep_unless_cancelled};
 /// The channel named by the outbox trigger in the schema.
 const CHANNEL: &str = "tend_outbox";
 
-/// The connection settings of the LISTEN connection, from the database URL.
+/// How long connecting and subscribing may take before the attempt counts
+/// as failed and is retried with backoff.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection settings of the LISTEN connection: those of every
+/// connection of tend (a connect timeout, and keepalives that notice a
+/// peer that vanished without closing, which matters most to a connection
+/// that only receives), under a name of its own.
 pub(crate) fn listen_config(database_url: &str) -> anyhow::Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = database_url.parse().context("TEND_DATABASE_URL")?;
-    config
-        .application_name("tend-monitor listener")
-        // An unreachable server should fail the attempt, not hang it.
-        .connect_timeout(Duration::from_secs(5))
-        // The connection only receives; keepalives notice a peer that
-        // vanished without closing (the kernel default waits two hours).
-        .keepalives_idle(Duration::from_secs(30));
+    let mut config = tend_core::db::pg_config(database_url)?;
+    config.application_name("tend-monitor listener");
     Ok(config)
 }
 
@@ -59,16 +60,25 @@ pub(crate) async fn listen(
 
 /// One connection's life: connect, LISTEN, forward notifications. Returns
 /// why it ended.
+///
+/// A server that stalls (connection open, no bytes) is not noticed here:
+/// nothing is asked of it. The relay's safety poll keeps events moving
+/// meanwhile, and once the server answers again the held notifications
+/// arrive, or the broken connection fails and is reopened.
 async fn listen_once(
     config: &tokio_postgres::Config,
     wake: &Arc<Notify>,
     backoff: &mut Backoff,
     outage: &mut Outage,
 ) -> anyhow::Error {
-    let (client, mut connection) = match config.connect(NoTls).await {
-        Ok(pair) => pair,
-        Err(e) => return anyhow!(e).context("connecting to PostgreSQL"),
-    };
+    // Bounded as a whole: `connect_timeout` covers only the TCP connect,
+    // and a stalled server would hold the startup exchange forever.
+    let (client, mut connection) =
+        match tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return anyhow!(e).context("connecting to PostgreSQL"),
+            Err(_) => return anyhow!("PostgreSQL did not answer within {CONNECT_TIMEOUT:?}"),
+        };
     let notify = Arc::clone(wake);
     // The connection does no I/O unless polled, for LISTEN's answer too, so
     // it is driven by its own task from the start.
@@ -86,8 +96,12 @@ async fn listen_once(
         }
         anyhow!("PostgreSQL closed the LISTEN connection")
     }));
-    if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-        return anyhow!(e).context("LISTEN");
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.batch_execute(&format!("LISTEN {CHANNEL}")))
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return anyhow!(e).context("LISTEN"),
+        Err(_) => return anyhow!("PostgreSQL did not answer LISTEN within {CONNECT_TIMEOUT:?}"),
     }
     outage.recovered();
     backoff.reset();

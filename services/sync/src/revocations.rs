@@ -93,7 +93,8 @@ impl Revocations {
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
+    /// How many devices the list holds (a gauge).
+    pub fn count(&self) -> usize {
         self.inner.read().map(|i| i.revoked.len()).unwrap_or(0)
     }
 }
@@ -106,7 +107,9 @@ pub async fn keep_fresh(list: std::sync::Arc<Revocations>, pool: Pool, stop: Can
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(POLL) => {}
         }
-        match list.refresh(&pool).await {
+        // Bounded, so that a stalled database delays the next poll by
+        // seconds, not until it answers.
+        match db::bounded(list.refresh(&pool)).await {
             Ok(()) if failing => {
                 failing = false;
                 tracing::info!("revocation list refreshed again");
@@ -118,7 +121,7 @@ pub async fn keep_fresh(list: std::sync::Arc<Revocations>, pool: Pool, stop: Can
             }
             Err(_) => {}
         }
-        metrics::gauge!("tend_sync_revoked_devices").set(list.len() as f64);
+        metrics::gauge!("tend_sync_revoked_devices").set(list.count() as f64);
     }
 }
 

@@ -94,10 +94,12 @@ async fn authenticate(
     body: web::Json<AuthRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let refused = || ApiError::Unauthorized("unknown device or wrong secret".into());
-    let client = state.pool.get().await.map_err(DbError::from)?;
-    let (tenant, stored) = devices::find_secret(&client, body.device_id)
-        .await?
-        .ok_or_else(refused)?;
+    let found = db::bounded(async {
+        let client = state.pool.get().await?;
+        devices::find_secret(&client, body.device_id).await
+    })
+    .await?;
+    let (tenant, stored) = found.ok_or_else(refused)?;
     if !auth::device_secret_matches(&body.secret, &stored)
         || state.revocations.is_revoked(body.device_id)
     {
@@ -166,10 +168,10 @@ async fn instructions(state: Shared, device: DeviceCaller) -> Result<HttpRespons
     // Clear the flag before reading, never after: a command committed after
     // this read sets it again through its event, so no wake-up is lost.
     state.board.clear(device.id);
-    let fetched = async {
-        let client = state.pool.get().await.map_err(DbError::from)?;
+    let fetched = db::bounded(async {
+        let client = state.pool.get().await?;
         commands::fetch_for_device(&client, device.id).await
-    }
+    })
     .await;
     let commands = match fetched {
         Ok(c) => c,
@@ -236,10 +238,14 @@ async fn report(
             d.insert("stored_bytes".into(), out.len().into());
         }
     }
-    let mut client = state.pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await.map_err(DbError::from)?;
-    let outcome = commands::apply_report(&tx, device.id, *id, &report).await?;
-    tx.commit().await.map_err(DbError::from)?;
+    let (outcome, client) = db::bounded(async {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        let outcome = commands::apply_report(&tx, device.id, *id, &report).await?;
+        tx.commit().await?;
+        Ok::<_, DbError>((outcome, client))
+    })
+    .await?;
     match outcome {
         ReportOutcome::Applied(cmd) | ReportOutcome::Repeated(cmd) => {
             // The agent echoes the trace in `traceparent`; the record has it
@@ -273,7 +279,7 @@ async fn report(
 /// argument as in `instructions`).
 async fn refresh_pending(state: &Shared, client: &db::Client, device: Uuid) {
     state.board.clear(device);
-    match commands::has_open(client, device).await {
+    match db::bounded(commands::has_open(client, device)).await {
         Ok(false) => {}
         // Unknown counts as pending: an extra fetch is cheap, a missed
         // command is not.

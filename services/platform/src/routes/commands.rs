@@ -4,7 +4,7 @@ use actix_web::{HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::Value;
 use tend_core::auth::Role;
-use tend_core::db::DbError;
+use tend_core::db;
 use tend_core::db::commands::{self, Cancel};
 use tend_core::http::ApiError;
 use utoipa::IntoParams;
@@ -78,26 +78,30 @@ pub async fn create(
         .map(str::to_owned)
         .unwrap_or_else(|| request_id.to_string().replace('-', ""));
 
-    let mut client = state.pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await.map_err(DbError::from)?;
-    let device = devices::get_locked(&tx, caller.tenant(), *id)
-        .await?
-        .ok_or_else(no_such_device)?;
-    let command = commands::create(
-        &tx,
-        commands::NewCommand {
-            tenant_id: caller.tenant(),
-            device_id: device.id,
-            kind: &body.kind,
-            params: &params,
-            timeout_s,
-            expires_in_s,
-            created_by: Some(caller.user()),
-            trace_id: Some(&trace_id),
-        },
-    )
+    let (device, command) = db::bounded(async {
+        let mut client = state.pool.get().await.map_err(db::DbError::from)?;
+        let tx = client.transaction().await.map_err(db::DbError::from)?;
+        let device = devices::get_locked(&tx, caller.tenant(), *id)
+            .await?
+            .ok_or_else(no_such_device)?;
+        let command = commands::create(
+            &tx,
+            commands::NewCommand {
+                tenant_id: caller.tenant(),
+                device_id: device.id,
+                kind: &body.kind,
+                params: &params,
+                timeout_s,
+                expires_in_s,
+                created_by: Some(caller.user()),
+                trace_id: Some(&trace_id),
+            },
+        )
+        .await?;
+        tx.commit().await.map_err(db::DbError::from)?;
+        Ok::<_, ApiError>((device, command))
+    })
     .await?;
-    tx.commit().await.map_err(DbError::from)?;
     metrics::counter!("tend_commands_queued_total", "kind" => command.kind.clone()).increment(1);
     tracing::info!(command.id = %command.id, device.id = %device.id, kind = %command.kind,
         trace_id = %trace_id,
@@ -134,9 +138,14 @@ pub async fn list_for_device(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (limit, after) = page_params(query.limit, query.cursor.as_deref())?;
-    let client = state.pool.get().await.map_err(DbError::from)?;
-    let device = find_device(&client, &caller, *id).await?;
-    let page = commands::list_for_device(&client, caller.tenant(), device.id, after, limit).await?;
+    let page = db::bounded(async {
+        let client = state.pool.get().await.map_err(db::DbError::from)?;
+        let device = find_device(&client, &caller, *id).await?;
+        Ok::<_, ApiError>(
+            commands::list_for_device(&client, caller.tenant(), device.id, after, limit).await?,
+        )
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(CommandList {
         items: page.items.into_iter().map(CommandOut::from).collect(),
         next_cursor: page.next_cursor,
@@ -159,10 +168,7 @@ pub async fn get(
     caller: Caller,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = state.pool.get().await.map_err(DbError::from)?;
-    let command = commands::get(&client, caller.tenant(), *id)
-        .await?
-        .ok_or_else(no_such_command)?;
+    let command = find_command(&state, &caller, *id).await?;
     Ok(HttpResponse::Ok().json(CommandOut::from(command)))
 }
 
@@ -185,10 +191,7 @@ pub async fn output(
     caller: Caller,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = state.pool.get().await.map_err(DbError::from)?;
-    let command = commands::get(&client, caller.tenant(), *id)
-        .await?
-        .ok_or_else(no_such_command)?;
+    let command = find_command(&state, &caller, *id).await?;
     let text = command
         .result
         .as_ref()
@@ -226,11 +229,18 @@ pub async fn cancel(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin, Role::Operator])?;
-    let mut client = state.pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await.map_err(DbError::from)?;
-    match commands::cancel(&tx, caller.tenant(), *id).await? {
+    let outcome = db::bounded(async {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        let outcome = commands::cancel(&tx, caller.tenant(), *id).await?;
+        if let Cancel::Cancelled(_) = outcome {
+            tx.commit().await?;
+        }
+        Ok::<_, db::DbError>(outcome)
+    })
+    .await?;
+    match outcome {
         Cancel::Cancelled(command) => {
-            tx.commit().await.map_err(DbError::from)?;
             tracing::info!(command.id = %command.id, "cancelled command {}", command.id);
             Ok(HttpResponse::Ok().json(CommandOut::from(command)))
         }
@@ -243,4 +253,18 @@ pub async fn cancel(
 
 fn no_such_command() -> ApiError {
     ApiError::NotFound("no such command".into())
+}
+
+/// The caller's tenant's command, or 404.
+async fn find_command(
+    state: &Shared,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<commands::Command, ApiError> {
+    db::bounded(async {
+        let client = state.pool.get().await?;
+        commands::get(&client, caller.tenant(), id).await
+    })
+    .await?
+    .ok_or_else(no_such_command)
 }

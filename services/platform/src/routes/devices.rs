@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tend_core::auth::{self, Role};
 use tend_core::db::devices::{self, Filter, Presence};
-use tend_core::db::{DbError, GenericClient};
+use tend_core::db::{self, DbError, GenericClient};
 use tend_core::http::ApiError;
 use uuid::Uuid;
 
@@ -46,20 +46,24 @@ pub async fn create(
     let secret = auth::new_device_secret();
     let hash = auth::hash_device_secret(&secret);
 
-    let mut client = state.pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await.map_err(DbError::from)?;
-    let device = devices::create(
-        &tx,
-        devices::NewDevice {
-            tenant_id: caller.tenant(),
-            name: &body.name,
-            device_type: &body.device_type,
-            labels: &labels,
-            secret_sha256: &hash,
-        },
-    )
+    let device = db::bounded(async {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        let device = devices::create(
+            &tx,
+            devices::NewDevice {
+                tenant_id: caller.tenant(),
+                name: &body.name,
+                device_type: &body.device_type,
+                labels: &labels,
+                secret_sha256: &hash,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<_, DbError>(device)
+    })
     .await?;
-    tx.commit().await.map_err(DbError::from)?;
     tracing::info!(device.id = %device.id, "registered device {} ({})", device.id, device.name);
     Ok(HttpResponse::Created().json(CreatedDevice {
         credentials: Credentials {
@@ -131,10 +135,14 @@ pub async fn create_bulk(
         })
         .collect();
 
-    let mut client = state.pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await.map_err(DbError::from)?;
-    let created = devices::create_many(&tx, &new).await?;
-    tx.commit().await.map_err(DbError::from)?;
+    let created = db::bounded(async {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        let created = devices::create_many(&tx, &new).await?;
+        tx.commit().await?;
+        Ok::<_, DbError>(created)
+    })
+    .await?;
     tracing::info!(
         devices = created.len(),
         "registered {} devices in bulk",
@@ -248,8 +256,11 @@ pub async fn list(
         filter.labels = Some(Value::Object(labels));
     }
     let (limit, after) = page_params(limit, cursor.as_deref())?;
-    let client = state.pool.get().await.map_err(DbError::from)?;
-    let page = devices::list(&client, caller.tenant(), &filter, after, limit).await?;
+    let page = db::bounded(async {
+        let client = state.pool.get().await?;
+        devices::list(&client, caller.tenant(), &filter, after, limit).await
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(DeviceList {
         items: page.items.into_iter().map(DeviceOut::from).collect(),
         next_cursor: page.next_cursor,
@@ -272,8 +283,11 @@ pub async fn get(
     caller: Caller,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = state.pool.get().await.map_err(DbError::from)?;
-    let device = find(&client, &caller, *id).await?;
+    let device = db::bounded(async {
+        let client = state.pool.get().await.map_err(DbError::from)?;
+        find(&client, &caller, *id).await
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(DeviceOut::from(device)))
 }
 
@@ -299,12 +313,19 @@ pub async fn decommission(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
-    let mut client = state.pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await.map_err(DbError::from)?;
-    if !devices::decommission(&tx, caller.tenant(), *id).await? {
+    let found = db::bounded(async {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        let found = devices::decommission(&tx, caller.tenant(), *id).await?;
+        if found {
+            tx.commit().await?;
+        }
+        Ok::<_, DbError>(found)
+    })
+    .await?;
+    if !found {
         return Err(no_such_device());
     }
-    tx.commit().await.map_err(DbError::from)?;
     tracing::info!(device.id = %id, "decommissioned device {id}");
     Ok(HttpResponse::NoContent().finish())
 }

@@ -2,7 +2,7 @@
 
 use actix_web::{HttpResponse, post, web};
 use tend_core::auth;
-use tend_core::db::users;
+use tend_core::db::{self, users};
 use tend_core::http::ApiError;
 
 use crate::Shared;
@@ -22,13 +22,11 @@ use crate::api::{AccessToken, Login};
 #[post("/auth/login")]
 pub async fn login(state: Shared, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
     let Login { username, password } = body.into_inner();
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(tend_core::db::DbError::from)?;
-    let found = users::find_credentials(&client, &username).await?;
-    drop(client);
+    let found = db::bounded(async {
+        let client = state.pool.get().await?;
+        users::find_credentials(&client, &username).await
+    })
+    .await?;
 
     // Hash even for an unknown user, so timing does not tell which names exist.
     let hash = found

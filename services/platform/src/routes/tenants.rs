@@ -2,7 +2,7 @@
 
 use actix_web::{HttpResponse, post, web};
 use tend_core::auth::{self, Role};
-use tend_core::db::{DbError, tenants, users};
+use tend_core::db::{self, DbError, tenants, users};
 use tend_core::http::ApiError;
 
 use crate::Shared;
@@ -39,22 +39,26 @@ pub async fn create(
         .hash_work(move || auth::hash_password(&password))
         .await?;
 
-    let mut client = state.pool.get().await.map_err(DbError::from)?;
-    let tx = client.transaction().await.map_err(DbError::from)?;
-    let tenant = tenants::create(&tx, &body.name).await.map_err(conflict)?;
-    users::create(
-        &tx,
-        users::NewUser {
-            tenant_id: tenant.id,
-            username: &body.admin.username,
-            password_hash: &hash,
-            role: Role::Admin,
-            is_system_admin: false,
-        },
-    )
+    let tenant = db::bounded(async {
+        let mut client = state.pool.get().await?;
+        let tx = client.transaction().await?;
+        let tenant = tenants::create(&tx, &body.name).await?;
+        users::create(
+            &tx,
+            users::NewUser {
+                tenant_id: tenant.id,
+                username: &body.admin.username,
+                password_hash: &hash,
+                role: Role::Admin,
+                is_system_admin: false,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<_, DbError>(tenant)
+    })
     .await
     .map_err(conflict)?;
-    tx.commit().await.map_err(DbError::from)?;
     tracing::info!(tenant.id = %tenant.id, "created tenant {}", tenant.name);
     Ok(HttpResponse::Created().json(TenantOut {
         id: tenant.id,

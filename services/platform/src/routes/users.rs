@@ -2,7 +2,7 @@
 
 use actix_web::{HttpResponse, post, web};
 use tend_core::auth::{self, Role};
-use tend_core::db::{DbError, users};
+use tend_core::db::{self, users};
 use tend_core::http::ApiError;
 
 use crate::Shared;
@@ -39,17 +39,20 @@ pub async fn create(
         .hash_work(move || auth::hash_password(&password))
         .await?;
 
-    let client = state.pool.get().await.map_err(DbError::from)?;
-    let user = users::create(
-        &client,
-        users::NewUser {
-            tenant_id: caller.tenant(),
-            username: &body.username,
-            password_hash: &hash,
-            role: body.role,
-            is_system_admin: false,
-        },
-    )
+    let user = db::bounded(async {
+        let client = state.pool.get().await?;
+        users::create(
+            &client,
+            users::NewUser {
+                tenant_id: caller.tenant(),
+                username: &body.username,
+                password_hash: &hash,
+                role: body.role,
+                is_system_admin: false,
+            },
+        )
+        .await
+    })
     .await
     .map_err(|e| match e.unique_violation() {
         Some("users_username_key") => ApiError::Conflict("this username is taken".into()),
