@@ -286,26 +286,46 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-/// The `/readyz` answer from named checks: 200 when all pass, else 503 with
-/// the failing ones.
-pub fn readiness(checks: Vec<(&'static str, Result<(), String>)>) -> HttpResponse {
-    let ready = checks.iter().all(|(_, r)| r.is_ok());
-    let body: serde_json::Map<String, serde_json::Value> = checks
-        .into_iter()
-        .map(|(name, r)| {
-            let v = match r {
-                Ok(()) => "ok".to_owned(),
-                Err(e) => e,
-            };
-            (name.to_owned(), v.into())
-        })
-        .collect();
+/// The `/readyz` answer from named checks: 200 while every `required`
+/// check passes, else 503. A `degradable` check names a backing service the
+/// process keeps serving without (sync answers heartbeats through a Redis
+/// or RabbitMQ outage): its failure shows in the body as `"down: …"` but
+/// leaves the process ready, because taking every replica out of its
+/// Service for a shared outage would stop what still works.
+///
+/// The body is `{"ready": bool, "checks": {name: "ok" | reason}}`.
+pub fn readiness(
+    required: Vec<(&'static str, Result<(), String>)>,
+    degradable: Vec<(&'static str, Result<(), String>)>,
+) -> HttpResponse {
+    let ready = required.iter().all(|(_, r)| r.is_ok());
+    let required = required.into_iter().map(|(name, r)| {
+        let v = match r {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => e,
+        };
+        (name.to_owned(), v.into())
+    });
+    let degradable = degradable.into_iter().map(|(name, r)| {
+        let v = match r {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("down: {e}"),
+        };
+        (name.to_owned(), v.into())
+    });
+    let body: serde_json::Map<String, serde_json::Value> = required.chain(degradable).collect();
     let mut res = if ready {
         HttpResponse::Ok()
     } else {
         HttpResponse::ServiceUnavailable()
     };
     res.json(serde_json::json!({ "ready": ready, "checks": body }))
+}
+
+/// The `/readyz` answer of a draining process: 503, so that load balancers
+/// stop sending it requests while the in-flight ones finish.
+pub fn draining() -> HttpResponse {
+    readiness(vec![("draining", Err("shutting down".to_owned()))], Vec::new())
 }
 
 /// `GET /metrics` in Prometheus text format.
@@ -324,4 +344,70 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
         .strip_prefix("Bearer ")
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    async fn body_of(res: HttpResponse) -> serde_json::Value {
+        serde_json::from_slice(&to_bytes(res.into_body()).await.unwrap()).unwrap()
+    }
+
+    #[actix_web::test]
+    async fn a_degradable_check_that_fails_is_reported_but_keeps_the_process_ready() {
+        let res = readiness(
+            vec![("postgres", Ok(()))],
+            vec![("redis", Err("connection refused".into())), ("rabbitmq", Ok(()))],
+        );
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            body_of(res).await,
+            serde_json::json!({
+                "ready": true,
+                "checks": { "postgres": "ok", "redis": "down: connection refused", "rabbitmq": "ok" }
+            })
+        );
+    }
+
+    #[actix_web::test]
+    async fn a_required_check_that_fails_makes_the_process_unready() {
+        let res = readiness(
+            vec![("postgres", Err("the database did not answer".into()))],
+            vec![("redis", Ok(()))],
+        );
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = body_of(res).await;
+        assert_eq!(body["ready"], false);
+        assert_eq!(body["checks"]["postgres"], "the database did not answer");
+        assert_eq!(body["checks"]["redis"], "ok");
+
+        let res = draining();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body_of(res).await["checks"]["draining"], "shutting down");
+    }
+
+    #[actix_web::test]
+    async fn a_database_that_does_not_answer_is_a_503_problem_with_retry_after() {
+        for err in [
+            DbError::Pool(deadpool_postgres::PoolError::Timeout(
+                deadpool_postgres::TimeoutType::Wait,
+            )),
+            DbError::Pool(deadpool_postgres::PoolError::Closed),
+            DbError::Timeout(crate::db::REQUEST_DEADLINE),
+        ] {
+            let api = ApiError::from(err);
+            assert!(matches!(api, ApiError::Unavailable(_)), "{api:?}");
+            let res = api.error_response();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "5");
+            assert_eq!(
+                res.headers().get(header::CONTENT_TYPE).unwrap(),
+                "application/problem+json"
+            );
+            let body = body_of(res).await;
+            assert_eq!(body["status"], 503);
+        }
+    }
 }

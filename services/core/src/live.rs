@@ -12,6 +12,10 @@ use uuid::Uuid;
 
 pub use redis::RedisError;
 
+/// How long `/readyz` waits for Redis: a PING takes well under a
+/// millisecond, and readiness probes time out after a few seconds.
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct Live {
     conn: ConnectionManager,
@@ -132,10 +136,19 @@ impl Live {
             .await
     }
 
+    /// Answers whether Redis answers within [`PING_TIMEOUT`]; used by
+    /// `/readyz`, which must answer within its probe's timeout even when
+    /// Redis does not.
     pub async fn ping(&self) -> Result<(), RedisError> {
-        redis::cmd("PING")
-            .query_async::<String>(&mut self.conn.clone())
-            .await
-            .map(drop)
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(PING_TIMEOUT, ping.query_async::<String>(&mut conn)).await {
+            Ok(answer) => answer.map(drop),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} ms", PING_TIMEOUT.as_millis()),
+            )
+            .into()),
+        }
     }
 }

@@ -287,18 +287,26 @@ async fn refresh_pending(state: &Shared, client: &db::Client, device: Uuid) {
     }
 }
 
+/// `GET /readyz`: 503 only while draining or without PostgreSQL (fetches
+/// and reports need it). Redis and RabbitMQ are reported, as `"down: …"`
+/// when they fail, but do not fail readiness: heartbeats, pending flags and
+/// long-polls go on without them (presence waits in memory, pending flags
+/// come from PostgreSQL), and during a shared outage a failing probe would
+/// take every replica out of the Service and stop all heartbeats.
 async fn readyz(state: Shared) -> HttpResponse {
     if state.draining.load(Ordering::Relaxed) {
-        return http::readiness(vec![("draining", Err("shutting down".to_owned()))]);
+        return http::draining();
     }
-    let pg = db::ping(&state.pool).await.map_err(|e| e.to_string());
-    let redis = state.live.ping().await.map_err(|e| e.to_string());
+    let (pg, redis) = tokio::join!(db::ping(&state.pool), state.live.ping());
     let amqp = if state.consuming.load(Ordering::Relaxed) {
         Ok(())
     } else {
-        Err("not consuming events".to_owned())
+        Err("not consuming events; reading pending work from PostgreSQL".to_owned())
     };
-    http::readiness(vec![("postgres", pg), ("redis", redis), ("rabbitmq", amqp)])
+    http::readiness(
+        vec![("postgres", pg.map_err(|e| e.to_string()))],
+        vec![("redis", redis.map_err(|e| e.to_string())), ("rabbitmq", amqp)],
+    )
 }
 
 #[cfg(test)]

@@ -102,12 +102,16 @@ pub fn openapi() -> Document {
     doc
 }
 
+/// `GET /readyz`: 503 while draining or without PostgreSQL, which every
+/// route of the admin API needs. The platform uses neither Redis nor
+/// RabbitMQ (events leave through the outbox table), so their outages
+/// do not concern its readiness.
 async fn readyz(state: Shared) -> HttpResponse {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return http::readiness(vec![("draining", Err("shutting down".to_owned()))]);
+        return http::draining();
     }
     let pg = db::ping(&state.pool).await.map_err(|e| e.to_string());
-    http::readiness(vec![("postgres", pg)])
+    http::readiness(vec![("postgres", pg)], Vec::new())
 }
 
 /// Reads `?limit=&cursor=`, bounded.
