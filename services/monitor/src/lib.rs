@@ -105,10 +105,11 @@ impl Monitor {
         let token = shutdown.child_token();
         let grace = self.settings.shutdown_grace;
 
+        let amqp = self.link.status();
         let state = web::Data::new(routes::State {
             pool: self.pool.clone(),
             live: self.live.clone(),
-            amqp: self.link.status(),
+            amqp: amqp.clone(),
             shutdown: token.clone(),
         });
         let server = HttpServer::new(move || {
@@ -143,6 +144,7 @@ impl Monitor {
                 self.pool.clone(),
                 self.settings.sweep_interval,
                 self.settings.heartbeat,
+                amqp,
             )
             .run(token.clone()),
         );

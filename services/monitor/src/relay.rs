@@ -40,8 +40,10 @@ const SAFETY_POLL: Duration = Duration::from_secs(1);
 /// (its row locks released) and retried later on a fresh channel.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long a reconnection to RabbitMQ may take before it counts as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long getting a channel may take (reconnecting, opening it, enabling
+/// confirms, declaring the exchange) before the attempt counts as failed
+/// and is retried with backoff: a broker that stalls answers none of it.
+const LINK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
 const PERSISTENT: u8 = 2;
@@ -55,6 +57,12 @@ impl AmqpStatus {
     fn set(&self, status: ConnectionStatus) {
         if let Ok(mut current) = self.0.write() {
             *current = Some(status);
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut current) = self.0.write() {
+            *current = None;
         }
     }
 
@@ -110,11 +118,9 @@ impl Link {
             Some(conn) if conn.status().connected() => conn,
             _ => {
                 self.channel = None;
-                let conn =
-                    tokio::time::timeout(CONNECT_TIMEOUT, amqp::connect(&self.url, "tend-monitor"))
-                        .await
-                        .context("connecting to RabbitMQ timed out")?
-                        .context("connecting to RabbitMQ")?;
+                let conn = amqp::connect(&self.url, "tend-monitor")
+                    .await
+                    .context("connecting to RabbitMQ")?;
                 self.status.set(conn.status().clone());
                 tracing::info!("connected to RabbitMQ");
                 conn
@@ -144,6 +150,14 @@ impl Link {
     /// unknown state, and a fresh channel costs one round trip.
     fn drop_channel(&mut self) {
         self.channel = None;
+    }
+
+    /// Forgets the connection too, after the broker did not answer while
+    /// a channel was being opened: the next batch connects afresh.
+    fn drop_connection(&mut self) {
+        self.channel = None;
+        self.conn = None;
+        self.status.clear();
     }
 
     /// Closes the channel, then the connection, politely at shutdown.
@@ -235,11 +249,20 @@ impl Relay {
     async fn relay_batch(&mut self) -> anyhow::Result<usize> {
         // The broker first: while it is away, rows stay unlocked and the
         // outbox simply grows.
-        let channel = match self.link.channel().await {
-            Ok(channel) => channel,
-            Err(e) => {
+        let channel = match tokio::time::timeout(LINK_TIMEOUT, self.link.channel()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(e)) => {
                 metrics::counter!("tend_amqp_publish_errors_total").increment(1);
                 return Err(e);
+            }
+            Err(_) => {
+                // Whatever the broker half did stays behind: start afresh.
+                self.link.drop_connection();
+                metrics::counter!("tend_amqp_publish_errors_total").increment(1);
+                bail!(
+                    "RabbitMQ did not open a channel within {} s",
+                    LINK_TIMEOUT.as_secs()
+                );
             }
         };
         let mut client = self.pool.get().await.context("relay: PostgreSQL pool")?;

@@ -14,6 +14,7 @@ use tend_core::db::commands::{self, SWEEP_BATCH};
 use tend_core::db::{self, Pool, devices, outbox};
 use tokio_util::sync::CancellationToken;
 
+use crate::relay::AmqpStatus;
 use crate::retry::{Outage, ticker};
 
 /// How many heartbeat intervals a command may wait for its device before it
@@ -31,6 +32,8 @@ pub(crate) struct Sweeper {
     pool: Pool,
     interval: Duration,
     reannounce_after: Duration,
+    /// The relay's broker connection: re-announcing waits while it is down.
+    amqp: AmqpStatus,
     commands_outage: Outage,
     backlog_outage: Outage,
     /// When the fleet gauges were last counted.
@@ -38,11 +41,17 @@ pub(crate) struct Sweeper {
 }
 
 impl Sweeper {
-    pub(crate) fn new(pool: Pool, interval: Duration, heartbeat: Duration) -> Self {
+    pub(crate) fn new(
+        pool: Pool,
+        interval: Duration,
+        heartbeat: Duration,
+        amqp: AmqpStatus,
+    ) -> Self {
         Sweeper {
             pool,
             interval,
             reannounce_after: heartbeat * REANNOUNCE_AFTER_BEATS,
+            amqp,
             commands_outage: Outage::new("command sweeps"),
             backlog_outage: Outage::new("outbox backlog and fleet gauges"),
             fleet_gauges_at: None,
@@ -95,6 +104,17 @@ impl Sweeper {
             tracing::info!(count = timed_out, "{timed_out} commands timed out");
         }
 
+        // A re-announcement is an outbox row the relay publishes. While this
+        // replica's relay has no broker it could only pile up there and
+        // burst out as duplicates later, and it would help nobody: sync
+        // servers cut off from RabbitMQ read the open commands from
+        // PostgreSQL, and read them again when they reconnect. The
+        // commands keep their old `announced_at`, so they are announced
+        // again in the first sweep after the broker is back.
+        if let Err(why) = self.amqp.check() {
+            tracing::debug!("not re-announcing waiting commands: RabbitMQ {why}");
+            return Ok(());
+        }
         let older_than_s = self.reannounce_after.as_secs_f64();
         let reannounced = drain(|| commands::reannounce_due(c, older_than_s))
             .await

@@ -8,6 +8,7 @@
 //!
 //! Each (re)connection also reads the devices with open commands from
 //! PostgreSQL: events sent while this replica was not listening are lost.
+//! While it is not connected, [`crate::fallback`] reads them periodically.
 //!
 //! Events are hints: a lost one costs the time until the monitor announces
 //! the command again, never the command.
@@ -46,14 +47,23 @@ pub async fn consume(c: Consumer, first: Option<lapin::Connection>, stop: Cancel
         let attempt = async {
             let connection = match conn.take() {
                 Some(c) => c,
-                None => amqp::connect(&c.url, "tend-sync").await?,
+                // A broker that stalls holds a connection attempt for
+                // seconds; a stopping replica does not wait for it.
+                None => tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    c = amqp::connect(&c.url, "tend-sync") => c?,
+                },
             };
             run_once(&c, &connection, &stop).await
         };
         match attempt.await {
             Ok(()) => return,
             Err(e) => {
-                c.connected.store(false, Ordering::Relaxed);
+                // A connection that got as far as consuming was a success:
+                // the next outage starts again from the shortest wait.
+                if c.connected.swap(false, Ordering::Relaxed) {
+                    delay = Duration::from_millis(250);
+                }
                 tracing::warn!("RabbitMQ consumer stopped: {e:#}; reconnecting in {delay:?}");
             }
         }
@@ -132,14 +142,14 @@ async fn run_once(
             d = deliveries.next() => d,
         };
         match delivery {
-            Some(Ok(d)) => handle(c, &d.data).await,
+            Some(Ok(d)) => handle(c, &d.data),
             Some(Err(e)) => return Err(e).context("receiving"),
             None => anyhow::bail!("the broker cancelled the consumer"),
         }
     }
 }
 
-async fn handle(c: &Consumer, payload: &[u8]) {
+fn handle(c: &Consumer, payload: &[u8]) {
     let event: Event = match serde_json::from_slice(payload) {
         Ok(e) => e,
         Err(e) => {
@@ -163,9 +173,14 @@ async fn handle(c: &Consumer, payload: &[u8]) {
         Event::DeviceDecommissioned { device_id, .. } => {
             c.revocations.revoke(device_id, Utc::now());
             c.board.clear(device_id);
-            if let Err(e) = c.live.forget(device_id).await {
-                tracing::warn!(device.id = %device_id, "cannot drop state of device {device_id}: {e}");
-            }
+            // Not awaited here: with Redis down it would take a response
+            // timeout, and the events behind it (new commands) would wait.
+            let live = c.live.clone();
+            tokio::spawn(async move {
+                if let Err(e) = live.forget(device_id).await {
+                    tracing::warn!(device.id = %device_id, "cannot drop state of device {device_id}: {e}");
+                }
+            });
         }
         Event::CommandFinished { .. } => {}
     }
@@ -173,8 +188,11 @@ async fn handle(c: &Consumer, payload: &[u8]) {
 
 /// Marks every device that has a command `queued` or `delivered`.
 pub async fn load_pending(board: &Board, pool: &tend_core::db::Pool) -> tend_core::db::Result<()> {
-    let client = pool.get().await?;
-    let devices = tend_core::db::commands::devices_with_open_commands(&client).await?;
+    let devices = tend_core::db::bounded(async {
+        let client = pool.get().await?;
+        tend_core::db::commands::devices_with_open_commands(&client).await
+    })
+    .await?;
     board.mark_all(devices);
     Ok(())
 }

@@ -4,14 +4,22 @@
 //! whether work is pending, fetch their instructions and report results.
 //! The heartbeat is the hot path: it runs no SQL and waits on no round
 //! trip. Pending flags are kept in memory ([`board`]), fed by RabbitMQ
-//! ([`events`]); presence is written to Redis in batches ([`presence`]);
-//! revocations are cached in memory ([`revocations`]), so a decommissioned
-//! device is refused without a query per request. A heartbeat may ask to be
-//! held (long-poll) and is answered the moment a command for it arrives.
+//! ([`events`]), or by PostgreSQL while RabbitMQ is away ([`fallback`]);
+//! presence is written to Redis in batches ([`presence`]); revocations are
+//! cached in memory ([`revocations`]), so a decommissioned device is
+//! refused without a query per request. A heartbeat may ask to be held
+//! (long-poll) and is answered the moment a command for it arrives.
+//!
+//! Degraded modes: without Redis, heartbeats are answered as usual and
+//! presence waits in memory; without RabbitMQ, pending flags come from
+//! PostgreSQL every second; without PostgreSQL, heartbeats are still
+//! answered while fetches and reports are 503. Only a PostgreSQL outage or
+//! a drain makes `/readyz` fail.
 
 mod board;
 mod device;
 mod events;
+mod fallback;
 mod presence;
 mod revocations;
 mod routes;
@@ -47,7 +55,8 @@ pub(crate) struct State {
     pub tokens: Tokens,
     pub revocations: Arc<Revocations>,
     pub heartbeat_s: u64,
-    /// Whether the RabbitMQ consumer is connected; `/readyz` reports it.
+    /// Whether the RabbitMQ consumer is connected: `/readyz` reports it,
+    /// and while it is false pending flags are read from PostgreSQL.
     pub consuming: Arc<AtomicBool>,
     /// Set at SIGTERM: `/readyz` turns 503 so load balancers stop sending
     /// new requests while the in-flight ones finish.
@@ -132,12 +141,13 @@ impl Sync {
         .run();
 
         let tasks = CancellationToken::new();
-        let refresher = tokio::spawn(revocations::keep_fresh(
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(revocations::keep_fresh(
             self.state.revocations.clone(),
             self.state.pool.clone(),
             tasks.clone(),
         ));
-        let consumer = tokio::spawn(events::consume(
+        background.spawn(events::consume(
             events::Consumer {
                 url: self.settings.amqp_url.expose().to_owned(),
                 instance: self.settings.instance.clone(),
@@ -150,7 +160,14 @@ impl Sync {
             Some(self.amqp),
             tasks.clone(),
         ));
-        let flusher = tokio::spawn(presence::keep_flushing(
+        background.spawn(fallback::poll_while_disconnected(
+            self.state.board.clone(),
+            self.state.pool.clone(),
+            self.state.consuming.clone(),
+            fallback::every(self.settings.heartbeat),
+            tasks.clone(),
+        ));
+        background.spawn(presence::keep_flushing(
             self.state.presence.clone(),
             self.state.board.clone(),
             self.state.live.clone(),
@@ -160,15 +177,38 @@ impl Sync {
         let handle = server.handle();
         let stop = shutdown.clone();
         let draining = self.state.clone();
+        let grace = self.settings.shutdown_grace;
+        // When the drain must be over: SIGTERM plus the grace period.
+        let drain_until = Arc::new(std::sync::OnceLock::new());
+        let until = drain_until.clone();
         tokio::spawn(async move {
             stop.cancelled().await;
+            let _ = until.set(tokio::time::Instant::now() + grace);
             draining.draining.store(true, Ordering::Relaxed);
             draining.stopping.cancel();
             handle.stop(true).await;
         });
         let served = server.await.context("device API server");
         tasks.cancel();
-        let _ = tokio::join!(refresher, consumer, flusher);
+        // The background tasks finish their step (the last presence flush,
+        // a read in flight) within what is left of the grace period; a
+        // step held by a backing service that does not answer is dropped
+        // then, so the process still exits in time.
+        let until = drain_until
+            .get()
+            .copied()
+            .unwrap_or_else(|| tokio::time::Instant::now() + grace);
+        let finished = tokio::time::timeout_at(until, async {
+            while background.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "background tasks still busy at the end of the grace period; dropping them"
+            );
+            background.abort_all();
+        }
         self.state.consuming.store(false, Ordering::Relaxed);
         served
     }
