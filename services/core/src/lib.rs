@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: settings from the environment, validated at startup;
 //! - [`db`]: the PostgreSQL pool, the migrations and every SQL statement;
-//! - [`live`]: the hot-path state in Redis (presence, pending flags);
+//! - [`live`]: presence in Redis (the pending flags live in each sync
+//!   replica's memory);
 //! - [`amqp`]: RabbitMQ naming and connection;
 //! - [`auth`]: tokens, passwords and device secrets;
 //! - [`http`]: the problem+json error type and the endpoints every service has;

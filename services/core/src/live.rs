@@ -21,6 +21,7 @@ pub struct Live {
     conn: ConnectionManager,
     presence: String,
     reported: String,
+    epoch: String,
 }
 
 /// One device's latest heartbeat as read back by the monitor.
@@ -60,13 +61,14 @@ impl Live {
             conn,
             presence: format!("{instance}:presence"),
             reported: format!("{instance}:reported"),
+            epoch: format!("{instance}:presence:epoch"),
         })
     }
 
     /// Records a batch of heartbeats (device, time in ms, what it
     /// reported) in one round trip: the sync servers buffer heartbeats and
     /// write them together, so the heartbeat itself waits on nothing.
-    pub async fn record_beats(&self, beats: &[(Uuid, i64, String)]) -> Result<(), RedisError> {
+    pub async fn record_beats(&self, beats: &[(Uuid, i64, &str)]) -> Result<(), RedisError> {
         if beats.is_empty() {
             return Ok(());
         }
@@ -80,7 +82,7 @@ impl Live {
                 .collect();
             let fields: Vec<(String, &str)> = chunk
                 .iter()
-                .map(|(id, _, reported)| (id.to_string(), reported.as_str()))
+                .map(|(id, _, reported)| (id.to_string(), *reported))
                 .collect();
             pipe.zadd_multiple(&self.presence, &scored)
                 .ignore()
@@ -122,6 +124,31 @@ impl Live {
                 })
             })
             .collect())
+    }
+
+    /// Since when the presence set is complete, in ms: the time a monitor
+    /// first found it without this marker. Redis that was flushed or
+    /// restarted without persistence lost the marker with the heartbeats,
+    /// so the first monitor to look sets it to `now_ms`, and every monitor
+    /// then knows that silence before that time proves nothing.
+    pub async fn presence_epoch(&self, now_ms: i64) -> Result<i64, RedisError> {
+        let (epoch,): (i64,) = redis::pipe()
+            .cmd("SET")
+            .arg(&self.epoch)
+            .arg(now_ms)
+            .arg("NX")
+            .ignore()
+            .get(&self.epoch)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(epoch)
+    }
+
+    /// Moves the presence epoch to `now_ms`: a monitor saw Redis fail, so
+    /// heartbeats may be missing from before now, and every monitor should
+    /// know it, not only the one that saw the failure.
+    pub async fn restart_presence_epoch(&self, now_ms: i64) -> Result<(), RedisError> {
+        self.conn.clone().set(&self.epoch, now_ms).await
     }
 
     /// Drops everything kept about a device (it was decommissioned).

@@ -10,6 +10,15 @@
 //! One replica per tick does this, under a transaction-scoped advisory lock;
 //! each replica keeps its own scan cursor, so a replica that takes over
 //! reads some heartbeats again, which changes nothing, and misses none.
+//!
+//! Silence counts only while Redis can be trusted to hold the heartbeats.
+//! Nobody is marked offline while Redis fails, nor during one offline
+//! window after it failed ([`OfflineGate`]), nor during one offline window
+//! after the presence data began: Redis keeps a marker beside the
+//! heartbeats ([`Live::presence_epoch`]), which a flush or a restart
+//! without persistence loses with them. The marker also carries a failure
+//! one replica saw to the others ([`Live::restart_presence_epoch`]), so a
+//! replica that takes the lock after an outage it did not see waits too.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +56,9 @@ pub(crate) struct Presence {
     /// Score after which the next scan starts (exclusive).
     since_ms: i64,
     gate: OfflineGate,
+    /// Set when a scan failed; cleared once the presence epoch was moved
+    /// to the recovery, telling every replica.
+    epoch_stale: bool,
     redis: Outage,
     step: Outage,
 }
@@ -72,6 +84,7 @@ impl Presence {
             offline_after,
             since_ms: Utc::now().timestamp_millis() - duration_ms(offline_after),
             gate: OfflineGate::default(),
+            epoch_stale: false,
             redis: Outage::new("presence scan (Redis)"),
             step: Outage::new("presence sweep"),
         }
@@ -114,15 +127,21 @@ impl Presence {
         let cutoff = ms_to_utc(cutoff_ms).context("presence: the clock is out of range")?;
         let from_ms = self.since_ms.max(cutoff_ms);
         let scan = self.scan(&tx, from_ms).await?;
+        let holds = if scan.complete {
+            self.redis_holds_everything(started_ms).await
+        } else {
+            None
+        };
         let now = Instant::now();
-        if scan.complete {
+        if holds.is_some() {
             self.redis.recovered();
         } else {
             self.gate.hold(now, self.offline_after);
+            self.epoch_stale = true;
         }
         // Without a complete scan, silence may only mean that Redis lost
         // the heartbeats: nobody is marked offline for that.
-        let offline = if scan.complete && self.gate.allows(now) {
+        let offline = if holds == Some(true) && self.gate.allows(now) {
             devices::mark_offline(&tx, cutoff)
                 .await
                 .context("presence: marking silent devices offline")?
@@ -144,6 +163,39 @@ impl Presence {
             tracing::info!(device.id = %id, "device {id} went offline");
         }
         Ok(())
+    }
+
+    /// Whether the presence set has held every heartbeat for at least one
+    /// offline window, as far as its epoch marker tells; `None` when Redis
+    /// failed to say. After a failure this replica saw, the epoch moves to
+    /// now first, so that every replica waits.
+    async fn redis_holds_everything(&mut self, now_ms: i64) -> Option<bool> {
+        let epoch = if self.epoch_stale {
+            self.live
+                .restart_presence_epoch(now_ms)
+                .await
+                .map(|()| now_ms)
+        } else {
+            self.live.presence_epoch(now_ms).await
+        };
+        match epoch {
+            Ok(epoch_ms) => {
+                if !self.epoch_stale && epoch_ms == now_ms {
+                    tracing::info!(
+                        "Redis holds no presence epoch (new, flushed or restarted): \
+                         no device is marked offline for one offline window"
+                    );
+                }
+                self.epoch_stale = false;
+                Some(epoch_allows(epoch_ms, now_ms, self.offline_after))
+            }
+            Err(e) => {
+                self.redis.failed(
+                    &anyhow!(e).context("reading the presence epoch; offline detection paused"),
+                );
+                None
+            }
+        }
     }
 
     /// Reads every heartbeat scored after `from_ms` and records it in `tx`.
@@ -253,11 +305,17 @@ fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Whether silence may count, given the presence epoch: only once the
+/// presence set has held heartbeats for a whole offline window.
+fn epoch_allows(epoch_ms: i64, now_ms: i64, window: Duration) -> bool {
+    now_ms >= epoch_ms.saturating_add(duration_ms(window))
+}
+
 /// Holds offline detection back after Redis failed. Heartbeats sent during
-/// the outage were never recorded, so devices get one full offline window
-/// of working Redis to be heard again before their silence counts. Each
-/// replica knows only the failures it saw itself: a replica that did not
-/// hold the presence lock during the outage does not wait.
+/// the outage may not have been recorded, so devices get one full offline
+/// window of working Redis to be heard again before their silence counts.
+/// This gate knows the failures this replica saw; the presence epoch
+/// carries them to the other replicas.
 #[derive(Debug, Default)]
 struct OfflineGate {
     hold_until: Option<Instant>,
@@ -345,5 +403,15 @@ mod tests {
         gate.hold(t0, Duration::from_secs(90));
         assert!(!gate.allows(t0 + Duration::from_secs(89)));
         assert!(gate.allows(t0 + Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn silence_counts_only_one_window_after_the_presence_epoch() {
+        let window = Duration::from_secs(90);
+        assert!(!epoch_allows(1_000, 1_000, window), "just flushed");
+        assert!(!epoch_allows(1_000, 90_999, window));
+        assert!(epoch_allows(1_000, 91_000, window));
+        assert!(epoch_allows(i64::MIN, 0, window), "an old epoch");
+        assert!(!epoch_allows(i64::MAX, 0, window), "no overflow");
     }
 }
