@@ -44,6 +44,10 @@ pub async fn poll_while_disconnected(
     every: Duration,
     stop: CancellationToken,
 ) {
+    // Shown from the start, so that dashboards and alerts see them at zero
+    // before the first outage.
+    metrics::gauge!("tend_sync_fallback_active").set(0.0);
+    metrics::counter!("tend_sync_fallback_polls_total").increment(0);
     let read = || {
         let pool = pool.clone();
         // Bounded: a stalled database must not hold the loop, which has
