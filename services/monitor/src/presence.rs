@@ -171,10 +171,15 @@ impl Presence {
     /// now first, so that every replica waits.
     async fn redis_holds_everything(&mut self, now_ms: i64) -> Option<bool> {
         let epoch = if self.epoch_stale {
+            // Redis answers again: the window starts now, not when this
+            // sweep started (a sweep can wait on a reconnecting Redis for
+            // the whole outage), and this replica's gate holds from now too.
+            let recovered_ms = Utc::now().timestamp_millis();
+            self.gate.hold(Instant::now(), self.offline_after);
             self.live
-                .restart_presence_epoch(now_ms)
+                .restart_presence_epoch(recovered_ms)
                 .await
-                .map(|()| now_ms)
+                .map(|()| recovered_ms)
         } else {
             self.live.presence_epoch(now_ms).await
         };
