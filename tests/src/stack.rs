@@ -378,6 +378,20 @@ impl Stack {
         format!("{}/device/v1{path}", self.url(Service::Sync))
     }
 
+    /// Every process's log file name and text.
+    pub fn logs(&self) -> Vec<(String, String)> {
+        self.procs
+            .iter()
+            .map(|p| {
+                let name = p.log.file_name().map(|n| n.to_string_lossy().into_owned());
+                (
+                    name.unwrap_or_default(),
+                    std::fs::read_to_string(&p.log).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     pub fn log_of(&self, s: Service) -> String {
         std::fs::read_to_string(&self.proc(s, 0).log).unwrap_or_default()
     }

@@ -47,6 +47,7 @@ enum Fault {
     KillPlatform,
     TermPlatform,
     KillAll,
+    TermAll,
     AmqpCut,
     AmqpDown,
     RedisFlush,
@@ -56,7 +57,7 @@ enum Fault {
     PgStall,
 }
 
-const FAULTS: [Fault; 14] = [
+const FAULTS: [Fault; 16] = [
     Fault::KillSync,
     Fault::AmqpCut,
     Fault::TermMonitor,
@@ -71,6 +72,8 @@ const FAULTS: [Fault; 14] = [
     Fault::TermPlatform,
     Fault::PgStall,
     Fault::KillAll,
+    Fault::AmqpCut,
+    Fault::TermAll,
 ];
 
 impl Fault {
@@ -83,6 +86,7 @@ impl Fault {
             Fault::KillPlatform => "tend-platform replica SIGKILLed, restarted",
             Fault::TermPlatform => "tend-platform replica SIGTERMed, restarted",
             Fault::KillAll => "every service process SIGKILLed together, restarted",
+            Fault::TermAll => "every service process SIGTERMed together, restarted",
             Fault::AmqpCut => "RabbitMQ connections cut",
             Fault::AmqpDown => "RabbitMQ unreachable",
             Fault::RedisFlush => "Redis emptied (FLUSHALL)",
@@ -400,7 +404,13 @@ async fn no_command_is_lost_or_run_twice_under_faults() {
 
     // The table.
     let mut by_fault: Vec<(String, usize, usize, usize, usize, String)> = Vec::new();
-    for fault in FAULTS {
+    let mut kinds: Vec<Fault> = Vec::new();
+    for f in FAULTS {
+        if !kinds.contains(&f) {
+            kinds.push(f);
+        }
+    }
+    for fault in kinds {
         let ws: Vec<usize> = (0..windows.len())
             .filter(|&w| windows[w].fault == fault)
             .collect();
@@ -474,6 +484,11 @@ async fn no_command_is_lost_or_run_twice_under_faults() {
         std::fs::write(&path, &table).expect("writing TEND_FAULT_REPORT");
     }
 
+    for (name, text) in stack.logs() {
+        if let Some(line) = text.lines().find(|l| l.contains("panicked")) {
+            violations.push(format!("{name} panicked: {line}"));
+        }
+    }
     for w in &windows {
         if w.recovery > RECOVERY_BOUND {
             violations.push(format!(
@@ -631,6 +646,20 @@ async fn inject(stack: &mut Stack, fault: Fault) {
             for s in [Service::Sync, Service::Monitor, Service::Platform] {
                 for n in 0..stack.count(s) {
                     stack.kill_nth(s, n);
+                }
+            }
+            tokio::time::sleep(hold()).await;
+            for s in [Service::Platform, Service::Monitor, Service::Sync] {
+                for n in 0..stack.count(s) {
+                    stack.spawn_nth(s, n).await;
+                }
+            }
+        }
+        Fault::TermAll => {
+            for s in [Service::Sync, Service::Monitor, Service::Platform] {
+                for n in 0..stack.count(s) {
+                    let code = stack.terminate_nth(s, n);
+                    assert_eq!(code, Some(0), "{s:?} #{n} exited {code:?} at SIGTERM");
                 }
             }
             tokio::time::sleep(hold()).await;
