@@ -13,12 +13,25 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-/// A TCP port free at the time of asking.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
+/// A port for a private server, kept for its whole life even while it is
+/// stopped: taken below Linux's ephemeral range (32768 and up), where the
+/// services' and proxies' port-0 listeners never land, and from a counter,
+/// so two servers of one test run never share one. The process id spreads
+/// concurrent test runs apart.
+pub fn reserved_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let offset = (std::process::id() % 400) * 30;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (BASE + (offset + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {BASE} and {}", BASE + SPAN)
 }
 
 impl RedisServer {
@@ -27,7 +40,7 @@ impl RedisServer {
     pub async fn start(dir: PathBuf) -> RedisServer {
         std::fs::create_dir_all(&dir).expect("the private Redis directory");
         let mut server = RedisServer {
-            port: free_port(),
+            port: reserved_port(),
             dir,
             child: None,
         };
