@@ -22,7 +22,12 @@
 //! was not already fsync'd), which is what a crash or a power cut leaves.
 
 /// The names [`hit`] accepts.
-pub const POINTS: [&str; 4] = ["after_fetch", "after_journal", "during_action", "before_report"];
+pub const POINTS: [&str; 4] = [
+    "after_fetch",
+    "after_journal",
+    "during_action",
+    "before_report",
+];
 
 #[cfg(feature = "fault-points")]
 mod enabled {
@@ -72,7 +77,8 @@ pub fn hit(_point: &str, _about: impl std::fmt::Display) {}
 mod tests {
     #[test]
     fn only_known_points_with_a_probability_are_armed() {
-        let armed = super::enabled::parse("after_fetch=0.5, during_action=1,nope=1,before_report=2,x");
+        let armed =
+            super::enabled::parse("after_fetch=0.5, during_action=1,nope=1,before_report=2,x");
         assert_eq!(armed.len(), 2);
         assert_eq!(armed["after_fetch"], 0.5);
         assert_eq!(armed["during_action"], 1.0);

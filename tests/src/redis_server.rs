@@ -67,18 +67,24 @@ impl RedisServer {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("redis-server is required for the fault suite (apt install redis-server): {e}")
+                panic!(
+                    "redis-server is required for the fault suite (apt install redis-server): {e}"
+                )
             });
         self.child = Some(child);
         let url = self.url();
-        eventually(Duration::from_secs(20), "the private Redis to answer", || {
-            let url = url.clone();
-            async move {
-                let client = redis::Client::open(url.as_str()).ok()?;
-                let mut c = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut c).await.ok()
-            }
-        })
+        eventually(
+            Duration::from_secs(20),
+            "the private Redis to answer",
+            || {
+                let url = url.clone();
+                async move {
+                    let client = redis::Client::open(url.as_str()).ok()?;
+                    let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                    redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+                }
+            },
+        )
         .await;
     }
 

@@ -192,7 +192,9 @@ impl Stack {
             "amqp://guest:guest@127.0.0.1:5672/%2f",
         );
         let pg_url = {
-            let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(b, _)| b);
+            let base = admin_url
+                .rsplit_once('/')
+                .map_or(admin_url.as_str(), |(b, _)| b);
             format!("{base}/{db_name}")
         };
         let mut service_urls = [pg_url.clone(), redis_url.clone(), amqp_url.clone()];

@@ -325,7 +325,10 @@ pub fn readiness(
 /// The `/readyz` answer of a draining process: 503, so that load balancers
 /// stop sending it requests while the in-flight ones finish.
 pub fn draining() -> HttpResponse {
-    readiness(vec![("draining", Err("shutting down".to_owned()))], Vec::new())
+    readiness(
+        vec![("draining", Err("shutting down".to_owned()))],
+        Vec::new(),
+    )
 }
 
 /// `GET /metrics` in Prometheus text format.
@@ -359,7 +362,10 @@ mod tests {
     async fn a_degradable_check_that_fails_is_reported_but_keeps_the_process_ready() {
         let res = readiness(
             vec![("postgres", Ok(()))],
-            vec![("redis", Err("connection refused".into())), ("rabbitmq", Ok(()))],
+            vec![
+                ("redis", Err("connection refused".into())),
+                ("rabbitmq", Ok(())),
+            ],
         );
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(

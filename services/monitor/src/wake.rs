@@ -96,8 +96,11 @@ async fn listen_once(
         }
         anyhow!("PostgreSQL closed the LISTEN connection")
     }));
-    match tokio::time::timeout(CONNECT_TIMEOUT, client.batch_execute(&format!("LISTEN {CHANNEL}")))
-        .await
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        client.batch_execute(&format!("LISTEN {CHANNEL}")),
+    )
+    .await
     {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return anyhow!(e).context("LISTEN"),

@@ -204,8 +204,12 @@ mod tests {
         let device = Uuid::new_v4();
         let every = Duration::from_millis(500);
         let poller = {
-            let (board, connected, stop, reads) =
-                (board.clone(), connected.clone(), stop.clone(), reads.clone());
+            let (board, connected, stop, reads) = (
+                board.clone(),
+                connected.clone(),
+                stop.clone(),
+                reads.clone(),
+            );
             tokio::spawn(async move {
                 let read = || {
                     reads.fetch_add(1, Ordering::SeqCst);
@@ -230,7 +234,11 @@ mod tests {
 
         connected.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(reads.load(Ordering::SeqCst), 3, "consuming again: reads stop");
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            3,
+            "consuming again: reads stop"
+        );
 
         stop.cancel();
         poller.await.unwrap();

@@ -305,7 +305,10 @@ async fn readyz(state: Shared) -> HttpResponse {
     };
     http::readiness(
         vec![("postgres", pg.map_err(|e| e.to_string()))],
-        vec![("redis", redis.map_err(|e| e.to_string())), ("rabbitmq", amqp)],
+        vec![
+            ("redis", redis.map_err(|e| e.to_string())),
+            ("rabbitmq", amqp),
+        ],
     )
 }
 

@@ -70,7 +70,11 @@ async fn with_redis_down_heartbeats_are_answered_commands_arrive_and_nobody_goes
     let token = stack.device_token(&device).await;
 
     stack.faults.as_mut().unwrap().redis_server.stop();
-    assert_eq!(heartbeat(&stack, &token).await, 200, "a heartbeat without Redis");
+    assert_eq!(
+        heartbeat(&stack, &token).await,
+        200,
+        "a heartbeat without Redis"
+    );
     let first = stack
         .queue(&admin, device.id, json!({ "kind": "shutdown" }))
         .await;
@@ -114,7 +118,15 @@ async fn with_rabbitmq_down_commands_arrive_within_two_heartbeats_and_the_outbox
     // The sync server notices the lost consumer (its /readyz body says so).
     let sync_ready = format!("{}/readyz", stack.url(Service::Sync));
     eventually(WAIT, "sync to notice RabbitMQ is gone", || async {
-        let body = stack.http.get(&sync_ready).send().await.ok()?.text().await.ok()?;
+        let body = stack
+            .http
+            .get(&sync_ready)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
         (!body.contains("\"rabbitmq\":\"ok\"")).then_some(())
     })
     .await;
@@ -130,12 +142,17 @@ async fn with_rabbitmq_down_commands_arrive_within_two_heartbeats_and_the_outbox
         slowest = slowest.max(queued.elapsed());
         ids.push(id);
     }
-    eprintln!("RabbitMQ down: slowest of 3 commands took {slowest:?} with {heartbeat_s} s heartbeats");
+    eprintln!(
+        "RabbitMQ down: slowest of 3 commands took {slowest:?} with {heartbeat_s} s heartbeats"
+    );
     assert!(
         slowest <= Duration::from_secs(2 * heartbeat_s + 2),
         "without RabbitMQ a command took {slowest:?}, more than about two heartbeat intervals"
     );
-    assert!(outbox(&stack).await > 0, "the announcements wait in the outbox");
+    assert!(
+        outbox(&stack).await > 0,
+        "the announcements wait in the outbox"
+    );
 
     amqp.set_mode(Mode::Pass);
     eventually(WAIT, "the outbox to drain", || async {
@@ -182,7 +199,11 @@ async fn with_postgres_down_the_api_answers_503_heartbeats_go_on_and_all_recover
     let http = &stack.http;
     expect_503(
         "listing devices",
-        http.get(stack.api("/devices")).bearer_auth(&admin).send().await.unwrap(),
+        http.get(stack.api("/devices"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     expect_503(
@@ -213,7 +234,11 @@ async fn with_postgres_down_the_api_answers_503_heartbeats_go_on_and_all_recover
             .unwrap(),
     )
     .await;
-    assert_eq!(heartbeat(&stack, &token).await, 200, "a heartbeat without PostgreSQL");
+    assert_eq!(
+        heartbeat(&stack, &token).await,
+        200,
+        "a heartbeat without PostgreSQL"
+    );
 
     // Back: no restart needed.
     pg.set_mode(Mode::Pass);
@@ -280,17 +305,21 @@ async fn sigterm_under_load_costs_no_request_more_than_one_retry() {
             .build()
             .unwrap();
         let url = format!("http://{}/device/v1/heartbeat", sync_lb.addr());
-        load.push(tokio::spawn(keep_asking(stop.clone(), beyond_retry.clone(), move || {
-            let (http, url, token) = (http.clone(), url.clone(), token.clone());
-            async move {
-                http.post(&url)
-                    .bearer_auth(&token)
-                    .json(&json!({ "agent_version": "test" }))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            }
-        })));
+        load.push(tokio::spawn(keep_asking(
+            stop.clone(),
+            beyond_retry.clone(),
+            move || {
+                let (http, url, token) = (http.clone(), url.clone(), token.clone());
+                async move {
+                    http.post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({ "agent_version": "test" }))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
+                }
+            },
+        )));
     }
     for _ in 0..4 {
         let http = reqwest::Client::builder()
@@ -299,16 +328,20 @@ async fn sigterm_under_load_costs_no_request_more_than_one_retry() {
             .unwrap();
         let url = format!("http://{}/api/v1/devices?limit=5", platform_lb.addr());
         let admin = admin.clone();
-        load.push(tokio::spawn(keep_asking(stop.clone(), beyond_retry.clone(), move || {
-            let (http, url, admin) = (http.clone(), url.clone(), admin.clone());
-            async move {
-                http.get(&url)
-                    .bearer_auth(&admin)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            }
-        })));
+        load.push(tokio::spawn(keep_asking(
+            stop.clone(),
+            beyond_retry.clone(),
+            move || {
+                let (http, url, admin) = (http.clone(), url.clone(), admin.clone());
+                async move {
+                    http.get(&url)
+                        .bearer_auth(&admin)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
+                }
+            },
+        )));
     }
 
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -375,7 +408,13 @@ async fn concurrent_final_reports_resolve_to_exactly_one() {
                 token.clone(),
             );
             sends.push(tokio::spawn(async move {
-                let r = http.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+                let r = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
                 (r.status().as_u16(), body)
             }));
         }
@@ -390,7 +429,10 @@ async fn concurrent_final_reports_resolve_to_exactly_one() {
         }
         assert_eq!(won.len(), 1, "exactly one report applies: {won:?}");
         let v = stack.command(&admin, id).await;
-        assert_eq!(v["status"], won[0]["status"], "the record is the winner's: {v}");
+        assert_eq!(
+            v["status"], won[0]["status"],
+            "the record is the winner's: {v}"
+        );
         if won[0]["status"] == "failed" {
             assert_eq!(v["result"]["error"], won[0]["error"], "{v}");
         }

@@ -34,8 +34,12 @@ const RECOVERY_BOUND: Duration = Duration::from_secs(60);
 const WORKERS: usize = 6;
 /// The chance that an agent dies at each fault point it passes.
 const AGENT_FAULT_P: f64 = 0.03;
-const AGENT_FAULT_POINTS: [&str; 4] =
-    ["after_fetch", "after_journal", "during_action", "before_report"];
+const AGENT_FAULT_POINTS: [&str; 4] = [
+    "after_fetch",
+    "after_journal",
+    "during_action",
+    "before_report",
+];
 
 /// What the suite injects, one at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -458,7 +462,10 @@ async fn no_command_is_lost_or_run_twice_under_faults() {
     );
     let _ = writeln!(table, "|---|---:|---:|---:|---:|---:|");
     for (name, n, cmds, lost, twice, rec) in &by_fault {
-        let _ = writeln!(table, "| {name} | {n} | {cmds} | {lost} | {twice} | {rec} |");
+        let _ = writeln!(
+            table,
+            "| {name} | {n} | {cmds} | {lost} | {twice} | {rec} |"
+        );
     }
     let total_lost = acked.iter().filter(|id| lost(id)).count();
     let total_twice = record.keys().filter(|id| twice(id)).count();
@@ -512,7 +519,11 @@ async fn no_command_is_lost_or_run_twice_under_faults() {
         violations.len(),
         violations.join("\n")
     );
-    assert!(acked.len() >= 50, "too few commands went through: {}", acked.len());
+    assert!(
+        acked.len() >= 50,
+        "too few commands went through: {}",
+        acked.len()
+    );
 }
 
 fn is_terminal(status: &str) -> bool {
@@ -559,7 +570,11 @@ async fn command_stream(
                 )
             } else {
                 let device = workers[rand::random_range(0..workers.len())];
-                let kind = if rand::random_bool(0.3) { "reboot" } else { "shutdown" };
+                let kind = if rand::random_bool(0.3) {
+                    "reboot"
+                } else {
+                    "shutdown"
+                };
                 (
                     device,
                     json!({ "kind": kind, "timeout_s": 30 }),
@@ -578,7 +593,9 @@ async fn command_stream(
                 if cancel {
                     // 200 or 409 (already delivered): both are fine; the
                     // invariant is that a cancelled command never runs.
-                    let _ = admin.call(Some(json!({})), &format!("/commands/{id}/cancel")).await;
+                    let _ = admin
+                        .call(Some(json!({})), &format!("/commands/{id}/cancel"))
+                        .await;
                 }
             }
             Ok((status, v)) if status == 503 || status == 502 || status == 401 => {
@@ -605,7 +622,10 @@ async fn probe_round_trip(admin: &Admin, device: Uuid) -> Duration {
             )
             .await
         {
-            break v["id"].as_str().and_then(|s| s.parse::<Uuid>().ok()).unwrap();
+            break v["id"]
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .unwrap();
         }
         if started.elapsed() > limit {
             return started.elapsed();

@@ -328,7 +328,9 @@ mod tests {
 
     #[test]
     fn sqlstates_of_a_server_that_cannot_serve_now_mean_unavailable() {
-        for code in ["08006", "08001", "53300", "53100", "57P01", "57P03", "57014"] {
+        for code in [
+            "08006", "08001", "53300", "53100", "57P01", "57P03", "57014",
+        ] {
             assert!(unavailable_state(code), "{code}");
         }
         for code in ["23505", "22P02", "42P01", "40001", "57000"] {
