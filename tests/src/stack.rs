@@ -502,14 +502,6 @@ impl Stack {
     /// Waits until the command reaches `status`; panics if it reaches
     /// another terminal state or the time runs out.
     pub async fn wait_for(&self, token: &str, id: Uuid, status: &str, timeout: Duration) -> Value {
-        let terminal = [
-            "succeeded",
-            "failed",
-            "rejected",
-            "timed_out",
-            "expired",
-            "cancelled",
-        ];
         eventually(timeout, &format!("command {id} to be {status}"), || async {
             let v = self.command(token, id).await;
             let now = v["status"].as_str().unwrap_or_default().to_owned();
@@ -517,7 +509,8 @@ impl Stack {
                 return Some(v);
             }
             assert!(
-                !terminal.contains(&now.as_str()),
+                !now.parse::<tend_proto::CommandStatus>()
+                    .is_ok_and(tend_proto::CommandStatus::is_terminal),
                 "command {id} ended {now}, expected {status}: {v}"
             );
             None

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tend_proto::command::CommandStatus;
 use tend_tests::{ADMIN_PASSWORD, ADMIN_USER, Agent, Mode, Options, Proxy, Service, Stack};
 use uuid::Uuid;
 
@@ -269,39 +270,29 @@ async fn no_command_is_lost_or_run_twice_under_faults() {
     // Settle: every command terminal, the outbox empty.
     let db = stack.sql().await;
     let settled = loop {
-        let open: i64 = db
-            .query_one(
-                "SELECT count(*) FROM commands WHERE status NOT IN
-                 ('succeeded','failed','rejected','timed_out','expired','cancelled')",
-                &[],
-            )
+        let open: Vec<(Uuid, Uuid, String, String)> = db
+            .query("SELECT id, device_id, kind, status FROM commands", &[])
             .await
             .unwrap()
-            .get(0);
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .filter(|(_, _, _, status): &(_, _, _, String)| !is_terminal(status))
+            .collect();
         let outbox: i64 = db
             .query_one("SELECT count(*) FROM outbox", &[])
             .await
             .unwrap()
             .get(0);
-        if open == 0 && outbox == 0 {
+        if open.is_empty() && outbox == 0 {
             break last_fault_ended.elapsed();
         }
         if last_fault_ended.elapsed() > SETTLE_BOUND {
-            let rows = db
-                .query(
-                    "SELECT id, device_id, kind, status FROM commands WHERE status NOT IN
-                     ('succeeded','failed','rejected','timed_out','expired','cancelled')",
-                    &[],
-                )
-                .await
-                .unwrap();
-            for r in rows {
-                let (id, dev, kind, st): (Uuid, Uuid, String, String) =
-                    (r.get(0), r.get(1), r.get(2), r.get(3));
+            for (id, dev, kind, st) in &open {
                 eprintln!("not terminal: {id} on {dev}: {kind} {st}");
             }
             panic!(
-                "{open} commands not terminal and {outbox} outbox rows {SETTLE_BOUND:?} after the last fault"
+                "{} commands not terminal and {outbox} outbox rows {SETTLE_BOUND:?} after the last fault",
+                open.len()
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -527,10 +518,9 @@ async fn no_command_is_lost_or_run_twice_under_faults() {
 }
 
 fn is_terminal(status: &str) -> bool {
-    matches!(
-        status,
-        "succeeded" | "failed" | "rejected" | "timed_out" | "expired" | "cancelled"
-    )
+    status
+        .parse::<CommandStatus>()
+        .is_ok_and(CommandStatus::is_terminal)
 }
 
 /// Restarts agents that died (at a fault point, or by their own reboot),
@@ -598,10 +588,7 @@ async fn command_stream(
                         .await;
                 }
             }
-            Ok((status, v)) if status == 503 || status == 502 || status == 401 => {
-                let _ = v;
-                unanswered += 1;
-            }
+            Ok((503 | 502 | 401, _)) => unanswered += 1,
             Ok((status, v)) => panic!("queueing a command answered {status}: {v}"),
             Err(_) => unanswered += 1,
         }
@@ -655,39 +642,22 @@ fn hold() -> Duration {
 async fn inject(stack: &mut Stack, fault: Fault) {
     let replica = |stack: &Stack, s: Service| rand::random_range(0..stack.count(s));
     match fault {
-        Fault::KillSync | Fault::KillMonitor | Fault::KillPlatform => {
+        Fault::KillSync
+        | Fault::KillMonitor
+        | Fault::KillPlatform
+        | Fault::TermSync
+        | Fault::TermMonitor
+        | Fault::TermPlatform => {
             let s = service_of(fault);
             let n = replica(stack, s);
-            stack.kill_nth(s, n);
+            stop_process(stack, s, n, fault);
             tokio::time::sleep(hold()).await;
             stack.spawn_nth(s, n).await;
         }
-        Fault::TermSync | Fault::TermMonitor | Fault::TermPlatform => {
-            let s = service_of(fault);
-            let n = replica(stack, s);
-            let code = stack.terminate_nth(s, n);
-            assert_eq!(code, Some(0), "{s:?} #{n} exited {code:?} at SIGTERM");
-            tokio::time::sleep(hold()).await;
-            stack.spawn_nth(s, n).await;
-        }
-        Fault::KillAll => {
+        Fault::KillAll | Fault::TermAll => {
             for s in [Service::Sync, Service::Monitor, Service::Platform] {
                 for n in 0..stack.count(s) {
-                    stack.kill_nth(s, n);
-                }
-            }
-            tokio::time::sleep(hold()).await;
-            for s in [Service::Platform, Service::Monitor, Service::Sync] {
-                for n in 0..stack.count(s) {
-                    stack.spawn_nth(s, n).await;
-                }
-            }
-        }
-        Fault::TermAll => {
-            for s in [Service::Sync, Service::Monitor, Service::Platform] {
-                for n in 0..stack.count(s) {
-                    let code = stack.terminate_nth(s, n);
-                    assert_eq!(code, Some(0), "{s:?} #{n} exited {code:?} at SIGTERM");
+                    stop_process(stack, s, n, fault);
                 }
             }
             tokio::time::sleep(hold()).await;
@@ -734,6 +704,20 @@ async fn inject(stack: &mut Stack, fault: Fault) {
             tokio::time::sleep(hold()).await;
             faults(stack).postgres.set_mode(Mode::Pass);
         }
+    }
+}
+
+/// SIGKILL for the `Kill…` faults; SIGTERM, which must end in exit 0,
+/// for the `Term…` ones.
+fn stop_process(stack: &mut Stack, s: Service, n: usize, fault: Fault) {
+    if matches!(
+        fault,
+        Fault::KillSync | Fault::KillMonitor | Fault::KillPlatform | Fault::KillAll
+    ) {
+        stack.kill_nth(s, n);
+    } else {
+        let code = stack.terminate_nth(s, n);
+        assert_eq!(code, Some(0), "{s:?} #{n} exited {code:?} at SIGTERM");
     }
 }
 
