@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
@@ -50,20 +49,7 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
 
 /// Connects, retrying for about 30 seconds: the startup check of a service.
 pub async fn connect_with_retry(url: &str, name: &str) -> anyhow::Result<Connection> {
-    let mut delay = Duration::from_millis(250);
-    let mut attempt = 1;
-    loop {
-        match connect(url, name).await {
-            Ok(c) => return Ok(c),
-            Err(e) if attempt < 8 => {
-                tracing::warn!(attempt, "RabbitMQ not reachable yet: {e}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(8));
-                attempt += 1;
-            }
-            Err(e) => return Err(e).context("cannot reach RabbitMQ (TEND_AMQP_URL)"),
-        }
-    }
+    crate::retry::at_startup("RabbitMQ", crate::config::AMQP_URL, || connect(url, name)).await
 }
 
 /// Declares the installation's exchange (durable: it outlives restarts).

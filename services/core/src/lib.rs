@@ -5,16 +5,23 @@
 //! - [`live`]: presence in Redis (the pending flags live in each sync
 //!   replica's memory);
 //! - [`amqp`]: RabbitMQ naming and connection;
+//! - [`retry`]: backoff, outage logging and startup retries, for every loop;
 //! - [`auth`]: tokens, passwords and device secrets;
-//! - [`http`]: the problem+json error type and the endpoints every service has;
-//! - [`telemetry`] and [`shutdown`]: logs, metrics and the SIGTERM drain.
+//! - [`error`]: the error policy and [`error::ApiError`], the problem+json answer;
+//! - [`http`]: extractor settings, request metrics and the endpoints every service has;
+//! - [`service`]: a service process's life, from `main` to its exit code;
+//! - [`telemetry`] and [`shutdown`]: logs, metrics, and the token tree and
+//!   drain of SIGTERM.
 
 pub mod amqp;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod http;
 pub mod live;
+pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

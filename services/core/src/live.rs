@@ -33,30 +33,18 @@ pub struct Beat {
 }
 
 impl Live {
-    /// Connects, retrying for about 30 seconds before giving up.
+    /// Connects, retrying for about 30 seconds before giving up
+    /// ([`crate::retry::at_startup`]).
     pub async fn connect(url: &str, instance: &str) -> anyhow::Result<Live> {
         use anyhow::Context;
         let client = redis::Client::open(url).context("TEND_REDIS_URL")?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(5)));
-        let mut delay = std::time::Duration::from_millis(250);
-        let mut attempt = 1;
-        let conn = loop {
-            match client
-                .get_connection_manager_with_config(config.clone())
-                .await
-            {
-                Ok(c) => break c,
-                Err(e) if attempt < 8 => {
-                    tracing::warn!(attempt, "Redis not reachable yet: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(std::time::Duration::from_secs(8));
-                    attempt += 1;
-                }
-                Err(e) => return Err(e).context("cannot reach Redis (TEND_REDIS_URL)"),
-            }
-        };
+        let conn = crate::retry::at_startup("Redis", crate::config::REDIS_URL, || {
+            client.get_connection_manager_with_config(config.clone())
+        })
+        .await?;
         Ok(Live {
             conn,
             presence: format!("{instance}:presence"),

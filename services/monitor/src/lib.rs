@@ -16,7 +16,6 @@
 
 mod presence;
 mod relay;
-mod retry;
 mod routes;
 mod sweep;
 mod wake;
@@ -25,21 +24,17 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::{App, HttpServer, middleware, web};
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use tend_core::db::{self, Pool};
 use tend_core::live::Live;
+use tend_core::service::Service;
+use tend_core::shutdown::{self, Background, Shutdown};
 use tend_core::{Settings, http, telemetry};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::presence::Presence;
 use crate::relay::{Link, Relay};
 use crate::sweep::Sweeper;
-
-/// Where the monitor serves health and metrics unless `TEND_LISTEN` says
-/// otherwise.
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:8082";
 
 /// A monitor connected to its backing services, ready to [`run`](Self::run).
 pub struct Monitor {
@@ -50,14 +45,18 @@ pub struct Monitor {
     live: Live,
     link: Link,
     listen_config: tokio_postgres::Config,
+    shutdown: Shutdown,
 }
 
-impl Monitor {
+impl Service for Monitor {
+    const NAME: &'static str = "tend-monitor";
+    const DEFAULT_LISTEN: &'static str = "0.0.0.0:8082";
+
     /// Connects to everything, migrates, binds the HTTP listener (port 0 works).
     ///
     /// Fails when the address cannot be bound, or when PostgreSQL, Redis or
     /// RabbitMQ cannot be reached within their retries (about 30 s each).
-    pub async fn build(settings: Settings) -> anyhow::Result<Monitor> {
+    async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<Monitor> {
         // Bound first: a taken port is reported at once, not after the
         // backing services' retries.
         let listener = TcpListener::bind(settings.listen)
@@ -80,37 +79,25 @@ impl Monitor {
             live,
             link,
             listen_config,
+            shutdown,
         })
     }
 
-    /// The port of the HTTP listener.
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// The address the HTTP listener is bound to.
-    pub fn local_addr(&self) -> SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Runs until `shutdown` is cancelled, then drains (finishes the current relay batch / sweep) and returns.
-    ///
-    /// The drain is bounded by `TEND_SHUTDOWN_GRACE_S`; loops still busy
-    /// then are aborted (an aborted relay batch rolls back and is published
-    /// again by the next monitor). Returns an error if the HTTP server or a
-    /// loop stopped on its own.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // A child token, so that a failure inside the monitor stops its own
-        // loops without cancelling the caller's token.
-        let token = shutdown.child_token();
+    /// Runs until the drain begins, then finishes the current relay batch
+    /// and sweep and returns ([`tend_core::shutdown::serve`]). A loop that
+    /// stops on its own stops the monitor with an error.
+    async fn run(self) -> anyhow::Result<()> {
         let grace = self.settings.shutdown_grace;
-
         let amqp = self.link.status();
         let state = web::Data::new(routes::State {
             pool: self.pool.clone(),
             live: self.live.clone(),
             amqp: amqp.clone(),
-            shutdown: token.clone(),
+            shutdown: self.shutdown.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -125,93 +112,35 @@ impl Monitor {
         .shutdown_timeout(grace.as_secs())
         .disable_signals()
         .run();
-        let handle = server.handle();
-        let mut server = tokio::spawn(server);
 
+        let stop = self.shutdown.background();
         let wake = Arc::new(Notify::new());
-        let mut loops = JoinSet::new();
-        loops.spawn(wake::listen(
-            self.listen_config,
-            Arc::clone(&wake),
-            token.clone(),
-        ));
-        loops.spawn(
-            Relay::new(self.pool.clone(), self.link, &self.settings.instance, wake)
-                .run(token.clone()),
+        let mut background = Background::default();
+        background.spawn(
+            "listen",
+            wake::listen(self.listen_config, Arc::clone(&wake), stop.clone()),
         );
-        loops.spawn(
+        background.spawn(
+            "relay",
+            Relay::new(self.pool.clone(), self.link, &self.settings.instance, wake)
+                .run(stop.clone()),
+        );
+        background.spawn(
+            "sweep",
             Sweeper::new(
                 self.pool.clone(),
                 self.settings.sweep_interval,
                 self.settings.heartbeat,
                 amqp,
             )
-            .run(token.clone()),
+            .run(stop.clone()),
         );
-        loops.spawn(
+        background.spawn(
+            "presence",
             Presence::new(self.pool, self.live, self.settings.heartbeat)
-                .run(self.settings.sweep_interval, token.clone()),
+                .run(self.settings.sweep_interval, stop),
         );
-
-        // The loops return only once cancelled; one that ends early has
-        // panicked, and the monitor stops rather than limp on without it.
-        let mut failure = tokio::select! {
-            // Biased, and each early end re-checks the token: at SIGTERM the
-            // loops end as soon as the token is cancelled, and a loop that
-            // ended because of it is a clean stop, not a failure.
-            biased;
-            _ = token.cancelled() => None,
-            r = &mut server => match r {
-                _ if token.is_cancelled() => None,
-                Ok(Ok(())) => Some(anyhow!("the HTTP server stopped on its own")),
-                Ok(Err(e)) => Some(anyhow!(e).context("the HTTP server failed")),
-                Err(e) => Some(anyhow!(e).context("the HTTP server task failed")),
-            },
-            Some(r) = loops.join_next() => match r {
-                Ok(()) if token.is_cancelled() => None,
-                Ok(()) => Some(anyhow!("a background loop stopped on its own")),
-                Err(e) => Some(anyhow!(e).context("a background loop failed")),
-            },
-        };
-        token.cancel();
-        tracing::info!(grace_s = grace.as_secs(), "tend-monitor draining");
-
-        let drained = tokio::time::timeout(grace, async {
-            handle.stop(true).await;
-            // A handle that already finished was awaited above, and may
-            // not be awaited twice.
-            if !server.is_finished()
-                && let Err(e) = (&mut server).await
-            {
-                return Err(anyhow!(e).context("the HTTP server task failed"));
-            }
-            while let Some(r) = loops.join_next().await {
-                r.context("a background loop failed while draining")?;
-            }
-            Ok(())
-        })
-        .await;
-        match drained {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(_) => {
-                tracing::warn!(
-                    grace_s = grace.as_secs(),
-                    "drain exceeded the grace period; aborting what is left"
-                );
-                loops.abort_all();
-                server.abort();
-            }
-        }
-        match failure {
-            None => {
-                tracing::info!("tend-monitor stopped");
-                Ok(())
-            }
-            Some(e) => Err(e),
-        }
+        shutdown::serve(Self::NAME, server, background, &self.shutdown, grace).await
     }
 }
 

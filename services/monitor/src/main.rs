@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tend_core::{Settings, shutdown, telemetry};
-use tend_monitor::{DEFAULT_LISTEN, Monitor};
+use tend_core::service;
+use tend_monitor::Monitor;
 
 /// tend's relay and watchdog: publishes the outbox to RabbitMQ, expires and
 /// times out commands, re-announces waiting ones, and marks silent devices
@@ -22,28 +22,5 @@ struct Cli {}
 #[tokio::main]
 async fn main() -> ExitCode {
     Cli::parse();
-    telemetry::init_logs();
-    let settings = match Settings::from_env(DEFAULT_LISTEN) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let monitor = match Monitor::build(settings).await {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(1);
-        }
-    };
-    let addr = monitor.local_addr();
-    tracing::info!("tend-monitor listening on {addr}");
-    match monitor.run(shutdown::on_signals()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    service::main::<Monitor>().await
 }

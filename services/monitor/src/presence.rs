@@ -29,7 +29,7 @@ use tend_core::db::{GenericClient, Pool};
 use tend_core::live::{Beat, Live};
 use tokio_util::sync::CancellationToken;
 
-use crate::retry::{Outage, ticker};
+use tend_core::retry::{Outage, ticker};
 
 /// Heartbeats per Redis read, and so per `UPDATE`: a few hundred kilobytes,
 /// which keeps both round trips short even for a large fleet.
@@ -102,7 +102,7 @@ impl Presence {
             match self.sweep().await {
                 Ok(()) => self.step.recovered(),
                 Err(e) => self.step.failed(&e),
-            }
+            };
         }
     }
 
@@ -196,7 +196,7 @@ impl Presence {
             }
             Err(e) => {
                 self.redis.failed(
-                    &anyhow!(e).context("reading the presence epoch; offline detection paused"),
+                    anyhow!(e).context("reading the presence epoch; offline detection paused"),
                 );
                 None
             }
@@ -211,9 +211,8 @@ impl Presence {
             let beats = match self.live.beats_since(since, SCAN_LIMIT).await {
                 Ok(beats) => beats,
                 Err(e) => {
-                    self.redis.failed(
-                        &anyhow!(e).context("reading heartbeats; offline detection paused"),
-                    );
+                    self.redis
+                        .failed(anyhow!(e).context("reading heartbeats; offline detection paused"));
                     return Ok(Scan {
                         covered_ms: since,
                         recorded,

@@ -23,7 +23,7 @@ use tend_core::db::outbox::{self, Pending};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::retry::{Outage, service_backoff, sleep_unless_cancelled};
+use tend_core::retry::{Backoff, Outage, sleep_unless_cancelled};
 
 /// Rows per transaction: enough to drain a burst quickly, few enough that
 /// one batch's confirms arrive well within [`CONFIRM_TIMEOUT`] and a failed
@@ -207,8 +207,8 @@ impl Relay {
     /// or the safety poll. A batch in flight when `token` is cancelled is
     /// finished (committed or rolled back) before this returns.
     pub(crate) async fn run(mut self, token: CancellationToken) {
-        let mut backoff = service_backoff();
-        let mut outage = Outage::new("outbox relay");
+        let mut backoff = Backoff::service();
+        let outage = Outage::new("outbox relay");
         loop {
             // Work off the backlog until a batch comes back short.
             let retry_in = loop {

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use tend_core::db::{self, Pool};
 use tend_core::http;
 use tend_core::live::Live;
-use tokio_util::sync::CancellationToken;
+use tend_core::shutdown::Shutdown;
 
 use crate::relay::AmqpStatus;
 
@@ -14,8 +14,8 @@ pub(crate) struct State {
     pub pool: Pool,
     pub live: Live,
     pub amqp: AmqpStatus,
-    /// Cancelled when the monitor drains; readiness fails from then on.
-    pub shutdown: CancellationToken,
+    /// Readiness fails once the drain has begun.
+    pub shutdown: Shutdown,
 }
 
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
@@ -31,7 +31,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
 /// each loop reconnects by itself; there is nothing a restart or a
 /// different replica would do better.
 async fn readyz(state: web::Data<State>) -> HttpResponse {
-    if state.shutdown.is_cancelled() {
+    if state.shutdown.is_draining() {
         return http::draining();
     }
     let (postgres, redis) = tokio::join!(db::ping(&state.pool), state.live.ping());

@@ -15,7 +15,7 @@ use tend_core::db::{self, Pool, devices, outbox};
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::AmqpStatus;
-use crate::retry::{Outage, ticker};
+use tend_core::retry::{Outage, ticker};
 
 /// How many heartbeat intervals a command may wait for its device before it
 /// is announced again: by then a device that got the first announcement has
@@ -77,11 +77,11 @@ impl Sweeper {
         match self.sweep_commands().await {
             Ok(()) => self.commands_outage.recovered(),
             Err(e) => self.commands_outage.failed(&e),
-        }
+        };
         match self.update_backlog().await {
             Ok(()) => self.backlog_outage.recovered(),
             Err(e) => self.backlog_outage.failed(&e),
-        }
+        };
     }
 
     async fn sweep_commands(&self) -> anyhow::Result<()> {

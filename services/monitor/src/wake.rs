@@ -18,10 +18,8 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::retry::{Backoff, Outage, service_backoff, sleep_unless_cancelled};
-
-/// The channel named by the outbox trigger in the schema.
-const CHANNEL: &str = "tend_outbox";
+use tend_core::db::outbox;
+use tend_core::retry::{Backoff, Outage, sleep_unless_cancelled};
 
 /// How long connecting and subscribing may take before the attempt counts
 /// as failed and is retried with backoff.
@@ -44,12 +42,12 @@ pub(crate) async fn listen(
     wake: Arc<Notify>,
     token: CancellationToken,
 ) {
-    let mut backoff = service_backoff();
-    let mut outage = Outage::new("outbox LISTEN connection");
+    let mut backoff = Backoff::service();
+    let outage = Outage::new("outbox LISTEN connection");
     loop {
         let broken = tokio::select! {
             _ = token.cancelled() => return,
-            r = listen_once(&config, &wake, &mut backoff, &mut outage) => r,
+            r = listen_once(&config, &wake, &mut backoff, &outage) => r,
         };
         outage.failed(&broken);
         if !sleep_unless_cancelled(backoff.next_delay(), &token).await {
@@ -69,7 +67,7 @@ async fn listen_once(
     config: &tokio_postgres::Config,
     wake: &Arc<Notify>,
     backoff: &mut Backoff,
-    outage: &mut Outage,
+    outage: &Outage,
 ) -> anyhow::Error {
     // Bounded as a whole: `connect_timeout` covers only the TCP connect,
     // and a stalled server would hold the startup exchange forever.
@@ -96,12 +94,7 @@ async fn listen_once(
         }
         anyhow!("PostgreSQL closed the LISTEN connection")
     }));
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        client.batch_execute(&format!("LISTEN {CHANNEL}")),
-    )
-    .await
-    {
+    match tokio::time::timeout(CONNECT_TIMEOUT, outbox::listen(&client)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return anyhow!(e).context("LISTEN"),
         Err(_) => return anyhow!("PostgreSQL did not answer LISTEN within {CONNECT_TIMEOUT:?}"),

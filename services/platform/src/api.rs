@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tend_core::auth::Role;
 use tend_core::db::{commands::Command, devices::Device};
-use tend_core::http::ApiError;
+use tend_core::error::ApiError;
 use utoipa::ToSchema;
 use uuid::Uuid;
 

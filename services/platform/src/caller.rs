@@ -4,10 +4,11 @@ use std::future::{Ready, ready};
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload};
 use tend_core::auth::{AdminClaims, Role, TokenError};
-use tend_core::http::{ApiError, bearer};
+use tend_core::error::ApiError;
+use tend_core::http::bearer;
 use uuid::Uuid;
 
-use crate::Shared;
+use crate::state::Shared;
 
 /// An authenticated admin user. Extracting it answers 401 for a missing,
 /// forged, expired or device token.

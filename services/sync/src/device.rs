@@ -6,7 +6,8 @@ use std::future::{Ready, ready};
 
 use actix_web::{FromRequest, HttpRequest, dev::Payload};
 use tend_core::auth::TokenError;
-use tend_core::http::{ApiError, bearer};
+use tend_core::error::ApiError;
+use tend_core::http::bearer;
 use uuid::Uuid;
 
 use crate::Shared;

@@ -15,13 +15,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
 use futures_util::StreamExt;
 use tend_core::amqp::{self, lapin};
+use tend_core::db;
 use tend_core::live::Live;
+use tend_core::retry::{Backoff, Outage, sleep_unless_cancelled};
 use tend_proto::event::Event;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +43,8 @@ pub struct Consumer {
 /// away. `first` is the connection made at startup, if still fresh.
 pub async fn consume(c: Consumer, first: Option<lapin::Connection>, stop: CancellationToken) {
     let mut conn = first;
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Backoff::service();
+    let outage = Outage::new("RabbitMQ event consumer");
     loop {
         let attempt = async {
             let connection = match conn.take() {
@@ -54,7 +56,7 @@ pub async fn consume(c: Consumer, first: Option<lapin::Connection>, stop: Cancel
                     c = amqp::connect(&c.url, "tend-sync") => c?,
                 },
             };
-            run_once(&c, &connection, &stop).await
+            run_once(&c, &connection, &stop, &outage).await
         };
         match attempt.await {
             Ok(()) => return,
@@ -62,16 +64,14 @@ pub async fn consume(c: Consumer, first: Option<lapin::Connection>, stop: Cancel
                 // A connection that got as far as consuming was a success:
                 // the next outage starts again from the shortest wait.
                 if c.connected.swap(false, Ordering::Relaxed) {
-                    delay = Duration::from_millis(250);
+                    backoff.reset();
                 }
-                tracing::warn!("RabbitMQ consumer stopped: {e:#}; reconnecting in {delay:?}");
+                outage.failed(&e);
             }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+        if !sleep_unless_cancelled(backoff.next_delay(), &stop).await {
+            return;
         }
-        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -80,6 +80,7 @@ async fn run_once(
     c: &Consumer,
     connection: &lapin::Connection,
     stop: &CancellationToken,
+    outage: &Outage,
 ) -> anyhow::Result<()> {
     use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
@@ -124,6 +125,7 @@ async fn run_once(
         .await
         .context("consuming")?;
     c.connected.store(true, Ordering::Relaxed);
+    outage.recovered();
     tracing::info!(queue, "consuming events");
     // Bound before this read: an event for a command queued from now on
     // reaches the queue, and one queued before is in the table.
@@ -187,12 +189,17 @@ fn handle(c: &Consumer, payload: &[u8]) {
 }
 
 /// Marks every device that has a command `queued` or `delivered`.
-pub async fn load_pending(board: &Board, pool: &tend_core::db::Pool) -> tend_core::db::Result<()> {
-    let devices = tend_core::db::bounded(async {
-        let client = pool.get().await?;
-        tend_core::db::commands::devices_with_open_commands(&client).await
-    })
-    .await?;
-    board.mark_all(devices);
+pub async fn load_pending(board: &Board, pool: &db::Pool) -> db::Result<()> {
+    board.mark_all(devices_with_open_commands(pool).await?);
     Ok(())
+}
+
+/// The devices that have a command `queued` or `delivered`, read within
+/// the request deadline: what the board is loaded from at (re)connection,
+/// and what the fallback reads while RabbitMQ is away.
+pub async fn devices_with_open_commands(pool: &db::Pool) -> db::Result<Vec<uuid::Uuid>> {
+    db::with_client(pool, async |client| {
+        db::commands::devices_with_open_commands(client).await
+    })
+    .await
 }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tend_core::db::{self, Pool};
+use tend_core::retry::{Outage, ticker_from};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -48,18 +49,9 @@ pub async fn poll_while_disconnected(
     // before the first outage.
     metrics::gauge!("tend_sync_fallback_active").set(0.0);
     metrics::counter!("tend_sync_fallback_polls_total").increment(0);
-    let read = || {
-        let pool = pool.clone();
-        // Bounded: a stalled database must not hold the loop, which has
-        // to notice the consumer coming back.
-        async move {
-            db::bounded(async {
-                let client = pool.get().await?;
-                db::commands::devices_with_open_commands(&client).await
-            })
-            .await
-        }
-    };
+    // Bounded by the request deadline: a stalled database must not hold
+    // the loop, which has to notice the consumer coming back.
+    let read = || crate::events::devices_with_open_commands(&pool);
     run(&board, &connected, every, &stop, read).await;
 }
 
@@ -76,8 +68,7 @@ async fn run<F, Fut>(
     Fut: Future<Output = db::Result<Vec<Uuid>>>,
 {
     let mut fallback = Fallback::default();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker_from(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -94,10 +85,18 @@ async fn run<F, Fut>(
 
 /// Whether the replica is in fallback, so that entering and leaving it are
 /// logged once each, and a failing read once per failure run.
-#[derive(Default)]
 struct Fallback {
     active: bool,
-    failing: bool,
+    read: Outage,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Fallback {
+            active: false,
+            read: Outage::new("fallback read of pending work from PostgreSQL"),
+        }
+    }
 }
 
 impl Fallback {
@@ -117,7 +116,6 @@ impl Fallback {
     fn leave(&mut self) {
         if self.active {
             self.active = false;
-            self.failing = false;
             tracing::info!("consuming events again: stopped reading pending work from PostgreSQL");
             metrics::gauge!("tend_sync_fallback_active").set(0.0);
         }
@@ -128,22 +126,15 @@ impl Fallback {
         metrics::counter!("tend_sync_fallback_polls_total").increment(1);
         match read {
             Ok(devices) => {
-                if self.failing {
-                    self.failing = false;
-                    tracing::info!("reading pending work from PostgreSQL works again");
-                }
+                self.read.recovered();
                 board.mark_all(devices);
             }
             Err(e) => {
                 metrics::counter!("tend_backing_store_errors_total", "store" => "postgres")
                     .increment(1);
-                if !self.failing {
-                    self.failing = true;
-                    tracing::warn!(
-                        "cannot read pending work from PostgreSQL either: {e}; \
-                         heartbeats answer from what this replica knows"
-                    );
-                }
+                self.read.failed(format_args!(
+                    "{e}; heartbeats answer from what this replica knows"
+                ));
             }
         }
     }
@@ -186,10 +177,10 @@ mod tests {
         let mut fallback = Fallback::default();
         fallback.enter(Duration::from_secs(1));
         fallback.polled(&board, Err(db::DbError::Timeout(db::REQUEST_DEADLINE)));
-        assert!(fallback.failing);
+        assert!(fallback.read.is_down());
         assert_eq!(board.pending_count(), 0);
         fallback.polled(&board, Ok(vec![device]));
-        assert!(!fallback.failing);
+        assert!(!fallback.read.is_down());
         assert!(board.is_pending(device));
         fallback.leave();
         assert!(!fallback.active);

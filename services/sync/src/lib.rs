@@ -33,8 +33,9 @@ use anyhow::Context;
 use tend_core::auth::Tokens;
 use tend_core::db::{self, Pool};
 use tend_core::live::Live;
+use tend_core::service::Service;
+use tend_core::shutdown::{self, Background, Shutdown};
 use tend_core::{Settings, amqp, http};
-use tokio_util::sync::CancellationToken;
 
 pub use revocations::Revocations;
 
@@ -49,33 +50,34 @@ pub(crate) struct State {
     pub live: Live,
     pub board: Arc<board::Board>,
     pub presence: Arc<presence::Presence>,
-    /// Cancelled at SIGTERM: held heartbeats are answered at once so the
-    /// drain does not wait for them.
-    pub stopping: CancellationToken,
+    /// The process's shutdown: `/readyz` answers 503 and held heartbeats
+    /// are answered at once when the drain begins.
+    pub shutdown: Shutdown,
     pub tokens: Tokens,
     pub revocations: Arc<Revocations>,
     pub heartbeat_s: u64,
     /// Whether the RabbitMQ consumer is connected: `/readyz` reports it,
     /// and while it is false pending flags are read from PostgreSQL.
     pub consuming: Arc<AtomicBool>,
-    /// Set at SIGTERM: `/readyz` turns 503 so load balancers stop sending
-    /// new requests while the in-flight ones finish.
-    pub draining: AtomicBool,
 }
 
 pub(crate) type Shared = web::Data<State>;
 
-pub struct Sync {
+/// The device API server: built (connected, migrated, bound), then run.
+pub struct SyncServer {
     listener: TcpListener,
     state: web::Data<State>,
     settings: Settings,
     amqp: amqp::lapin::Connection,
 }
 
-impl Sync {
+impl Service for SyncServer {
+    const NAME: &'static str = "tend-sync";
+    const DEFAULT_LISTEN: &'static str = "0.0.0.0:8081";
+
     /// Connects to PostgreSQL, Redis and RabbitMQ, applies migrations, loads
     /// the revocation list and binds the listener.
-    pub async fn build(settings: Settings) -> anyhow::Result<Sync> {
+    async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<SyncServer> {
         // The recorder first: counters recorded before it exists are lost.
         tend_core::telemetry::metrics();
         let pool = db::connect(settings.database_url.expose()).await?;
@@ -98,14 +100,13 @@ impl Sync {
             live,
             board,
             presence: Arc::new(presence::Presence::default()),
-            stopping: CancellationToken::new(),
+            shutdown,
             tokens: Tokens::new(settings.jwt_secret.expose()),
             revocations,
             heartbeat_s: settings.heartbeat.as_secs(),
             consuming: Arc::new(AtomicBool::new(false)),
-            draining: AtomicBool::new(false),
         });
-        Ok(Sync {
+        Ok(SyncServer {
             listener,
             state,
             settings,
@@ -113,18 +114,15 @@ impl Sync {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.settings.listen)
     }
 
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
-    /// Serves until `shutdown` is cancelled, then drains in-flight requests
-    /// and stops the background tasks.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    /// Serves until the drain begins, then finishes in-flight requests
+    /// and stops the background tasks ([`tend_core::shutdown::serve`]).
+    async fn run(self) -> anyhow::Result<()> {
         let state = self.state.clone();
+        let grace = self.settings.shutdown_grace;
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -135,81 +133,56 @@ impl Sync {
                 .configure(routes::configure)
                 .default_service(web::to(http::not_found))
         })
-        .listen(self.listener)?
-        .shutdown_timeout(self.settings.shutdown_grace.as_secs())
+        .listen(self.listener)
+        .context("device API server")?
+        .shutdown_timeout(grace.as_secs())
         .disable_signals()
         .run();
 
-        let tasks = CancellationToken::new();
-        let mut background = tokio::task::JoinSet::new();
-        background.spawn(revocations::keep_fresh(
-            self.state.revocations.clone(),
-            self.state.pool.clone(),
-            tasks.clone(),
-        ));
-        background.spawn(events::consume(
-            events::Consumer {
-                url: self.settings.amqp_url.expose().to_owned(),
-                instance: self.settings.instance.clone(),
-                live: self.state.live.clone(),
-                pool: self.state.pool.clone(),
-                board: self.state.board.clone(),
-                revocations: self.state.revocations.clone(),
-                connected: self.state.consuming.clone(),
-            },
-            Some(self.amqp),
-            tasks.clone(),
-        ));
-        background.spawn(fallback::poll_while_disconnected(
-            self.state.board.clone(),
-            self.state.pool.clone(),
-            self.state.consuming.clone(),
-            fallback::every(self.settings.heartbeat),
-            tasks.clone(),
-        ));
-        background.spawn(presence::keep_flushing(
-            self.state.presence.clone(),
-            self.state.board.clone(),
-            self.state.live.clone(),
-            tasks.clone(),
-        ));
-
-        let handle = server.handle();
-        let stop = shutdown.clone();
-        let draining = self.state.clone();
-        let grace = self.settings.shutdown_grace;
-        // When the drain must be over: SIGTERM plus the grace period.
-        let drain_until = Arc::new(std::sync::OnceLock::new());
-        let until = drain_until.clone();
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            let _ = until.set(tokio::time::Instant::now() + grace);
-            draining.draining.store(true, Ordering::Relaxed);
-            draining.stopping.cancel();
-            handle.stop(true).await;
-        });
-        let served = server.await.context("device API server");
-        tasks.cancel();
-        // The background tasks finish their step (the last presence flush,
-        // a read in flight) within what is left of the grace period; a
-        // step held by a backing service that does not answer is dropped
-        // then, so the process still exits in time.
-        let until = drain_until
-            .get()
-            .copied()
-            .unwrap_or_else(|| tokio::time::Instant::now() + grace);
-        let finished = tokio::time::timeout_at(until, async {
-            while background.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
-            tracing::warn!(
-                grace_s = grace.as_secs(),
-                "background tasks still busy at the end of the grace period; dropping them"
-            );
-            background.abort_all();
-        }
-        self.state.consuming.store(false, Ordering::Relaxed);
+        let state = &self.state;
+        let stop = state.shutdown.background();
+        let mut background = Background::default();
+        background.spawn(
+            "revocations",
+            revocations::keep_fresh(state.revocations.clone(), state.pool.clone(), stop.clone()),
+        );
+        background.spawn(
+            "events",
+            events::consume(
+                events::Consumer {
+                    url: self.settings.amqp_url.expose().to_owned(),
+                    instance: self.settings.instance.clone(),
+                    live: state.live.clone(),
+                    pool: state.pool.clone(),
+                    board: state.board.clone(),
+                    revocations: state.revocations.clone(),
+                    connected: state.consuming.clone(),
+                },
+                Some(self.amqp),
+                stop.clone(),
+            ),
+        );
+        background.spawn(
+            "fallback",
+            fallback::poll_while_disconnected(
+                state.board.clone(),
+                state.pool.clone(),
+                state.consuming.clone(),
+                fallback::every(self.settings.heartbeat),
+                stop.clone(),
+            ),
+        );
+        background.spawn(
+            "presence",
+            presence::keep_flushing(
+                state.presence.clone(),
+                state.board.clone(),
+                state.live.clone(),
+                stop,
+            ),
+        );
+        let served = shutdown::serve(Self::NAME, server, background, &state.shutdown, grace).await;
+        state.consuming.store(false, Ordering::Relaxed);
         served
     }
 }

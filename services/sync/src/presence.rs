@@ -16,11 +16,11 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tend_core::live::Live;
+use tend_core::retry::{Outage, ticker};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -43,12 +43,20 @@ pub const MAX_BUFFERED: usize = 200_000;
 /// The latest beat of each device: when (ms) and what it reported.
 type Beats = HashMap<Uuid, (i64, String)>;
 
-#[derive(Default)]
 pub struct Presence {
     buffer: Mutex<Beats>,
     /// Whether the last flush failed, so that an outage is logged when it
     /// starts and when it ends, not at every flush.
-    failing: AtomicBool,
+    redis: Outage,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Presence {
+            buffer: Mutex::default(),
+            redis: Outage::new("presence flush to Redis"),
+        }
+    }
 }
 
 impl Presence {
@@ -126,10 +134,10 @@ impl Presence {
             Ok(()) => {
                 metrics::histogram!("tend_sync_presence_flush_seconds")
                     .record(started.elapsed().as_secs_f64());
-                if self.failing.swap(false, Ordering::Relaxed) {
+                if self.redis.recovered() {
                     tracing::info!(
                         count,
-                        "Redis takes heartbeats again: wrote the latest beat of {count} devices"
+                        "wrote the latest beat of {count} devices kept meanwhile"
                     );
                 }
                 count
@@ -138,15 +146,10 @@ impl Presence {
                 metrics::counter!("tend_backing_store_errors_total", "store" => "redis")
                     .increment(1);
                 self.restore(beats);
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        count,
-                        "Redis did not take {count} heartbeats: {e}; keeping the latest beat \
-                         of each device (at most {MAX_BUFFERED}) until it does"
-                    );
-                } else {
-                    tracing::debug!(count, "Redis still does not take heartbeats: {e}");
-                }
+                self.redis.failed(format_args!(
+                    "{count} heartbeats not written: {e}; keeping the latest beat of each \
+                     device (at most {MAX_BUFFERED}) until Redis takes them"
+                ));
                 0
             }
         }
@@ -161,8 +164,7 @@ pub async fn keep_flushing(
     live: Live,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(FLUSH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(FLUSH_EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,

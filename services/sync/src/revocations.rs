@@ -16,6 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tend_core::auth::DEVICE_TOKEN_TTL;
 use tend_core::db::{self, Pool, devices};
+use tend_core::retry::{Outage, sleep_unless_cancelled};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -101,26 +102,14 @@ impl Revocations {
 
 /// Polls PostgreSQL until cancelled.
 pub async fn keep_fresh(list: std::sync::Arc<Revocations>, pool: Pool, stop: CancellationToken) {
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(POLL) => {}
-        }
+    let outage = Outage::new("revocation list refresh");
+    while sleep_unless_cancelled(POLL, &stop).await {
         // Bounded, so that a stalled database delays the next poll by
         // seconds, not until it answers.
         match db::bounded(list.refresh(&pool)).await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("revocation list refreshed again");
-            }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!("cannot refresh the revocation list: {e}");
-            }
-            Err(_) => {}
-        }
+            Ok(()) => outage.recovered(),
+            Err(e) => outage.failed(&e),
+        };
         metrics::gauge!("tend_sync_revoked_devices").set(list.count() as f64);
     }
 }

@@ -6,9 +6,9 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use tend_core::auth;
 use tend_core::db::commands::{self, ReportOutcome};
-use tend_core::db::{self, DbError, devices};
-
-use tend_core::http::{self, ApiError};
+use tend_core::db::{self, devices};
+use tend_core::error::ApiError;
+use tend_core::http;
 use tend_proto::device::{
     AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instruction, Instructions, Report,
 };
@@ -94,9 +94,8 @@ async fn authenticate(
     body: web::Json<AuthRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let refused = || ApiError::Unauthorized("unknown device or wrong secret".into());
-    let found = db::bounded(async {
-        let client = state.pool.get().await?;
-        devices::find_secret(&client, body.device_id).await
+    let found = db::with_client(&state.pool, async |client| {
+        devices::find_secret(client, body.device_id).await
     })
     .await?;
     let (tenant, stored) = found.ok_or_else(refused)?;
@@ -153,7 +152,11 @@ async fn heartbeat(
     metrics::gauge!("tend_sync_longpoll_waiting").increment(1.0);
     let pending = state
         .board
-        .wait(device.id, Duration::from_secs(wait_s), &state.stopping)
+        .wait(
+            device.id,
+            Duration::from_secs(wait_s),
+            state.shutdown.draining(),
+        )
         .await;
     metrics::gauge!("tend_sync_longpoll_waiting").decrement(1.0);
     Ok(HttpResponse::Ok().json(HeartbeatResponse {
@@ -168,9 +171,8 @@ async fn instructions(state: Shared, device: DeviceCaller) -> Result<HttpRespons
     // Clear the flag before reading, never after: a command committed after
     // this read sets it again through its event, so no wake-up is lost.
     state.board.clear(device.id);
-    let fetched = db::bounded(async {
-        let client = state.pool.get().await?;
-        commands::fetch_for_device(&client, device.id).await
+    let fetched = db::with_client(&state.pool, async |client| {
+        commands::fetch_for_device(client, device.id).await
     })
     .await;
     let commands = match fetched {
@@ -238,30 +240,21 @@ async fn report(
             d.insert("stored_bytes".into(), out.len().into());
         }
     }
-    let (outcome, client) = db::bounded(async {
-        let mut client = state.pool.get().await?;
-        let tx = client.transaction().await?;
-        let outcome = commands::apply_report(&tx, device.id, *id, &report).await?;
-        tx.commit().await?;
-        Ok::<_, DbError>((outcome, client))
+    let outcome = db::in_tx(&state.pool, async |tx| {
+        commands::apply_report(tx, device.id, *id, &report).await
     })
     .await?;
     match outcome {
         ReportOutcome::Applied(cmd) | ReportOutcome::Repeated(cmd) => {
             // The agent echoes the trace in `traceparent`; the record has it
             // too, for agents that do not.
-            let trace_id = req
-                .headers()
-                .get("traceparent")
-                .and_then(|h| h.to_str().ok())
-                .and_then(tend_proto::device::trace_id_of_traceparent)
-                .map(str::to_owned)
+            let trace_id = http::trace_id(&req)
                 .or(cmd.trace_id.clone())
                 .unwrap_or_default();
             tracing::info!(command.id = %cmd.id, device.id = %device.id, status = %cmd.status,
                 trace_id = %trace_id, "command {} is {}", cmd.id, cmd.status);
             // `in_progress` ends "delivered" as much as a final status does.
-            refresh_pending(&state, &client, device.id).await;
+            refresh_pending(&state, device.id).await;
             Ok(HttpResponse::Ok().json(serde_json::json!({ "id": cmd.id, "status": cmd.status })))
         }
         ReportOutcome::Conflict(status) if status.is_terminal() => Err(ApiError::Conflict(
@@ -277,9 +270,12 @@ async fn report(
 /// Recomputes the pending flag once a command left `delivered`: clear it,
 /// then set it again if the device still has open commands (same ordering
 /// argument as in `instructions`).
-async fn refresh_pending(state: &Shared, client: &db::Client, device: Uuid) {
+async fn refresh_pending(state: &Shared, device: Uuid) {
     state.board.clear(device);
-    match db::bounded(commands::has_open(client, device)).await {
+    let open = db::with_client(&state.pool, async |client| {
+        commands::has_open(client, device).await
+    });
+    match open.await {
         Ok(false) => {}
         // Unknown counts as pending: an extra fetch is cheap, a missed
         // command is not.
@@ -294,7 +290,7 @@ async fn refresh_pending(state: &Shared, client: &db::Client, device: Uuid) {
 /// come from PostgreSQL), and during a shared outage a failing probe would
 /// take every replica out of the Service and stop all heartbeats.
 async fn readyz(state: Shared) -> HttpResponse {
-    if state.draining.load(Ordering::Relaxed) {
+    if state.shutdown.is_draining() {
         return http::draining();
     }
     let (pg, redis) = tokio::join!(db::ping(&state.pool), state.live.ping());

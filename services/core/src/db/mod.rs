@@ -15,7 +15,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-pub use deadpool_postgres::{Client, GenericClient, Pool};
+pub use deadpool_postgres::{Client, GenericClient, Pool, Transaction};
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
@@ -176,6 +176,43 @@ where
     }
 }
 
+/// Runs `work` on a pooled connection, checkout included, under
+/// [`REQUEST_DEADLINE`]: what a request handler does for every statement
+/// it runs outside a transaction.
+pub async fn with_client<T, E>(
+    pool: &Pool,
+    work: impl AsyncFnOnce(&Client) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    bounded(async {
+        let client = pool.get().await.map_err(DbError::from)?;
+        work(&client).await
+    })
+    .await
+}
+
+/// Runs `work` in a transaction under [`REQUEST_DEADLINE`], and commits
+/// when it succeeds. An error, or the deadline, rolls back: the
+/// transaction is dropped unfinished.
+pub async fn in_tx<T, E>(
+    pool: &Pool,
+    work: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    bounded(async {
+        let mut client = pool.get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let value = work(&tx).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(value)
+    })
+    .await
+}
+
 /// Builds the pool without touching the network.
 ///
 /// Connections are checked at every checkout (`RecyclingMethod::Verified`,
@@ -206,25 +243,15 @@ pub fn pool(url: &str) -> anyhow::Result<Pool> {
 }
 
 /// Builds the pool and checks that the database answers, retrying for about
-/// 30 seconds so that a service started together with its database waits
-/// instead of crashing.
+/// 30 seconds ([`crate::retry::at_startup`]) so that a service started
+/// together with its database waits instead of crashing.
 pub async fn connect(url: &str) -> anyhow::Result<Pool> {
     let pool = pool(url)?;
-
-    let mut delay = Duration::from_millis(250);
-    let mut attempt = 1;
-    loop {
-        match pool.get().await {
-            Ok(_) => return Ok(pool),
-            Err(e) if attempt < 8 => {
-                tracing::warn!(attempt, "PostgreSQL not reachable yet: {e}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(8));
-                attempt += 1;
-            }
-            Err(e) => return Err(e).context("cannot reach PostgreSQL (TEND_DATABASE_URL)"),
-        }
-    }
+    // A connection that answers is the check; it goes back to the pool.
+    let checked =
+        crate::retry::at_startup("PostgreSQL", crate::config::DATABASE_URL, || pool.get()).await?;
+    drop(checked);
+    Ok(pool)
 }
 
 /// Migrations in order; each runs once, in its own transaction.

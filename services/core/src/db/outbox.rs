@@ -16,6 +16,19 @@ pub async fn insert(c: &impl GenericClient, event: &Event) -> Result<()> {
     Ok(())
 }
 
+/// The channel the outbox trigger (migration 0001) notifies at every
+/// commit of new rows.
+pub const CHANNEL: &str = "tend_outbox";
+
+/// Subscribes `c` to [`CHANNEL`]. It must be a dedicated connection whose
+/// messages the caller polls (the notifications arrive as its
+/// asynchronous messages), not a pooled one: a pooled connection would
+/// hand them to whoever checks it out next.
+pub async fn listen(c: &tokio_postgres::Client) -> Result<()> {
+    c.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub id: i64,

@@ -93,6 +93,18 @@ pub async fn find_credentials(
     }))
 }
 
+/// Key of the advisory lock that serializes creating the bootstrap admin.
+const BOOTSTRAP_LOCK: i64 = 0x7465_6e64_626f_6f74; // "tendboot"
+
+/// Takes the transaction's lock on creating the bootstrap admin, so that
+/// replicas starting together create one admin, not one each. Released at
+/// the end of the transaction.
+pub async fn lock_bootstrap(c: &impl GenericClient) -> Result<()> {
+    c.execute("SELECT pg_advisory_xact_lock($1)", &[&BOOTSTRAP_LOCK])
+        .await?;
+    Ok(())
+}
+
 pub async fn any_exists(c: &impl GenericClient) -> Result<bool> {
     let stmt = c
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM users)")

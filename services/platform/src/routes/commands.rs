@@ -6,18 +6,19 @@ use serde_json::Value;
 use tend_core::auth::Role;
 use tend_core::db;
 use tend_core::db::commands::{self, Cancel};
-use tend_core::http::ApiError;
+use tend_core::error::ApiError;
+use tend_core::http;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::devices::{find as find_device, no_such_device};
 use super::page_params;
-use crate::Shared;
 use crate::api::{
     CommandList, CommandOut, DEFAULT_EXPIRES_IN_S, DEFAULT_TIMEOUT_S, MAX_EXPIRES_IN_S,
     MAX_TIMEOUT_S, NewCommand, check_command, check_seconds,
 };
 use crate::caller::Caller;
+use crate::state::Shared;
 use tend_core::db::devices;
 
 /// Queue a command
@@ -70,22 +71,14 @@ pub async fn create(
 
     // The caller's W3C trace if it sent one, else this request's id: the
     // command carries it through every service's logs.
-    let trace_id = req
-        .headers()
-        .get("traceparent")
-        .and_then(|h| h.to_str().ok())
-        .and_then(tend_proto::device::trace_id_of_traceparent)
-        .map(str::to_owned)
-        .unwrap_or_else(|| request_id.to_string().replace('-', ""));
+    let trace_id = http::trace_id(&req).unwrap_or_else(|| request_id.to_string().replace('-', ""));
 
-    let (device, command) = db::bounded(async {
-        let mut client = state.pool.get().await.map_err(db::DbError::from)?;
-        let tx = client.transaction().await.map_err(db::DbError::from)?;
-        let device = devices::get_locked(&tx, caller.tenant(), *id)
+    let (device, command) = db::in_tx(&state.pool, async |tx| {
+        let device = devices::get_locked(tx, caller.tenant(), *id)
             .await?
             .ok_or_else(no_such_device)?;
         let command = commands::create(
-            &tx,
+            tx,
             commands::NewCommand {
                 tenant_id: caller.tenant(),
                 device_id: device.id,
@@ -98,7 +91,6 @@ pub async fn create(
             },
         )
         .await?;
-        tx.commit().await.map_err(db::DbError::from)?;
         Ok::<_, ApiError>((device, command))
     })
     .await?;
@@ -138,11 +130,10 @@ pub async fn list_for_device(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (limit, after) = page_params(query.limit, query.cursor.as_deref())?;
-    let page = db::bounded(async {
-        let client = state.pool.get().await.map_err(db::DbError::from)?;
-        let device = find_device(&client, &caller, *id).await?;
+    let page = db::with_client(&state.pool, async |client| {
+        let device = find_device(client, &caller, *id).await?;
         Ok::<_, ApiError>(
-            commands::list_for_device(&client, caller.tenant(), device.id, after, limit).await?,
+            commands::list_for_device(client, caller.tenant(), device.id, after, limit).await?,
         )
     })
     .await?;
@@ -229,14 +220,8 @@ pub async fn cancel(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin, Role::Operator])?;
-    let outcome = db::bounded(async {
-        let mut client = state.pool.get().await?;
-        let tx = client.transaction().await?;
-        let outcome = commands::cancel(&tx, caller.tenant(), *id).await?;
-        if let Cancel::Cancelled(_) = outcome {
-            tx.commit().await?;
-        }
-        Ok::<_, db::DbError>(outcome)
+    let outcome = db::in_tx(&state.pool, async |tx| {
+        commands::cancel(tx, caller.tenant(), *id).await
     })
     .await?;
     match outcome {
@@ -261,9 +246,8 @@ async fn find_command(
     caller: &Caller,
     id: Uuid,
 ) -> Result<commands::Command, ApiError> {
-    db::bounded(async {
-        let client = state.pool.get().await?;
-        commands::get(&client, caller.tenant(), id).await
+    db::with_client(&state.pool, async |client| {
+        commands::get(client, caller.tenant(), id).await
     })
     .await?
     .ok_or_else(no_such_command)

@@ -8,17 +8,17 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tend_core::auth::{self, Role};
 use tend_core::db::devices::{self, Filter, Presence};
-use tend_core::db::{self, DbError, GenericClient};
-use tend_core::http::ApiError;
+use tend_core::db::{self, GenericClient};
+use tend_core::error::ApiError;
 use uuid::Uuid;
 
 use super::page_params;
-use crate::Shared;
 use crate::api::{
     CreatedDevice, CreatedDevices, Credentials, DeviceList, DeviceOut, MAX_BULK_DEVICES, NewDevice,
     NewDevices, check_device_type, check_labels, check_name,
 };
 use crate::caller::Caller;
+use crate::state::Shared;
 
 /// Register a device
 ///
@@ -46,11 +46,10 @@ pub async fn create(
     let secret = auth::new_device_secret();
     let hash = auth::hash_device_secret(&secret);
 
-    let device = db::bounded(async {
-        let mut client = state.pool.get().await?;
-        let tx = client.transaction().await?;
-        let device = devices::create(
-            &tx,
+    // Two rows (the device and its credentials): both or neither.
+    let device = db::in_tx(&state.pool, async |tx| {
+        devices::create(
+            tx,
             devices::NewDevice {
                 tenant_id: caller.tenant(),
                 name: &body.name,
@@ -59,9 +58,7 @@ pub async fn create(
                 secret_sha256: &hash,
             },
         )
-        .await?;
-        tx.commit().await?;
-        Ok::<_, DbError>(device)
+        .await
     })
     .await?;
     tracing::info!(device.id = %device.id, "registered device {} ({})", device.id, device.name);
@@ -135,14 +132,7 @@ pub async fn create_bulk(
         })
         .collect();
 
-    let created = db::bounded(async {
-        let mut client = state.pool.get().await?;
-        let tx = client.transaction().await?;
-        let created = devices::create_many(&tx, &new).await?;
-        tx.commit().await?;
-        Ok::<_, DbError>(created)
-    })
-    .await?;
+    let created = db::in_tx(&state.pool, async |tx| devices::create_many(tx, &new).await).await?;
     tracing::info!(
         devices = created.len(),
         "registered {} devices in bulk",
@@ -256,9 +246,8 @@ pub async fn list(
         filter.labels = Some(Value::Object(labels));
     }
     let (limit, after) = page_params(limit, cursor.as_deref())?;
-    let page = db::bounded(async {
-        let client = state.pool.get().await?;
-        devices::list(&client, caller.tenant(), &filter, after, limit).await
+    let page = db::with_client(&state.pool, async |client| {
+        devices::list(client, caller.tenant(), &filter, after, limit).await
     })
     .await?;
     Ok(HttpResponse::Ok().json(DeviceList {
@@ -283,11 +272,8 @@ pub async fn get(
     caller: Caller,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let device = db::bounded(async {
-        let client = state.pool.get().await.map_err(DbError::from)?;
-        find(&client, &caller, *id).await
-    })
-    .await?;
+    let device =
+        db::with_client(&state.pool, async |client| find(client, &caller, *id).await).await?;
     Ok(HttpResponse::Ok().json(DeviceOut::from(device)))
 }
 
@@ -313,14 +299,8 @@ pub async fn decommission(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
-    let found = db::bounded(async {
-        let mut client = state.pool.get().await?;
-        let tx = client.transaction().await?;
-        let found = devices::decommission(&tx, caller.tenant(), *id).await?;
-        if found {
-            tx.commit().await?;
-        }
-        Ok::<_, DbError>(found)
+    let found = db::in_tx(&state.pool, async |tx| {
+        devices::decommission(tx, caller.tenant(), *id).await
     })
     .await?;
     if !found {

@@ -8,6 +8,7 @@ mod users;
 
 use actix_web::{App, HttpResponse, web};
 use tend_core::db;
+use tend_core::error::ApiError;
 use tend_core::http;
 use utoipa::openapi::OpenApi as Document;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -16,7 +17,7 @@ use utoipa_actix_web::AppExt;
 use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::Shared;
+use crate::state::Shared;
 
 /// Every `/api/v1` route. Registered once for serving and once for the
 /// OpenAPI document, so the document cannot miss a route.
@@ -107,7 +108,7 @@ pub fn openapi() -> Document {
 /// RabbitMQ (events leave through the outbox table), so their outages
 /// do not concern its readiness.
 async fn readyz(state: Shared) -> HttpResponse {
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    if state.shutdown.is_draining() {
         return http::draining();
     }
     let pg = db::ping(&state.pool).await.map_err(|e| e.to_string());
@@ -118,10 +119,10 @@ async fn readyz(state: Shared) -> HttpResponse {
 fn page_params(
     limit: Option<i64>,
     cursor: Option<&str>,
-) -> Result<(i64, Option<db::page::Cursor>), http::ApiError> {
+) -> Result<(i64, Option<db::page::Cursor>), ApiError> {
     let limit = limit.unwrap_or(db::page::DEFAULT_LIMIT);
     if !(1..=db::page::MAX_LIMIT).contains(&limit) {
-        return Err(http::ApiError::BadRequest(format!(
+        return Err(ApiError::BadRequest(format!(
             "limit must be from 1 to {}",
             db::page::MAX_LIMIT
         )));
@@ -129,7 +130,7 @@ fn page_params(
     let cursor = cursor
         .map(db::page::Cursor::decode)
         .transpose()
-        .map_err(|_| http::ApiError::BadRequest("invalid cursor".into()))?;
+        .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?;
     Ok((limit, cursor))
 }
 

@@ -3,10 +3,10 @@
 use actix_web::{HttpResponse, post, web};
 use tend_core::auth;
 use tend_core::db::{self, users};
-use tend_core::http::ApiError;
+use tend_core::error::ApiError;
 
-use crate::Shared;
 use crate::api::{AccessToken, Login};
+use crate::state::Shared;
 
 /// Log in
 ///
@@ -22,9 +22,8 @@ use crate::api::{AccessToken, Login};
 #[post("/auth/login")]
 pub async fn login(state: Shared, body: web::Json<Login>) -> Result<HttpResponse, ApiError> {
     let Login { username, password } = body.into_inner();
-    let found = db::bounded(async {
-        let client = state.pool.get().await?;
-        users::find_credentials(&client, &username).await
+    let found = db::with_client(&state.pool, async |client| {
+        users::find_credentials(client, &username).await
     })
     .await?;
 

@@ -3,11 +3,11 @@
 use actix_web::{HttpResponse, post, web};
 use tend_core::auth::{self, Role};
 use tend_core::db::{self, DbError, tenants, users};
-use tend_core::http::ApiError;
+use tend_core::error::ApiError;
 
-use crate::Shared;
 use crate::api::{NewTenant, TenantOut, check_name, check_password, check_username};
 use crate::caller::Caller;
+use crate::state::Shared;
 
 /// Create a tenant
 ///
@@ -39,12 +39,10 @@ pub async fn create(
         .hash_work(move || auth::hash_password(&password))
         .await?;
 
-    let tenant = db::bounded(async {
-        let mut client = state.pool.get().await?;
-        let tx = client.transaction().await?;
-        let tenant = tenants::create(&tx, &body.name).await?;
+    let tenant = db::in_tx(&state.pool, async |tx| {
+        let tenant = tenants::create(tx, &body.name).await?;
         users::create(
-            &tx,
+            tx,
             users::NewUser {
                 tenant_id: tenant.id,
                 username: &body.admin.username,
@@ -54,7 +52,6 @@ pub async fn create(
             },
         )
         .await?;
-        tx.commit().await?;
         Ok::<_, DbError>(tenant)
     })
     .await

@@ -3,11 +3,11 @@
 use actix_web::{HttpResponse, post, web};
 use tend_core::auth::{self, Role};
 use tend_core::db::{self, users};
-use tend_core::http::ApiError;
+use tend_core::error::ApiError;
 
-use crate::Shared;
 use crate::api::{NewUser, UserOut, check_password, check_username};
 use crate::caller::Caller;
+use crate::state::Shared;
 
 /// Create a user
 ///
@@ -39,10 +39,9 @@ pub async fn create(
         .hash_work(move || auth::hash_password(&password))
         .await?;
 
-    let user = db::bounded(async {
-        let client = state.pool.get().await?;
+    let user = db::with_client(&state.pool, async |client| {
         users::create(
-            &client,
+            client,
             users::NewUser {
                 tenant_id: caller.tenant(),
                 username: &body.username,

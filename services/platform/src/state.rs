@@ -1,0 +1,51 @@
+//! What every handler of the admin API can reach: the pool, the token
+//! keys, the bound on password hashing, and the process's shutdown.
+
+use actix_web::web;
+use tend_core::auth::Tokens;
+use tend_core::db::Pool;
+use tend_core::error::ApiError;
+use tend_core::shutdown::Shutdown;
+
+pub(crate) struct State {
+    pub pool: Pool,
+    pub tokens: Tokens,
+    /// Bounds concurrent argon2 work. Each hash takes about 19 MiB and a
+    /// core for tens of milliseconds; unbounded, a flood of logins would
+    /// exhaust memory. Two per core keeps the cores busy and no more.
+    pub hashing: tokio::sync::Semaphore,
+    /// `/readyz` answers 503 once the drain has begun.
+    pub shutdown: Shutdown,
+}
+
+pub(crate) type Shared = web::Data<State>;
+
+impl State {
+    pub fn new(pool: Pool, tokens: Tokens, shutdown: Shutdown) -> State {
+        State {
+            pool,
+            tokens,
+            hashing: tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
+            shutdown,
+        }
+    }
+
+    /// Runs argon2 work on a blocking thread, at most a few at a time; 503
+    /// when the queue does not move within a few seconds.
+    pub async fn hash_work<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let wait = std::time::Duration::from_secs(5);
+        let _permit = tokio::time::timeout(wait, self.hashing.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
+                ApiError::Unavailable("too many password checks at once; try again shortly".into())
+            })?;
+        Ok(web::block(work).await?)
+    }
+}
