@@ -98,7 +98,7 @@ impl Agent {
         let journal = Journal::open(&config.state_dir).context("while opening the journal")?;
         let boot_id = system::boot_id(&config.boot_id_file)?;
         executor::clear_output_dir(&executor::output_dir(&config.state_dir));
-        for (name, path) in &config.log_sources {
+        for (name, path) in &config.log_query.sources {
             if !path.exists() {
                 debug!(log_source = %name, path = %path.display(), "log source {name} does not exist yet");
             }
@@ -311,12 +311,12 @@ impl Agent {
             error!(instruction.id = %id, "cannot journal instruction {id}, so not running it: {:#}", anyhow::Error::from(e));
             return;
         }
-        let config = self.config.clone();
+        let settings = self.config.log_query.clone();
         let params = entry.params.clone();
         let stop = logquery::Stop::new(timeout, self.shutdown.clone());
         let started = Instant::now();
         let result =
-            tokio::task::spawn_blocking(move || logquery::run(&params, &config, &stop)).await;
+            tokio::task::spawn_blocking(move || logquery::run(&params, &settings, &stop)).await;
         let report = match result {
             Ok(Err(QueryError::Cancelled)) => {
                 // Left `started`: the next start reports it interrupted.
