@@ -502,6 +502,26 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "openapi")]
+    #[test]
+    fn the_openapi_schema_describes_what_is_checked() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(LogQueryParams::schema()).unwrap();
+        assert_eq!(schema["required"], json!(["source"]), "{schema}");
+        assert_eq!(schema["additionalProperties"], json!(false), "{schema}");
+        let properties = &schema["properties"];
+        assert_eq!(properties["source"]["maxLength"], 64, "{schema}");
+        assert_eq!(properties["since"]["format"], "date-time", "{schema}");
+        assert_eq!(properties["max_lines"]["minimum"], 1, "{schema}");
+        assert_eq!(properties["max_lines"]["maximum"], 10000, "{schema}");
+        assert!(
+            properties["pattern"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("regular expression")),
+            "{schema}"
+        );
+    }
+
     #[test]
     fn a_pattern_accepted_here_compiles_on_the_device() {
         let regex = compile_pattern("ERROR|WARN").unwrap();
