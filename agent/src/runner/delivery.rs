@@ -4,8 +4,8 @@
 //! or a reboot; the reporter sends every such report, including those of a
 //! previous run, and marks each `reported` once the server has answered
 //! it for good. A report the server keeps failing on must not hold back
-//! the others, and one too large for the server is sent again without its
-//! output rather than lost.
+//! the others, and a result too large for the server is reported failed,
+//! without its output, rather than retried forever.
 
 use std::collections::HashMap;
 use std::sync::Arc;
