@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
 
 fn run(name: &str, params: &Value, config: &Config, size: u64) -> anyhow::Result<()> {
     let started = Instant::now();
-    let answer = logquery::run(params, config, &Stop::never())?;
+    let answer = logquery::run(params, &config.log_query, &Stop::never())?;
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "{name:<42} {elapsed:>9.2} {:>9.0} {:>10} {:>9} {:>9}",

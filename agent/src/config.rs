@@ -28,9 +28,6 @@ pub struct Config {
     /// Read once at startup; a changed value proves that a reboot happened.
     pub boot_id_file: PathBuf,
     pub actions: Actions,
-    /// The only files `log_query` may read; a missing file is not an error
-    /// because logs often appear after the agent starts.
-    pub log_sources: BTreeMap<String, PathBuf>,
     /// Upper bound on one HTTP exchange with the server, so a half-open
     /// connection cannot stall the heartbeat loop.
     pub request_timeout_s: u64,
@@ -38,7 +35,10 @@ pub struct Config {
     /// one interval), so a command reaches the device at once instead of
     /// at the next heartbeat, for the same number of requests.
     pub long_poll: bool,
-    /// `[log_query]`: how timestamps are read and how much one query returns.
+    /// What `log_query` may read: `[log_sources]` (a missing file is not an
+    /// error, because logs often appear after the agent starts) and the
+    /// operation log; and `[log_query]`, how timestamps are read and how
+    /// much one query returns.
     pub log_query: logquery::Settings,
     /// `[operations_log]`: when `operations.log` is rotated and how many
     /// old files are kept.
@@ -184,7 +184,7 @@ impl Config {
                 );
             }
         }
-        let log_query = logquery::Settings {
+        let options = logquery::Options {
             naive_timezone: match raw.log_query.naive_timezone {
                 Some(zone) => zone
                     .parse::<NaiveZone>()
@@ -196,7 +196,7 @@ impl Config {
                 .max_output_bytes
                 .unwrap_or(logquery::DEFAULT_MAX_OUTPUT_BYTES),
         };
-        if !MAX_OUTPUT_BYTES_RANGE.contains(&log_query.max_output_bytes) {
+        if !MAX_OUTPUT_BYTES_RANGE.contains(&options.max_output_bytes) {
             bail!(
                 "log_query.max_output_bytes must be between {} and {}",
                 MAX_OUTPUT_BYTES_RANGE.start(),
@@ -216,9 +216,18 @@ impl Config {
                 oplog::MIN_MAX_BYTES
             );
         }
-        if operations_log.keep > oplog::MAX_KEEP {
-            bail!("operations_log.keep must be at most {}", oplog::MAX_KEEP);
+        // Older files than a query reads would be kept for nobody.
+        if operations_log.keep > logquery::MAX_ROTATIONS {
+            bail!(
+                "operations_log.keep must be at most {}",
+                logquery::MAX_ROTATIONS
+            );
         }
+        let log_query = logquery::Settings {
+            sources: raw.log_sources,
+            operations_log: state_dir.join(oplog::FILE_NAME),
+            options,
+        };
 
         Ok(Config {
             server_url,
@@ -229,7 +238,6 @@ impl Config {
                 .boot_id_file
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BOOT_ID_FILE)),
             actions: raw.actions,
-            log_sources: raw.log_sources,
             request_timeout_s,
             long_poll: raw.long_poll.unwrap_or(true),
             log_query,
@@ -248,7 +256,6 @@ impl fmt::Debug for Config {
             .field("state_dir", &self.state_dir)
             .field("boot_id_file", &self.boot_id_file)
             .field("actions", &self.actions)
-            .field("log_sources", &self.log_sources)
             .field("request_timeout_s", &self.request_timeout_s)
             .field("long_poll", &self.long_poll)
             .field("log_query", &self.log_query)
@@ -310,11 +317,15 @@ mod tests {
         assert_eq!(config.boot_id_file, Path::new(DEFAULT_BOOT_ID_FILE));
         assert_eq!(config.actions.reboot, ["systemctl", "reboot"]);
         assert_eq!(config.actions.shutdown, ["systemctl", "poweroff"]);
-        assert!(config.log_sources.is_empty());
+        assert!(config.log_query.sources.is_empty());
         assert_eq!(config.request_timeout_s, DEFAULT_REQUEST_TIMEOUT_S);
-        assert_eq!(config.log_query, logquery::Settings::default());
-        assert_eq!(config.log_query.naive_timezone, NaiveZone::Utc);
-        assert_eq!(config.log_query.max_output_bytes, 1024 * 1024);
+        assert_eq!(
+            config.log_query.operations_log,
+            Path::new(DEFAULT_STATE_DIR).join("operations.log")
+        );
+        assert_eq!(config.log_query.options, logquery::Options::default());
+        assert_eq!(config.log_query.options.naive_timezone, NaiveZone::Utc);
+        assert_eq!(config.log_query.options.max_output_bytes, 1024 * 1024);
         assert_eq!(config.operations_log, oplog::Settings::default());
         assert_eq!(config.operations_log.max_bytes, 10 * 1024 * 1024);
         assert_eq!(config.operations_log.keep, 5);
@@ -328,8 +339,8 @@ mod tests {
             minimal()
         ))
         .unwrap();
-        assert_eq!(config.log_query.naive_timezone, NaiveZone::Local);
-        assert_eq!(config.log_query.max_output_bytes, 65536);
+        assert_eq!(config.log_query.options.naive_timezone, NaiveZone::Local);
+        assert_eq!(config.log_query.options.max_output_bytes, 65536);
         assert_eq!(config.operations_log.max_bytes, 100_000);
         assert_eq!(config.operations_log.keep, 0);
 
@@ -373,7 +384,7 @@ mod tests {
         assert_eq!(config.actions.reboot, ["sudo", "reboot"]);
         assert_eq!(config.actions.shutdown, ["sh", "-c", "poweroff"]);
         assert_eq!(
-            config.log_sources["app"],
+            config.log_query.sources["app"],
             Path::new("/var/log/kiosk/does-not-exist-yet.log")
         );
         assert_eq!(config.boot_id_file, Path::new("/tmp/boot"));

@@ -27,8 +27,6 @@ pub const DEFAULT_MAX_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_KEEP: u32 = 5;
 /// A smaller file would rotate at nearly every line.
 pub const MIN_MAX_BYTES: u64 = 4096;
-/// `log_query` looks for at most this many rotated files.
-pub const MAX_KEEP: u32 = crate::logquery::MAX_ROTATIONS;
 
 /// `[operations_log]` in the agent's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,87 +2,32 @@
 //!
 //! The server stores reports and inventory in PostgreSQL `jsonb`, which
 //! refuses the `\u0000` escape: one NUL byte in an action's output or in a
-//! log line (a log file pre-allocated and cut short by a power loss is full
-//! of them) would make the server refuse, or fail on, the whole report. The
-//! server strips them too; doing it here as well means an older or stricter
-//! server never sees one. NUL becomes U+FFFD, the same mark a lossy UTF-8
-//! conversion leaves for bytes it cannot show, so a reader sees that
-//! something was there.
+//! log line would make the server refuse, or fail on, the whole report.
+//! The server cleans them too; doing it here as well means an older or
+//! stricter server never sees one. The rule itself (NUL becomes U+FFFD) is
+//! `tend_proto::text`'s, shared with the server; what is the agent's is
+//! not copying a report, whose output may be a megabyte, that is clean.
 
 use std::borrow::Cow;
 
-use serde_json::{Map, Value};
 use tend_proto::device::Report;
-
-const REPLACEMENT: &str = "\u{FFFD}";
-
-/// `text` with every NUL replaced; borrowed when there is none.
-pub fn text(text: &str) -> Cow<'_, str> {
-    if text.contains('\0') {
-        Cow::Owned(text.replace('\0', REPLACEMENT))
-    } else {
-        Cow::Borrowed(text)
-    }
-}
-
-/// Replaces NUL in every string of `value`, object keys included.
-pub fn value(value: &mut Value) {
-    match value {
-        Value::String(s) => {
-            if let Cow::Owned(clean) = text(s) {
-                *s = clean;
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(self::value),
-        Value::Object(map) => {
-            if map.keys().any(|k| k.contains('\0')) {
-                let old = std::mem::take(map);
-                *map = old
-                    .into_iter()
-                    .map(|(k, v)| (text(&k).into_owned(), v))
-                    .collect::<Map<String, Value>>();
-            }
-            map.values_mut().for_each(self::value);
-        }
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
-    }
-}
 
 /// `report` without NUL in its output, error or detail; borrowed (no copy
 /// of a possibly large output) when it is already clean.
 pub fn report(report: &Report) -> Cow<'_, Report> {
-    let has_nul = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains('\0'));
-    let detail_has_nul = report.detail.as_ref().is_some_and(value_has_nul);
-    if !has_nul(&report.output) && !has_nul(&report.error) && !detail_has_nul {
+    if !report.has_nul() {
         return Cow::Borrowed(report);
     }
     let mut clean = report.clone();
-    for s in [&mut clean.output, &mut clean.error].into_iter().flatten() {
-        if let Cow::Owned(replaced) = text(s) {
-            *s = replaced;
-        }
-    }
-    if let Some(detail) = clean.detail.as_mut() {
-        value(detail);
-    }
+    clean.replace_nul();
     Cow::Owned(clean)
-}
-
-fn value_has_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(value_has_nul),
-        Value::Object(map) => map
-            .iter()
-            .any(|(k, v)| k.contains('\0') || value_has_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::json;
     use tend_proto::command::ReportStatus;
+    use tend_proto::text::replace_nul_str;
 
     use super::*;
 
@@ -114,6 +59,6 @@ mod tests {
             detail: Some(json!({"matched": 1})),
         };
         assert!(matches!(self::report(&report), Cow::Borrowed(_)));
-        assert!(matches!(text("fine"), Cow::Borrowed(_)));
+        assert!(matches!(replace_nul_str("fine"), Cow::Borrowed(_)));
     }
 }

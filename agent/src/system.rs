@@ -8,8 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
-
-use crate::sanitize;
+use tend_proto::text::replace_nul;
 
 /// The version this agent reports in heartbeats and inventory.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -69,7 +68,7 @@ fn inventory_from(read: impl Fn(&str) -> Option<String>) -> Value {
     let mut inventory = Value::Object(inventory);
     // These files are taken as they are; a NUL in one must not make the
     // server refuse every heartbeat.
-    sanitize::value(&mut inventory);
+    replace_nul(&mut inventory);
     inventory
 }
 

@@ -3,11 +3,15 @@
 //! Everything here is plain data with serde derives: no I/O, no runtime.
 //! The admin API's request and response bodies live with the platform; this
 //! crate holds what crosses the device boundary (the device API of
-//! `tend-sync`), the command vocabulary both sides must agree on, and the
-//! event payloads the services exchange over RabbitMQ.
+//! `tend-sync`), the command vocabulary both sides must agree on, the rules
+//! a command's params must follow, the one rule for NUL characters in
+//! stored text, and the event payloads the services exchange over RabbitMQ.
 
 pub mod command;
 pub mod device;
 pub mod event;
+pub mod params;
+pub mod text;
 
 pub use command::{CommandKind, CommandStatus, KindParseError};
+pub use params::{CommandParams, LogQueryParams, ParamsError};

@@ -17,7 +17,6 @@
 //! Rotation follows logrotate's naming: `P.1` (newest) … `P.N`, each
 //! possibly gzip-compressed as `P.N.gz`.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{self, Metadata, OpenOptions};
 use std::io::{self, Read};
@@ -26,9 +25,8 @@ use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
-use super::QueryError;
 use super::timestamp::Stamp;
-use crate::oplog;
+use super::{QueryError, Settings};
 
 /// The built-in source: the agent's own operation log.
 pub const OPERATIONS: &str = "operations";
@@ -56,13 +54,9 @@ impl LogFile {
     }
 }
 
-/// The path that source `name` stands for: one of `log_sources`, or the
-/// operation log in `state_dir`.
-pub fn resolve(
-    name: &str,
-    log_sources: &BTreeMap<String, PathBuf>,
-    state_dir: &Path,
-) -> Result<PathBuf, QueryError> {
+/// The path that source `name` stands for: one of the configured sources,
+/// or the operation log.
+pub fn resolve(name: &str, settings: &Settings) -> Result<PathBuf, QueryError> {
     // A name is a key, never a path: refusing these outright means no
     // future change to the lookup can turn one into a path traversal.
     if name.is_empty() || name.contains('/') || name.contains("..") || name.contains('\0') {
@@ -71,10 +65,11 @@ pub fn resolve(
         )));
     }
     if name == OPERATIONS {
-        return Ok(state_dir.join(oplog::FILE_NAME));
+        return Ok(settings.operations_log.clone());
     }
-    log_sources.get(name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = log_sources
+    settings.sources.get(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = settings
+            .sources
             .keys()
             .map(String::as_str)
             .chain([OPERATIONS])

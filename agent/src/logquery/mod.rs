@@ -24,51 +24,58 @@ mod files;
 mod reader;
 pub mod timestamp;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use regex::bytes::{Regex, RegexBuilder};
-use serde::Deserialize;
+use regex::bytes::Regex;
 use serde_json::{Value, json};
 use tend_proto::command::ReportStatus;
 use tend_proto::device::Report;
+use tend_proto::params::{self, ParamsError};
+use tend_proto::text::replace_nul_string;
 use tokio_util::sync::CancellationToken;
 
 use self::files::LogFile;
 use self::reader::LineReader;
 use self::timestamp::{Parser, Stamp};
-use crate::config::Config;
 
 pub use self::files::{MAX_ROTATIONS, OPERATIONS};
 pub use self::reader::MAX_LINE_BYTES;
 pub use self::timestamp::NaiveZone;
 
-/// The most lines one query may ask for; the platform checks the same cap
-/// when the command is created.
-pub const MAX_LINES: u64 = 10_000;
-/// `max_lines` when the query does not say.
-pub const DEFAULT_MAX_LINES: u64 = 1_000;
-/// The default of `[log_query] max_output_bytes`: large enough for
-/// `DEFAULT_MAX_LINES` ordinary lines, small enough for one report.
+/// The default of `[log_query] max_output_bytes`: large enough for the
+/// default `max_lines` of ordinary lines, small enough for one report.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1024 * 1024;
 /// Ends a line that was longer than [`MAX_LINE_BYTES`] and was cut.
 pub const CUT_MARK: &str = "…[truncated]";
 
+/// What queries may read, and how: built from the agent's configuration,
+/// so this module never sees the rest of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `[log_sources]`: the only files a query may read, by name.
+    pub sources: BTreeMap<String, PathBuf>,
+    /// The agent's operation log: what the source [`OPERATIONS`] reads.
+    pub operations_log: PathBuf,
+    /// `[log_query]`.
+    pub options: Options,
+}
+
 /// `[log_query]` in the agent's configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Settings {
+pub struct Options {
     /// The zone of timestamps written without an offset.
     pub naive_timezone: NaiveZone,
     /// The byte cap of one query's output.
     pub max_output_bytes: usize,
 }
 
-impl Default for Settings {
+impl Default for Options {
     fn default() -> Self {
-        Settings {
+        Options {
             naive_timezone: NaiveZone::Utc,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
         }
@@ -162,20 +169,20 @@ impl Answer {
 }
 
 /// Runs the query in `params` (the instruction's params) against the
-/// sources of `config`. Blocking: it reads files.
-pub fn run(params: &Value, config: &Config, stop: &Stop) -> Result<Answer, QueryError> {
-    run_at(params, config, Utc::now(), stop)
+/// sources of `settings`. Blocking: it reads files.
+pub fn run(params: &Value, settings: &Settings, stop: &Stop) -> Result<Answer, QueryError> {
+    run_at(params, settings, Utc::now(), stop)
 }
 
 fn run_at(
     params: &Value,
-    config: &Config,
+    settings: &Settings,
     now: DateTime<Utc>,
     stop: &Stop,
 ) -> Result<Answer, QueryError> {
     let query = Query::from_params(params)?;
-    let path = files::resolve(&query.source, &config.log_sources, &config.state_dir)?;
-    search(&path, &query, &config.log_query, now, stop)
+    let path = files::resolve(&query.source, settings)?;
+    search(&path, &query, &settings.options, now, stop)
 }
 
 /// The report for a query's result.
@@ -199,20 +206,10 @@ pub fn report(result: Result<Answer, QueryError>) -> Report {
     }
 }
 
-/// The params as sent: `{source, since?, until?, pattern?, max_lines?}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Params {
-    source: String,
-    since: Option<String>,
-    until: Option<String>,
-    pattern: Option<String>,
-    max_lines: Option<u64>,
-}
-
-/// A validated query. The platform validates the same rules when the
-/// command is created; checking again here means a bad or forged
-/// instruction is refused with a reason instead of misbehaving.
+/// A validated query. The platform checks the same rules, with
+/// [`params::parse`], when the command is created; checking again here
+/// means a bad or forged instruction is refused with a reason instead of
+/// misbehaving.
 #[derive(Debug)]
 struct Query {
     source: String,
@@ -225,47 +222,20 @@ struct Query {
 impl Query {
     fn from_params(params: &Value) -> Result<Query, QueryError> {
         let rejected =
-            |why: String| QueryError::Rejected(format!("invalid log_query params: {why}"));
-        let params = Params::deserialize(params).map_err(|e| rejected(e.to_string()))?;
-        let time = |name: &str, text: Option<String>| {
-            text.map(|text| {
-                DateTime::parse_from_rfc3339(&text)
-                    .map(|t| Stamp::of(&t))
-                    .map_err(|e| rejected(format!("{name} {text:?} is not an RFC 3339 time: {e}")))
-            })
-            .transpose()
-        };
-        let since = time("since", params.since)?;
-        let until = time("until", params.until)?;
-        if let (Some(since), Some(until)) = (since, until)
-            && since > until
-        {
-            return Err(rejected("since is after until".into()));
-        }
+            |why: ParamsError| QueryError::Rejected(format!("invalid log_query params: {why}"));
+        let params = params::parse_log_query(params).map_err(rejected)?;
         let pattern = params
             .pattern
-            .map(|pattern| {
-                // The regex crate matches in linear time, so no pattern can
-                // make a query hang; its default size limits bound the
-                // memory a huge pattern could take to compile.
-                RegexBuilder::new(&pattern).build().map_err(|e| {
-                    let why = e.to_string().replace('\n', " ");
-                    rejected(format!("pattern is not a valid regular expression: {why}"))
-                })
-            })
-            .transpose()?;
-        let max_lines = params.max_lines.unwrap_or(DEFAULT_MAX_LINES);
-        if max_lines > MAX_LINES {
-            return Err(rejected(format!(
-                "max_lines is {max_lines}; at most {MAX_LINES}"
-            )));
-        }
+            .as_deref()
+            .map(params::compile_pattern)
+            .transpose()
+            .map_err(rejected)?;
         Ok(Query {
-            source: params.source,
-            since,
-            until,
+            since: params.since.as_ref().map(Stamp::of),
+            until: params.until.as_ref().map(Stamp::of),
             pattern,
-            max_lines: max_lines as usize,
+            max_lines: params.max_lines_or_default() as usize,
+            source: params.source,
         })
     }
 
@@ -282,13 +252,13 @@ impl Query {
 fn search(
     path: &Path,
     query: &Query,
-    settings: &Settings,
+    options: &Options,
     now: DateTime<Utc>,
     stop: &Stop,
 ) -> Result<Answer, QueryError> {
     let files = files::discover(path, query.since)?;
-    let mut parser = Parser::new(settings.naive_timezone, now);
-    let mut collector = Collector::new(query.max_lines, settings.max_output_bytes);
+    let mut parser = Parser::new(options.naive_timezone, now);
+    let mut collector = Collector::new(query.max_lines, options.max_output_bytes);
     let mut names = Vec::with_capacity(files.len());
     for file in &files {
         stop.check()?;
@@ -323,7 +293,7 @@ fn scan(
             Err(e) => return Err(QueryError::unreadable(&file.path, e)),
         };
         count = count.wrapping_add(1);
-        if count % CHECK_EVERY == 0 {
+        if count.is_multiple_of(CHECK_EVERY) {
             stop.check()?;
         }
         if let Some(at) = parser.parse(line.bytes) {
@@ -443,12 +413,9 @@ impl Collector {
 /// A line as text: invalid UTF-8 and NUL (which PostgreSQL's jsonb
 /// refuses) become U+FFFD.
 fn text_of(line: &[u8]) -> String {
-    let text = String::from_utf8_lossy(line);
-    if text.contains('\0') {
-        text.replace('\0', "\u{FFFD}")
-    } else {
-        text.into_owned()
-    }
+    let mut text = String::from_utf8_lossy(line).into_owned();
+    replace_nul_string(&mut text);
+    text
 }
 
 /// The newest lines pushed, within a line and a byte cap.

@@ -1,0 +1,510 @@
+//! The agent's life: recover from the last run, then heartbeat, fetch and
+//! handle instructions, and deliver reports, until stopped.
+//!
+//! Three tasks share one [`Agent`]:
+//! - the heartbeat loop ([`poll`]), which never waits for an action:
+//!   it learns that work is pending and hands a fetched batch to a task of
+//!   its own;
+//! - that batch task ([`instruction`]), which handles the instructions of
+//!   one fetch in order (at most one batch at a time, so a re-delivered id
+//!   is always seen after its first delivery was journaled);
+//! - the reporter ([`delivery`]), which sends the final reports kept in the
+//!   journal until the server settles them, including those left by a
+//!   previous run.
+//!
+//! This module starts them, and before that decides what became of the
+//! instructions that were under way when the agent last stopped.
+
+mod delivery;
+mod instruction;
+mod poll;
+#[cfg(test)]
+mod testing;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use serde_json::Value;
+use tend_proto::device::Report;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::client::Client;
+use crate::config::Config;
+use crate::executor;
+use crate::journal::{Entry, Journal, JournalError, State};
+use crate::lock::{self, StateLock};
+use crate::oplog::{OpLog, Operation};
+use crate::outcome::{self, Action};
+use crate::system::{self, AGENT_VERSION};
+
+/// Runs the agent until `shutdown` is cancelled (then returns `Ok(())`).
+///
+/// Errors are returned only from startup (state directory and its lock,
+/// journal, boot id); once running, the agent retries everything that
+/// fails. An action's child process still running at shutdown is left
+/// alone.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let agent = Arc::new(Agent::start(config, shutdown.clone())?);
+    info!(
+        device.id = %agent.config.device_id,
+        boot_id = %agent.boot_id,
+        "tend-agent {AGENT_VERSION} started for device {}", agent.config.device_id
+    );
+    let reporter = tokio::spawn(
+        shutdown
+            .clone()
+            .run_until_cancelled_owned(delivery::deliver_reports(agent.clone())),
+    );
+    let mut batch = None;
+    shutdown
+        .run_until_cancelled(poll::heartbeat_loop(&agent, &shutdown, &mut batch))
+        .await;
+    // Both tasks stop at their next await point; waiting for them means the
+    // journal is closed and the state_dir lock released when `run`
+    // returns, so a caller may start again.
+    if let Some(batch) = batch {
+        batch.await.context("while stopping the instruction task")?;
+    }
+    reporter.await.context("while stopping the reporter")?;
+    info!("tend-agent stopped");
+    Ok(())
+}
+
+/// What the heartbeat loop, the batch task and the reporter share.
+struct Agent {
+    config: Config,
+    client: Client,
+    /// Never held across an await; appends are short (one fsync) and rare.
+    journal: Mutex<Journal>,
+    oplog: OpLog,
+    boot_id: String,
+    inventory: Value,
+    /// Wakes the reporter when a final report was journaled.
+    reports_waiting: Notify,
+    /// Cancelled at shutdown; a running log query watches it from its
+    /// blocking thread.
+    shutdown: CancellationToken,
+    /// Held for the agent's whole life; see [`lock`].
+    _lock: StateLock,
+}
+
+impl Agent {
+    fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Agent> {
+        // First of all: with a second agent on the same state_dir, even
+        // reading the journal could lead to running a command twice.
+        let state_lock = lock::acquire(&config.state_dir)?;
+        let journal = Journal::open(&config.state_dir).context("while opening the journal")?;
+        let boot_id = system::boot_id(&config.boot_id_file)?;
+        executor::clear_output_dir(&executor::output_dir(&config.state_dir));
+        for (name, path) in &config.log_query.sources {
+            if !path.exists() {
+                debug!(log_source = %name, path = %path.display(), "log source {name} does not exist yet");
+            }
+        }
+        let agent = Agent {
+            client: Client::new(&config).context("while building the HTTP client")?,
+            oplog: OpLog::new(&config.state_dir, config.operations_log),
+            journal: Mutex::new(journal),
+            boot_id,
+            inventory: system::inventory(),
+            reports_waiting: Notify::new(),
+            shutdown,
+            _lock: state_lock,
+            config,
+        };
+        agent.recover()?;
+        Ok(agent)
+    }
+
+    fn journal(&self) -> MutexGuard<'_, Journal> {
+        // Appends update memory only after the file, so the journal is
+        // consistent even if a holder panicked.
+        self.journal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides every instruction that was under way when the agent last
+    /// stopped.
+    fn recover(&self) -> anyhow::Result<()> {
+        let unfinished: Vec<Entry> = self
+            .journal()
+            .entries()
+            .filter(|e| {
+                matches!(
+                    e.state,
+                    State::Started | State::Running | State::ActionReturned
+                )
+            })
+            .cloned()
+            .collect();
+        for entry in unfinished {
+            let report = match (Action::of(&entry.kind), entry.state) {
+                // Journaled, never spawned: the boot id says nothing about
+                // an action that did not run. Older agents did not write
+                // `running`, so their `started` is judged by the boot id.
+                (Some(_), State::Started) if entry.format >= 2 => outcome::never_spawned(),
+                (Some(action), _) => outcome::after_restart(action, &entry.boot_id, &self.boot_id),
+                (None, _) => outcome::interrupted(),
+            };
+            info!(
+                instruction.id = %entry.id,
+                "instruction {} ({}) was under way before this start: {}",
+                entry.id,
+                entry.kind,
+                report.status.as_status()
+            );
+            let elapsed = (Utc::now() - entry.started_at).to_std().ok();
+            self.finish(&entry, report, elapsed)
+                .context("while recording the outcome of an interrupted instruction")?;
+        }
+        Ok(())
+    }
+
+    /// the reporter.
+    fn finish(
+        &self,
+        entry: &Entry,
+        report: Report,
+        duration: Option<Duration>,
+    ) -> Result<(), JournalError> {
+        let finished = entry.advance(State::Finished, report, Utc::now());
+        self.journal().append(finished.clone())?;
+        self.log_operation(&finished, duration);
+        self.reports_waiting.notify_one();
+        Ok(())
+    }
+
+    fn finish_or_log(&self, entry: &Entry, report: Report, duration: Option<Duration>) {
+        if let Err(e) = self.finish(entry, report, duration) {
+            error!(instruction.id = %entry.id, "cannot journal the outcome of instruction {}: {:#}", entry.id, anyhow::Error::from(e));
+        }
+    }
+
+    /// Records `entry` in the operation log; a log query's output is not
+    /// (the report carries it).
+    fn log_operation(&self, entry: &Entry, duration: Option<Duration>) {
+        let operation = Operation {
+            at: entry.at,
+            instruction_id: entry.id,
+            kind: &entry.kind,
+            params: &entry.params,
+            outcome: entry.report.status.as_status().as_str(),
+            duration_ms: duration.map(|d| d.as_millis() as u64),
+            error: entry.report.error.as_deref(),
+        };
+        if let Err(e) = self.oplog.append(&operation) {
+            warn!(instruction.id = %entry.id, "cannot write the operation log: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use tend_proto::command::ReportStatus;
+    use tend_proto::device::Instruction;
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, ResponseTemplate};
+
+    use super::testing::*;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_reboot_that_changed_the_boot_id_succeeded_and_one_that_did_not_failed() {
+        let device = Device::new("boot-2");
+        let rebooted = running("reboot", "boot-1");
+        let not_rebooted = Entry {
+            state: State::ActionReturned,
+            exit_code: Some(0),
+            ..started("reboot", "boot-2")
+        };
+        write_journal(
+            &device.state_dir(),
+            &[rebooted.clone(), not_rebooted.clone()],
+        );
+
+        let agent = Agent::start(
+            device.config("http://127.0.0.1:9"),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let journal = agent.journal();
+        let decided = journal.get(rebooted.id).unwrap();
+        assert_eq!(decided.state, State::Finished);
+        assert_eq!(decided.report.status, ReportStatus::Succeeded);
+        let decided = journal.get(not_rebooted.id).unwrap();
+        assert_eq!(decided.report.status, ReportStatus::Failed);
+        assert_eq!(device.runs(), 0, "a failed reboot is never retried");
+        let mut logged: Vec<(String, String)> = device
+            .operations()
+            .iter()
+            .map(|op| {
+                (
+                    op["instruction_id"].as_str().unwrap().to_owned(),
+                    op["outcome"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        logged.sort();
+        let mut expected = vec![
+            (rebooted.id.to_string(), "succeeded".to_owned()),
+            (not_rebooted.id.to_string(), "failed".to_owned()),
+        ];
+        expected.sort();
+        assert_eq!(logged, expected, "each decision is in the operation log");
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_cut_short_by_the_machine_succeeded_and_one_cut_short_by_the_agent_failed() {
+        let device = Device::new("boot-2");
+        let powered_off = running("shutdown", "boot-1");
+        let agent_killed = running("shutdown", "boot-2");
+        let settled = Entry {
+            state: State::Reported,
+            report: Report::status(ReportStatus::Succeeded),
+            ..started("shutdown", "boot-2")
+        };
+        write_journal(
+            &device.state_dir(),
+            &[powered_off.clone(), agent_killed.clone(), settled.clone()],
+        );
+
+        let agent = Agent::start(
+            device.config("http://127.0.0.1:9"),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let journal = agent.journal();
+        assert_eq!(
+            journal.get(powered_off.id).unwrap().report.status,
+            ReportStatus::Succeeded
+        );
+        assert_eq!(
+            journal.get(agent_killed.id).unwrap().report.status,
+            ReportStatus::Failed
+        );
+        assert_eq!(
+            journal.get(settled.id).unwrap(),
+            &settled,
+            "settled entries are left alone"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_agent_reboots_once_answers_a_log_query_rejects_what_it_cannot_do_and_proves_the_reboot_after_restart()
+     {
+        let server = accepting_server().await;
+        let reboot = instruction("reboot");
+        let log_query = Instruction {
+            params: json!({"source": "app", "pattern": "ERROR"}),
+            ..instruction("log_query")
+        };
+        let restore = instruction("restore");
+        Mock::given(method("POST"))
+            .and(path("/device/v1/heartbeat"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"pending": true, "next_heartbeat_s": 1})),
+            )
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/device/v1/instructions"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"instructions": [reboot, log_query, restore]})),
+            )
+            .mount(&server)
+            .await;
+        let device = Device::new("boot-1");
+        // 200 error records of two lines each, between ordinary lines: an
+        // output over 8 KiB, so the report travels compressed.
+        let mut log = String::from("2026-11-21T09:59:59Z INFO started\n");
+        let mut expected_output = String::new();
+        for i in 0..200 {
+            let record = format!(
+                "2026-11-21T10:{:02}:{:02}Z ERROR request {i} failed\n  at handler\n",
+                i / 60,
+                i % 60
+            );
+            log.push_str(&record);
+            log.push_str(&format!(
+                "2026-11-21T10:{:02}:{:02}Z INFO ok\n",
+                i / 60,
+                i % 60
+            ));
+            expected_output.push_str(&record);
+        }
+        std::fs::write(device.app_log(), log).unwrap();
+
+        let run_for = |duration: Duration| {
+            let config = device.config(&server.uri());
+            async move {
+                let shutdown = CancellationToken::new();
+                let agent = tokio::spawn(run(config, shutdown.clone()));
+                tokio::time::sleep(duration).await;
+                shutdown.cancel();
+                tokio::time::timeout(Duration::from_secs(5), agent)
+                    .await
+                    .expect("the agent stops promptly")
+                    .unwrap()
+                    .unwrap();
+            }
+        };
+
+        run_for(Duration::from_millis(2500)).await;
+        assert_eq!(device.runs(), 1);
+        let journal = device.journal();
+        assert_eq!(journal.get(reboot.id).unwrap().state, State::ActionReturned);
+        let rejected = journal.get(restore.id).unwrap();
+        assert_eq!(rejected.state, State::Reported);
+        assert!(
+            rejected
+                .report
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("does not support `restore`")
+        );
+        let answered = journal.get(log_query.id).unwrap();
+        assert_eq!(answered.state, State::Reported);
+        assert_eq!(answered.report.status, ReportStatus::Succeeded);
+        assert_eq!(
+            answered.report.output, None,
+            "the server has the output; the journal does not keep it"
+        );
+        drop(journal);
+
+        let (_, query_report) = report_bodies(&server)
+            .await
+            .into_iter()
+            .find(|(id, _)| *id == log_query.id.to_string())
+            .expect("the log query was reported");
+        assert_eq!(query_report["status"], "succeeded");
+        assert_eq!(query_report["output"], expected_output);
+        assert_eq!(
+            query_report["detail"],
+            json!({
+                "matched": 400,
+                "returned": 400,
+                "truncated": false,
+                "bytes": expected_output.len(),
+                "files": ["app.log"],
+            })
+        );
+        let compressed = server
+            .received_requests()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.url.path().contains(&log_query.id.to_string()))
+            .unwrap();
+        assert_eq!(compressed.headers["content-encoding"], "gzip");
+
+        device.set_boot_id("boot-2");
+        run_for(Duration::from_millis(1500)).await;
+        assert_eq!(device.runs(), 1, "never executed twice");
+        let journal = device.journal();
+        let proven = journal.get(reboot.id).unwrap();
+        assert_eq!(proven.state, State::Reported);
+        assert_eq!(proven.report.status, ReportStatus::Succeeded);
+
+        let reboot_reports: Vec<String> = reports(&server)
+            .await
+            .into_iter()
+            .filter(|(id, _)| *id == reboot.id.to_string())
+            .map(|(_, status)| status)
+            .collect();
+        assert_eq!(
+            reboot_reports.first().map(String::as_str),
+            Some("in_progress")
+        );
+        assert_eq!(reboot_reports.last().map(String::as_str), Some("succeeded"));
+        let all = reports(&server).await;
+        assert!(all.contains(&(restore.id.to_string(), "rejected".to_owned())));
+        let query_statuses: Vec<&str> = all
+            .iter()
+            .filter(|(id, _)| *id == log_query.id.to_string())
+            .map(|(_, status)| status.as_str())
+            .collect();
+        assert!(
+            query_statuses.iter().all(|s| *s == "succeeded"),
+            "no in_progress for a query (the mock server delivers it again and again; \
+             the agent only repeats its report): {query_statuses:?}"
+        );
+
+        let operations = device.operations();
+        let outcomes: Vec<&str> = operations
+            .iter()
+            .filter(|op| op["instruction_id"] == reboot.id.to_string())
+            .map(|op| op["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(outcomes, ["in_progress", "succeeded"]);
+        let query_op = operations
+            .iter()
+            .find(|op| op["instruction_id"] == log_query.id.to_string())
+            .unwrap();
+        assert_eq!(query_op["kind"], "log_query");
+        assert_eq!(query_op["outcome"], "succeeded");
+        assert_eq!(query_op["params"]["pattern"], "ERROR");
+        assert!(query_op.get("output").is_none() && query_op.get("duration_ms").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_started_entry_of_an_older_agent_is_still_judged_by_the_boot_id() {
+        let device = Device::new("boot-2");
+        let legacy = Entry {
+            format: 1,
+            ..started("reboot", "boot-1")
+        };
+        let legacy_shutdown = Entry {
+            format: 1,
+            ..started("shutdown", "boot-2")
+        };
+        write_journal(
+            &device.state_dir(),
+            &[legacy.clone(), legacy_shutdown.clone()],
+        );
+        let agent = device.agent("http://127.0.0.1:9");
+        let journal = agent.journal();
+        assert_eq!(
+            journal.get(legacy.id).unwrap().report.status,
+            ReportStatus::Succeeded,
+            "it may have run, and the boot id changed"
+        );
+        let same_boot = journal.get(legacy_shutdown.id).unwrap();
+        assert_eq!(same_boot.report.status, ReportStatus::Failed);
+        assert!(
+            same_boot
+                .report
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("did not go down")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_agent_on_the_same_state_dir_does_not_start() {
+        let device = Device::new("boot-1");
+        let first = device.agent("http://127.0.0.1:9");
+        let Err(e) = Agent::start(
+            device.config("http://127.0.0.1:9"),
+            CancellationToken::new(),
+        ) else {
+            panic!("two agents on one state_dir");
+        };
+        let message = format!("{e:#}");
+        assert!(
+            message.contains("another tend-agent is already running"),
+            "{message}"
+        );
+        drop(first);
+        device.agent("http://127.0.0.1:9");
+    }
+}
