@@ -167,10 +167,13 @@ impl Config {
             bail!("state_dir is empty");
         }
         for (name, path) in &raw.log_sources {
-            // Names are what a query sends; the agent refuses any with `/`
-            // or `..` at query time, so such a key could never be used.
-            if name.is_empty() || name.contains('/') || name.contains("..") {
-                bail!("log_sources: {name:?} is not a valid name (no `/` or `..`)");
+            // Names are what a query sends, and a query names only what
+            // the protocol allows: any other key could never be used.
+            if !tend_proto::params::is_source_name(name) {
+                bail!(
+                    "log_sources: {name:?} is not a valid name (1 to 64 of letters, digits, \
+                     '.', '_', '-'; no `/` or `..`)"
+                );
             }
             if name == logquery::OPERATIONS {
                 bail!(

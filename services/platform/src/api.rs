@@ -9,7 +9,10 @@ use serde_json::Value;
 use tend_core::auth::Role;
 use tend_core::db::{commands::Command, devices::Device};
 use tend_core::error::ApiError;
+use tend_proto::CommandKind;
+use tend_proto::params::CommandParams;
 use utoipa::ToSchema;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Ref, Schema};
 use uuid::Uuid;
 
 #[derive(Deserialize, ToSchema)]
@@ -149,7 +152,7 @@ pub struct NewCommand {
     /// `reboot`, `shutdown` or `log_query`; other kinds arrive with their
     /// features.
     pub kind: String,
-    #[schema(value_type = Object)]
+    #[schema(schema_with = command_params_schema)]
     pub params: Option<Value>,
     /// Seconds the device has to finish once it received the command
     /// (default 600, at most 86400).
@@ -292,103 +295,34 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
 }
 
 /// The kinds this platform accepts, and their params checked now rather
-/// than discovered on the device.
-pub fn check_command(kind: &str, params: &Value) -> Result<(), ApiError> {
-    use tend_proto::CommandKind;
-    match kind.parse::<CommandKind>() {
-        Ok(CommandKind::Reboot | CommandKind::Shutdown) => match params {
-            Value::Object(m) if m.is_empty() => Ok(()),
-            _ => Err(unprocessable(format!("{kind} takes no params: send {{}}"))),
-        },
-        Ok(CommandKind::LogQuery) => check_log_query(params),
-        Ok(other) => Err(unprocessable(format!(
-            "kind {other} is not supported by this platform yet"
-        ))),
-        Err(_) => Err(unprocessable(format!(
+/// than discovered on the device, by the rules the agent applies too
+/// ([`tend_proto::params::parse`]).
+pub fn check_command(kind: &str, params: &Value) -> Result<CommandParams, ApiError> {
+    let kind = kind.parse::<CommandKind>().map_err(|_| {
+        unprocessable(format!(
             "unknown kind {kind:?}: expected reboot, shutdown or log_query"
-        ))),
-    }
+        ))
+    })?;
+    tend_proto::params::parse(kind, params).map_err(|e| unprocessable(e.to_string()))
 }
 
-/// The most lines one log query may ask for.
-pub const LOG_QUERY_MAX_LINES: u64 = 10_000;
-/// The longest pattern accepted; longer ones are more likely mistakes than
-/// queries, and the device compiles them.
-const LOG_QUERY_MAX_PATTERN: usize = 1024;
-
-/// `log_query` params: `{source, since?, until?, pattern?, max_lines?}`.
-/// Refused here, not on the device: an unknown key, a source name that is a
-/// path, a timestamp that is not RFC 3339, `since` after `until`, a pattern
-/// that does not compile, `max_lines` out of 1 to 10000.
-fn check_log_query(params: &Value) -> Result<(), ApiError> {
-    let Value::Object(p) = params else {
-        return Err(unprocessable("log_query params must be an object"));
-    };
-    for key in p.keys() {
-        if !["source", "since", "until", "pattern", "max_lines"].contains(&key.as_str()) {
-            return Err(unprocessable(format!(
-                "log_query has no param {key:?}: use source, since, until, pattern, max_lines"
-            )));
-        }
-    }
-    let source = p
-        .get("source")
-        .and_then(Value::as_str)
-        .ok_or_else(|| unprocessable("log_query needs a source (a string)"))?;
-    // A source is a name from the agent's [log_sources], never a path.
-    if source.is_empty()
-        || source.len() > 64
-        || source == "."
-        || source == ".."
-        || !source
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(unprocessable(
-            "source must name a log source (1 to 64 of letters, digits, '.', '_', '-'), not a path",
-        ));
-    }
-    let time = |key: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
-        match p.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
-                .map(|t| Some(t.with_timezone(&Utc)))
-                .map_err(|e| unprocessable(format!("{key} is not an RFC 3339 time: {e}"))),
-            Some(_) => Err(unprocessable(format!("{key} must be an RFC 3339 string"))),
-        }
-    };
-    if let (Some(since), Some(until)) = (time("since")?, time("until")?)
-        && since > until
-    {
-        return Err(unprocessable("since must not be after until"));
-    }
-    match p.get("pattern") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(re)) => {
-            if re.len() > LOG_QUERY_MAX_PATTERN {
-                return Err(unprocessable(format!(
-                    "pattern is longer than {LOG_QUERY_MAX_PATTERN} bytes"
-                )));
-            }
-            regex::bytes::RegexBuilder::new(re)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| unprocessable(format!("pattern does not compile: {e}")))?;
-        }
-        Some(_) => return Err(unprocessable("pattern must be a string")),
-    }
-    match p.get("max_lines") {
-        None | Some(Value::Null) => {}
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=LOG_QUERY_MAX_LINES).contains(&n) => {}
-            _ => {
-                return Err(unprocessable(format!(
-                    "max_lines must be a whole number from 1 to {LOG_QUERY_MAX_LINES}"
-                )));
-            }
-        },
-    }
-    Ok(())
+/// The OpenAPI schema of `NewCommand.params`: what [`check_command`]
+/// accepts, by kind.
+fn command_params_schema() -> Schema {
+    let none = ObjectBuilder::new()
+        .description(Some("`reboot` and `shutdown`: no params (`{}`)"))
+        .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+        .build();
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(none)
+            .item(Ref::from_schema_name("LogQueryParams"))
+            .description(Some(
+                "The kind's params: `{}` (or absent) for `reboot` and `shutdown`, \
+                 a `LogQueryParams` for `log_query`",
+            ))
+            .build(),
+    )
 }
 
 /// A positive number of seconds within `max`, or the default.
@@ -408,42 +342,19 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn only_reboot_and_shutdown_with_empty_params_are_accepted() {
-        assert!(check_command("reboot", &json!({})).is_ok());
-        assert!(check_command("shutdown", &json!({})).is_ok());
+    fn commands_are_checked_by_the_protocol_and_unknown_kinds_named() {
+        assert!(matches!(
+            check_command("log_query", &json!({ "source": "app" })),
+            Ok(CommandParams::LogQuery(_))
+        ));
         assert!(check_command("reboot", &json!({"force": true})).is_err());
-        assert!(check_command("reboot", &json!([])).is_err());
-        assert!(check_command("upgrade", &json!({})).is_err());
-        assert!(check_command("rm -rf", &json!({})).is_err());
-    }
-
-    #[test]
-    fn log_queries_are_checked_when_queued() {
-        let ok = |p: Value| check_command("log_query", &p).is_ok();
-        assert!(ok(json!({ "source": "app" })));
-        assert!(ok(
-            json!({ "source": "operations", "since": "2026-11-21T10:00:00Z",
-            "until": "2026-11-21T11:00:00+01:00", "pattern": "ERROR|WARN", "max_lines": 10000 })
-        ));
-        assert!(ok(
-            json!({ "source": "app", "since": "2026-11-21T10:00:00Z",
-            "until": "2026-11-21T10:00:00Z" })
-        ));
-        assert!(!ok(json!({})));
-        assert!(!ok(json!({ "source": "../etc/shadow" })));
-        assert!(!ok(json!({ "source": "/var/log/syslog" })));
-        assert!(!ok(json!({ "source": ".." })));
-        assert!(!ok(json!({ "source": 5 })));
-        assert!(!ok(json!({ "source": "app", "since": "yesterday" })));
-        assert!(!ok(
-            json!({ "source": "app", "since": "2026-11-21T11:00:00Z",
-            "until": "2026-11-21T10:00:00Z" })
-        ));
-        assert!(!ok(json!({ "source": "app", "pattern": "(unclosed" })));
-        assert!(!ok(json!({ "source": "app", "max_lines": 0 })));
-        assert!(!ok(json!({ "source": "app", "max_lines": 10001 })));
-        assert!(!ok(json!({ "source": "app", "max_lines": 2.5 })));
-        assert!(!ok(json!({ "source": "app", "tail": true })));
+        let Err(ApiError::Unprocessable(why)) = check_command("rm -rf", &json!({})) else {
+            panic!("an unknown kind is a 422");
+        };
+        assert!(
+            why.contains("expected reboot, shutdown or log_query"),
+            "{why}"
+        );
     }
 
     #[test]

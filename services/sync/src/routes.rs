@@ -51,25 +51,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// Removes NUL characters from every string of a JSON value: PostgreSQL's
-/// jsonb and text refuse them, and one would fail every batch that holds it.
-fn strip_nul(v: &mut serde_json::Value) {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => strip_nul_str(s),
-        Value::Array(items) => items.iter_mut().for_each(strip_nul),
-        Value::Object(map) => {
-            let taken = std::mem::take(map);
-            for (mut k, mut item) in taken {
-                strip_nul_str(&mut k);
-                strip_nul(&mut item);
-                map.insert(k, item);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Cuts `s` to at most `max` bytes keeping its end, from a line start.
 fn keep_tail(s: &mut String, max: usize) {
     let mut start = s.len() - max;
@@ -80,12 +61,6 @@ fn keep_tail(s: &mut String, max: usize) {
         start += nl + 1;
     }
     s.replace_range(..start, "");
-}
-
-fn strip_nul_str(s: &mut String) {
-    if s.contains('\0') {
-        s.retain(|c| c != '\0');
-    }
 }
 
 /// `POST /device/v1/auth`: a device's secret for a short-lived token.
@@ -133,10 +108,11 @@ async fn heartbeat(
         .map_or(0, u64::from)
         .min(state.heartbeat_s);
     let mut reported = serde_json::to_string(&beat).unwrap_or_default();
+    // PostgreSQL's jsonb refuses NUL, and the monitor writes this to it.
     // JSON escapes NUL as \u0000; the slow path runs only when one is there.
     if reported.contains("\\u0000") {
         let mut v: serde_json::Value = serde_json::from_str(&reported).unwrap_or_default();
-        strip_nul(&mut v);
+        tend_proto::text::replace_nul(&mut v);
         reported = v.to_string();
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -221,15 +197,8 @@ async fn report(
     req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let mut report = body.into_inner();
-    for s in [&mut report.output, &mut report.error]
-        .into_iter()
-        .flatten()
-    {
-        strip_nul_str(s);
-    }
-    if let Some(d) = report.detail.as_mut() {
-        strip_nul(d);
-    }
+    // PostgreSQL's jsonb and text refuse NUL; one would fail the report.
+    report.replace_nul();
     if let Some(out) = report.output.as_mut()
         && out.len() > MAX_OUTPUT_BYTES
     {
@@ -320,12 +289,5 @@ mod tests {
         let mut s = "ééé".to_owned();
         keep_tail(&mut s, 3);
         assert_eq!(s, "é");
-    }
-
-    #[test]
-    fn nul_characters_are_stripped_from_keys_and_values() {
-        let mut v = serde_json::json!({ "a\0b": ["x\0", { "k": "v\0v" }], "n": 1 });
-        strip_nul(&mut v);
-        assert_eq!(v, serde_json::json!({ "ab": ["x", { "k": "vv" }], "n": 1 }));
     }
 }

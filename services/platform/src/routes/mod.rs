@@ -65,6 +65,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, doc: Document) {
         description = "Queue remote commands for a fleet of unattended devices and follow them to their end."
     ),
     modifiers(&BearerAuth),
+    components(schemas(tend_proto::LogQueryParams)),
     tags(
         (name = "auth", description = "Log in"),
         (name = "tenants", description = "Tenants (system admins)"),
