@@ -361,7 +361,10 @@ async fn nul_characters_from_a_device_or_a_client_never_become_server_errors() {
         (v["status"] == "online").then_some(v)
     })
     .await;
-    assert_eq!(v["reported"]["agent_version"], "1");
+    // NUL becomes U+FFFD, tend's one rule (tend_proto::text), on the
+    // server as on the agent.
+    assert_eq!(v["reported"]["agent_version"], "1\u{FFFD}");
+    assert_eq!(v["reported"]["inventory"]["k\u{FFFD}"][0], "v\u{FFFD}");
 
     // A report whose output holds NULs is stored without them.
     let id = stack
@@ -383,7 +386,9 @@ async fn nul_characters_from_a_device_or_a_client_never_become_server_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(stack.command(&admin, id).await["result"]["output"], "ab");
+    let result = &stack.command(&admin, id).await["result"];
+    assert_eq!(result["output"], "a\u{FFFD}b");
+    assert_eq!(result["detail"]["x"], "\u{FFFD}");
 
     // Clients' NULs are a 4xx, not a 500.
     let (status, _) = stack

@@ -164,4 +164,17 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn command_params_are_documented_by_kind_from_the_protocols_types() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let params = &schemas["NewCommand"]["properties"]["params"];
+        let kinds = params["oneOf"].as_array().expect("params is a oneOf");
+        assert_eq!(kinds[0]["additionalProperties"], false, "{params}");
+        assert_eq!(kinds[1]["$ref"], "#/components/schemas/LogQueryParams");
+        let query = &schemas["LogQueryParams"];
+        assert_eq!(query["required"], serde_json::json!(["source"]), "{query}");
+        assert_eq!(query["properties"]["max_lines"]["maximum"], 10_000);
+    }
 }
