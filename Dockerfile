@@ -35,11 +35,11 @@ COPY services/core/Cargo.toml     services/core/
 COPY services/platform/Cargo.toml services/platform/
 COPY services/sync/Cargo.toml     services/sync/
 COPY services/monitor/Cargo.toml  services/monitor/
-COPY services/tendctl/Cargo.toml  services/tendctl/
 COPY agent/Cargo.toml             agent/
+COPY cli/Cargo.toml               cli/
 COPY tests/Cargo.toml             tests/
 RUN set -eux; \
-    members="proto services/core services/platform services/sync services/monitor services/tendctl agent tests"; \
+    members="proto services/core services/platform services/sync services/monitor agent cli tests"; \
     for d in $members; do \
         mkdir -p "$d/src"; \
         : > "$d/src/lib.rs"; \
@@ -59,9 +59,10 @@ RUN set -eux; \
 COPY proto    proto
 COPY services services
 COPY agent    agent
+COPY cli      cli
 COPY tests    tests
 RUN set -eux; \
-    find proto services agent tests -name '*.rs' -exec touch {} +; \
+    find proto services agent cli tests -name '*.rs' -exec touch {} +; \
     cargo build --release --locked $(printf -- '--bin %s ' $BINS); \
     mkdir -p /out; \
     for b in $BINS; do cp "target/release/$b" /out/; done; \

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the agent's Debian package (deploy/debian/build-deb.sh) and checks
 # what is in it: control fields, conffile, maintainer scripts, every file
-# with its owner and mode, the packaged binary's --version, the systemd unit
-# (systemd-analyze verify, when available) and lintian when it is installed
-# (it is not installed for this check: that step is skipped with a notice).
+# with its owner and mode, the packaged binary's --version and that it has no
+# fault points, the systemd unit (systemd-analyze verify, when available) and
+# lintian when it is installed (it is not installed for this check: that step
+# is skipped with a notice).
 # Exits non-zero with the reason at the first problem.
 #
 #   deploy/checks/deb.sh
@@ -72,6 +73,12 @@ grep -Ev '^[[:space:]]*echo ' "$tmp/control/postinst" \
     | grep -Eq 'systemctl (--system )?start|deb-systemd-invoke start' \
     && fail "$rel: postinst must not start the unconfigured agent"
 
+# No fault points on a device: the variable that arms them (agent/src/fault.rs)
+# is named only in code tend-agent's fault-points feature compiles in.
+command -v strings >/dev/null 2>&1 || fail "strings (binutils) not found: cannot inspect the packaged binary"
+faults=$(strings -a "$tmp/root/usr/bin/tend-agent" | grep -c TEND_AGENT_FAULTS || true)
+[[ $faults -eq 0 ]] || fail "$rel: the packaged tend-agent has fault points ($faults strings name TEND_AGENT_FAULTS)"
+
 if [[ $arch == "$(dpkg --print-architecture)" ]]; then
     got=$("$tmp/root/usr/bin/tend-agent" --version) || fail "$rel: the packaged binary does not run"
     [[ $got == "tend-agent ${version//\~/-}" ]] || fail "$rel: binary says '$got', package is $version"
@@ -100,4 +107,4 @@ else
     lint="lintian not installed: skipped"
 fi
 
-echo "deb: $rel ok (Depends: $depends; files, modes, conffile, maintainer scripts ok; $unit_check; $lint)"
+echo "deb: $rel ok (Depends: $depends; files, modes, conffile, maintainer scripts ok; no fault points; $unit_check; $lint)"

@@ -21,8 +21,9 @@ LOCKED=()
 if [ -f Cargo.lock ]; then LOCKED=(--locked); fi
 
 bash "$ROOT/deploy/local/backing-services.sh"
-# The whole workspace: the agent binary gets its fault points from the
-# tests crate's dependency on it.
+# The whole workspace with its tests: building the tests turns on the agent
+# binary's fault points (the tests crate's dev-dependency on it); a plain
+# `cargo build` would leave them out.
 cargo build --workspace --all-targets "${LOCKED[@]}"
 mkdir -p target/reliability
 report="target/reliability/soak-$(date -u +%Y%m%dT%H%M%SZ).md"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command of tend: makes sure PostgreSQL, Redis and RabbitMQ run
 # (deploy/local/backing-services.sh), builds every target of the workspace so
-# compile errors show up first, then runs `cargo test --workspace`.
+# compile errors show up first, runs `cargo test --workspace`, then the
+# checks in deploy/checks/.
 # Exit code: 0 when everything passed, otherwise the failing step's code.
 # Tests read TEND_TEST_DATABASE_URL / TEND_TEST_REDIS_URL / TEND_TEST_AMQP_URL
 # (defaults below, kept when already set); each test creates its own database.
@@ -42,8 +43,10 @@ fi
 
 # The checks that are not Rust tests: the live API fuzzed from its OpenAPI
 # document, the Kubernetes manifests rendered and validated, the agent's
-# Debian package built and inspected.
-for check in openapi k8s deb; do
+# Debian package built and inspected, and a user's build proved free of the
+# fault points the tests just used. fault-points goes last: it ends with the
+# tests' build, so a rerun of the tests finds their agent as they left it.
+for check in openapi k8s deb fault-points; do
     step "deploy/checks/$check.sh"
     bash "$ROOT/deploy/checks/$check.sh" || rc=$?
     if [ "$rc" -ne 0 ]; then

@@ -2,12 +2,18 @@
 //! instruction it runs in `executed`, so tests count executions.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 use uuid::Uuid;
 
 use crate::stack::{Device, Service, Stack, bin, signal};
+
+/// The variable that arms the agent's fault points (`agent/src/fault.rs`).
+/// The agent names it only in code its `fault-points` feature compiles in,
+/// so it is also how a binary shows it has them.
+const FAULTS_VAR: &str = "TEND_AGENT_FAULTS";
 
 pub struct Agent {
     pub device: Device,
@@ -96,7 +102,11 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .expect("agent log");
-        let child = Command::new(bin("tend-agent"))
+        let binary = bin("tend-agent");
+        if self.env.iter().any(|(k, _)| k == FAULTS_VAR) {
+            assert_has_fault_points(&binary);
+        }
+        let child = Command::new(binary)
             .arg("--config")
             .arg(&self.config)
             .env(
@@ -220,6 +230,29 @@ impl Agent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
+}
+
+/// Panics unless `binary` has its fault points compiled in. Without them
+/// the agent ignores `TEND_AGENT_FAULTS`, never dies, and a fault test
+/// would pass without a single fault. The binary is read once per test run.
+fn assert_has_fault_points(binary: &Path) {
+    static HAS_THEM: OnceLock<bool> = OnceLock::new();
+    let has_them = *HAS_THEM.get_or_init(|| {
+        let bytes = std::fs::read(binary)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", binary.display()));
+        bytes
+            .windows(FAULTS_VAR.len())
+            .any(|w| w == FAULTS_VAR.as_bytes())
+    });
+    assert!(
+        has_them,
+        "{} has no fault points compiled in, so {FAULTS_VAR} would do nothing and this \
+         test would prove nothing. It is the agent a plain `cargo build` makes for users; \
+         build the workspace with its tests (`cargo build --workspace --all-targets`), \
+         which turns on tend-agent's `fault-points` feature through the dev-dependency \
+         in tests/Cargo.toml, then run the test again.",
+        binary.display()
+    );
 }
 
 fn toml_array(items: &[&str]) -> String {

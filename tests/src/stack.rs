@@ -114,7 +114,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: build the workspace first (cargo build --workspace)",
+        "{} is missing: build the workspace first (cargo build --workspace --all-targets)",
         path.display()
     );
     path
