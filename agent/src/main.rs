@@ -11,10 +11,18 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// `--version` says when the fault suite's fault points are compiled in,
+/// so that an armed build can never pass for a release.
+const VERSION: &str = if cfg!(feature = "fault-points") {
+    concat!(env!("CARGO_PKG_VERSION"), " (fault points)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// tend's device agent: heartbeats to tend-sync, runs the remote commands
 /// it is sent, and reports their outcome.
 #[derive(Debug, Parser)]
-#[command(name = "tend-agent", version, about)]
+#[command(name = "tend-agent", version = VERSION, about)]
 struct Cli {
     /// The agent's TOML configuration file.
     #[arg(long, env = "TEND_AGENT_CONFIG", value_name = "FILE")]
