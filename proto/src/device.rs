@@ -1,5 +1,7 @@
 //! The device API of `tend-sync`: what the agent sends and receives.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -33,6 +35,10 @@ pub struct Heartbeat {
     /// the device's `reported` object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<serde_json::Value>,
+    /// The version of each component the agent manages (`agent` included),
+    /// as it runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<BTreeMap<String, String>>,
     /// Long-poll: the device may be held up to this many seconds, and is
     /// answered the moment a command for it arrives. The server caps it and
     /// says in `next_heartbeat_s` when to come back (0: at once).
@@ -46,6 +52,21 @@ pub struct HeartbeatResponse {
     pub pending: bool,
     /// When the device should send its next heartbeat.
     pub next_heartbeat_s: u64,
+}
+
+/// `POST /device/v1/update-check`: what the device runs, component by
+/// component (seed 004's scheduled update query).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCheck {
+    pub components: BTreeMap<String, String>,
+}
+
+/// The answer to an update check: whether work is pending now (an
+/// `upgrade` queued by this check, or anything else), as in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateCheckResponse {
+    pub pending: bool,
 }
 
 /// One command as the device sees it.

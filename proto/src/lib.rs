@@ -12,6 +12,7 @@ pub mod device;
 pub mod event;
 pub mod params;
 pub mod text;
+pub mod version;
 
 pub use command::{CommandKind, CommandStatus, KindParseError};
 pub use params::{CommandParams, LogQueryParams, ParamsError};

@@ -243,6 +243,11 @@ impl Stack {
         stack
     }
 
+    /// Where this stack's file artifact store keeps its objects.
+    pub fn artifact_dir(&self) -> PathBuf {
+        self.dir.path().join("artifacts")
+    }
+
     pub fn database_url(&self) -> String {
         let base = self
             .admin_url
@@ -268,6 +273,10 @@ impl Stack {
             ("TEND_HEARTBEAT_S", self.options.heartbeat_s.to_string()),
             ("TEND_SWEEP_INTERVAL_MS", self.options.sweep_ms.to_string()),
             ("TEND_SHUTDOWN_GRACE_S", "5".to_owned()),
+            (
+                "TEND_ARTIFACT_STORE",
+                format!("file://{}", self.artifact_dir().display()),
+            ),
             (
                 "TEND_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),

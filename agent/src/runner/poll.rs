@@ -29,6 +29,8 @@ impl Agent {
             boot_id: Some(self.boot_id.clone()),
             uptime_s: system::uptime_s(),
             inventory: Some(self.inventory.clone()),
+            // The agent is the one component every device has.
+            components: Some([("agent".to_owned(), AGENT_VERSION.to_owned())].into()),
             wait_s,
         }
     }

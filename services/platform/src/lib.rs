@@ -9,6 +9,7 @@
 mod api;
 mod caller;
 mod routes;
+mod software;
 mod state;
 
 use std::net::TcpListener;
@@ -19,6 +20,7 @@ use tend_core::auth::{self, Role, Tokens};
 use tend_core::db::{self, Pool, tenants, users};
 use tend_core::service::Service;
 use tend_core::shutdown::{self, Background, Shutdown};
+use tend_core::store::ArtifactStore;
 use tend_core::{Settings, http};
 
 use crate::state::State;
@@ -51,8 +53,15 @@ impl Service for Platform {
         }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let store = ArtifactStore::connect(&settings.artifact_store).await?;
         let tokens = Tokens::new(settings.jwt_secret.expose());
-        let state = web::Data::new(State::new(pool, tokens, shutdown));
+        let state = web::Data::new(State::new(
+            pool,
+            tokens,
+            shutdown,
+            store,
+            settings.artifact_max_bytes,
+        ));
         Ok(Platform {
             listener,
             state,

@@ -6,6 +6,7 @@ use tend_core::auth::Tokens;
 use tend_core::db::Pool;
 use tend_core::error::ApiError;
 use tend_core::shutdown::Shutdown;
+use tend_core::store::ArtifactStore;
 
 pub(crate) struct State {
     pub pool: Pool,
@@ -16,12 +17,22 @@ pub(crate) struct State {
     pub hashing: tokio::sync::Semaphore,
     /// `/readyz` answers 503 once the drain has begun.
     pub shutdown: Shutdown,
+    /// Where uploads go.
+    pub store: ArtifactStore,
+    /// The largest artifact an upload may bring.
+    pub artifact_max_bytes: u64,
 }
 
 pub(crate) type Shared = web::Data<State>;
 
 impl State {
-    pub fn new(pool: Pool, tokens: Tokens, shutdown: Shutdown) -> State {
+    pub fn new(
+        pool: Pool,
+        tokens: Tokens,
+        shutdown: Shutdown,
+        store: ArtifactStore,
+        artifact_max_bytes: u64,
+    ) -> State {
         State {
             pool,
             tokens,
@@ -29,6 +40,8 @@ impl State {
                 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
             shutdown,
+            store,
+            artifact_max_bytes,
         }
     }
 

@@ -23,6 +23,7 @@ mod fallback;
 mod presence;
 mod revocations;
 mod routes;
+mod software;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use tend_core::db::{self, Pool};
 use tend_core::live::Live;
 use tend_core::service::Service;
 use tend_core::shutdown::{self, Background, Shutdown};
+use tend_core::store::ArtifactStore;
 use tend_core::{Settings, amqp, http};
 
 pub use revocations::Revocations;
@@ -59,6 +61,10 @@ pub(crate) struct State {
     /// Whether the RabbitMQ consumer is connected: `/readyz` reports it,
     /// and while it is false pending flags are read from PostgreSQL.
     pub consuming: Arc<AtomicBool>,
+    /// Where artifact downloads come from.
+    pub store: ArtifactStore,
+    /// Downloads served at once; past it a device is told to come back.
+    pub downloads: Arc<tokio::sync::Semaphore>,
 }
 
 pub(crate) type Shared = web::Data<State>;
@@ -93,6 +99,7 @@ impl Service for SyncServer {
         events::load_pending(&board, &pool)
             .await
             .context("loading the devices with work pending")?;
+        let store = ArtifactStore::connect(&settings.artifact_store).await?;
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let state = web::Data::new(State {
@@ -105,6 +112,8 @@ impl Service for SyncServer {
             revocations,
             heartbeat_s: settings.heartbeat.as_secs(),
             consuming: Arc::new(AtomicBool::new(false)),
+            store,
+            downloads: Arc::new(tokio::sync::Semaphore::new(settings.download_concurrency)),
         });
         Ok(SyncServer {
             listener,

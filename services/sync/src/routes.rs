@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::Shared;
 use crate::device::DeviceCaller;
+use crate::software;
 
 /// The most output stored per command (a log query's lines, say). Longer
 /// output keeps its end, the newest lines, and says it was cut.
@@ -47,6 +48,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(heartbeat)),
                 )
                 .route("/instructions", web::get().to(instructions))
+                .route("/update-check", web::post().to(software::update_check))
+                .route("/artifacts/{id}", web::get().to(software::download))
                 .route("/instructions/{id}/report", web::post().to(report)),
         );
 }

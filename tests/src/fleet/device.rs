@@ -239,6 +239,7 @@ impl Device {
                 boot_id: Some(self.boot_id.clone()),
                 uptime_s: None,
                 inventory: None,
+                components: None,
                 wait_s,
             });
         let exchange = fleet.pools[self.pool].call(req).await;

@@ -76,7 +76,7 @@ async fn bad_requests_get_problem_json_with_the_right_status() {
             422,
         ),
         (
-            "kind of a later feature",
+            "upgrade without its artifact",
             M::POST,
             commands.clone(),
             Some(&admin),

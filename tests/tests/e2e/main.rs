@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries against real PostgreSQL, Redis and
 //! RabbitMQ, each test with its own database and instance prefix.
 
+mod artifacts;
 mod bulk;
 mod input;
 mod isolation;
@@ -11,3 +12,4 @@ mod longpoll;
 mod observability;
 mod resilience;
 mod tendctl;
+mod updates;

@@ -71,6 +71,10 @@ pub struct NewCommand<'a> {
     pub expires_in_s: i32,
     pub created_by: Option<Uuid>,
     pub trace_id: Option<&'a str>,
+    /// For `upgrade` and `restore`: the artifact it installs, if any, and
+    /// the component it changes (one open command per component).
+    pub artifact_id: Option<Uuid>,
+    pub component: Option<&'a str>,
 }
 
 /// Queues a command and its `command.queued` event. Run it in a transaction:
@@ -79,8 +83,8 @@ pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Comma
     let stmt = c
         .prepare_cached(&format!(
             "INSERT INTO commands (id, tenant_id, device_id, kind, params, timeout_s, expires_at,
-                                   created_by, trace_id)
-             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8, $9)
+                                   created_by, trace_id, artifact_id, component)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7), $8, $9, $10, $11)
              RETURNING {COLUMNS}"
         ))
         .await?;
@@ -98,6 +102,8 @@ pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Comma
                 &f64::from(new.expires_in_s),
                 &new.created_by,
                 &new.trace_id,
+                &new.artifact_id,
+                &new.component,
             ],
         )
         .await?;
@@ -112,6 +118,27 @@ pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Comma
     )
     .await?;
     from_row(&row)
+}
+
+/// The artifact of the last upgrade or restore of `component` that
+/// succeeded on the device: the last version it ran healthy.
+pub async fn last_good_artifact(
+    c: &impl GenericClient,
+    device_id: Uuid,
+    component: &str,
+) -> Result<Option<Uuid>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT artifact_id FROM commands
+             WHERE device_id = $1 AND component = $2 AND status = 'succeeded'
+               AND artifact_id IS NOT NULL
+             ORDER BY finished_at DESC LIMIT 1",
+        )
+        .await?;
+    Ok(c
+        .query_opt(&stmt, &[&device_id, &component])
+        .await?
+        .map(|r| r.get(0)))
 }
 
 pub async fn get(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<Option<Command>> {
@@ -343,6 +370,9 @@ pub async fn apply_report(
                     .await?,
             )?;
             outbox::insert(c, &finished_event(&done)).await?;
+            if rolled_back(&done, report) {
+                deny_rolled_back(c, &done, report).await?;
+            }
             done
         };
         return Ok(ReportOutcome::Applied(cmd));
@@ -363,6 +393,39 @@ pub async fn apply_report(
             .await?;
     }
     Ok(ReportOutcome::Conflict(cmd.status))
+}
+
+/// Whether a final report says an upgrade failed and the device put the
+/// previous version back (seed 004).
+fn rolled_back(cmd: &Command, report: &Report) -> bool {
+    cmd.kind == "upgrade"
+        && cmd.status == CommandStatus::Failed
+        && report
+            .detail
+            .as_ref()
+            .and_then(|d| d.get("rolled_back"))
+            .and_then(Value::as_bool)
+            == Some(true)
+}
+
+/// Puts the device on the denylist of the artifact its upgrade rolled back
+/// from, so no update check offers it the same broken version again.
+async fn deny_rolled_back(c: &impl GenericClient, cmd: &Command, report: &Report) -> Result<()> {
+    let why = report.error.as_deref().unwrap_or("no error given");
+    let mut reason = format!("upgrade {} rolled back: {why}", cmd.id);
+    if reason.chars().count() > 1000 {
+        reason = reason.chars().take(999).chain(['…']).collect();
+    }
+    let stmt = c
+        .prepare_cached(
+            "INSERT INTO artifact_denylist (artifact_id, device_id, reason)
+             SELECT artifact_id, device_id, $2 FROM commands
+             WHERE id = $1 AND artifact_id IS NOT NULL
+             ON CONFLICT (artifact_id, device_id) DO NOTHING",
+        )
+        .await?;
+    c.execute(&stmt, &[&cmd.id, &reason]).await?;
+    Ok(())
 }
 
 pub fn finished_event(cmd: &Command) -> Event {

@@ -230,6 +230,18 @@ pub async fn list(
     }))
 }
 
+/// The tenant and type of an active device: what the update check needs
+/// to know about the device a token names.
+pub async fn identity(c: &impl GenericClient, id: Uuid) -> Result<Option<(Uuid, String)>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT tenant_id, device_type FROM devices
+             WHERE id = $1 AND decommissioned_at IS NULL",
+        )
+        .await?;
+    Ok(c.query_opt(&stmt, &[&id]).await?.map(|r| (r.get(0), r.get(1))))
+}
+
 /// The tenant and secret hash of an active device credential.
 pub async fn find_secret(
     c: &impl GenericClient,

@@ -18,6 +18,7 @@ use crate::api::{
     MAX_TIMEOUT_S, NewCommand, check_command, check_seconds,
 };
 use crate::caller::Caller;
+use crate::software;
 use crate::state::Shared;
 use tend_core::db::devices;
 
@@ -55,7 +56,7 @@ pub async fn create(
     let params = body
         .params
         .unwrap_or_else(|| Value::Object(Default::default()));
-    check_command(&body.kind, &params)?;
+    let checked = check_command(&body.kind, &params)?;
     let timeout_s = check_seconds(
         "timeout_s",
         body.timeout_s,
@@ -73,27 +74,39 @@ pub async fn create(
     // command carries it through every service's logs.
     let trace_id = http::trace_id(&req).unwrap_or_else(|| request_id.to_string().replace('-', ""));
 
-    let (device, command) = db::in_tx(&state.pool, async |tx| {
+    let created = db::in_tx(&state.pool, async |tx| {
         let device = devices::get_locked(tx, caller.tenant(), *id)
             .await?
             .ok_or_else(no_such_device)?;
+        let resolved = software::resolve(tx, &device, checked, params).await?;
         let command = commands::create(
             tx,
             commands::NewCommand {
                 tenant_id: caller.tenant(),
                 device_id: device.id,
                 kind: &body.kind,
-                params: &params,
+                params: &resolved.params,
                 timeout_s,
                 expires_in_s,
                 created_by: Some(caller.user()),
                 trace_id: Some(&trace_id),
+                artifact_id: resolved.artifact_id,
+                component: resolved.component.as_deref(),
             },
         )
-        .await?;
+        .await
+        .map_err(|e| match e.unique_violation() {
+            Some("commands_open_component_key") => ApiError::Conflict(format!(
+                "an upgrade or restore of {} is already open for this device; \
+                 cancel it or wait for it to end",
+                resolved.component.as_deref().unwrap_or("this component")
+            )),
+            _ => e.into(),
+        })?;
         Ok::<_, ApiError>((device, command))
     })
-    .await?;
+    .await;
+    let (device, command) = created?;
     metrics::counter!("tend_commands_queued_total", "kind" => command.kind.clone()).increment(1);
     tracing::info!(command.id = %command.id, device.id = %device.id, kind = %command.kind,
         trace_id = %trace_id,

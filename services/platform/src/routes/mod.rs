@@ -1,5 +1,6 @@
 //! The admin API's routes and the OpenAPI document generated from them.
 
+mod artifacts;
 mod commands;
 mod devices;
 mod session;
@@ -35,7 +36,17 @@ fn api(cfg: &mut ServiceConfig) {
         .service(commands::list_for_device)
         .service(commands::get)
         .service(commands::output)
-        .service(commands::cancel);
+        .service(commands::cancel)
+        .service(artifacts::create)
+        .service(artifacts::list)
+        .service(artifacts::get)
+        .service(artifacts::update)
+        .service(artifacts::remove)
+        .service(artifacts::upload)
+        .service(artifacts::denylist)
+        .service(artifacts::denylist_entry)
+        .service(artifacts::deny)
+        .service(artifacts::allow);
 }
 
 /// Registers every route; `doc` is this API's OpenAPI document, served at
@@ -65,13 +76,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, doc: Document) {
         description = "Queue remote commands for a fleet of unattended devices and follow them to their end."
     ),
     modifiers(&BearerAuth),
-    components(schemas(tend_proto::LogQueryParams)),
+    components(schemas(
+        tend_proto::LogQueryParams,
+        tend_proto::params::UpgradeParams,
+        tend_proto::params::RestoreParams,
+        tend_proto::params::RestoreSource,
+        tend_proto::params::ArtifactRef,
+    )),
     tags(
         (name = "auth", description = "Log in"),
         (name = "tenants", description = "Tenants (system admins)"),
         (name = "users", description = "Admin users and their roles"),
         (name = "devices", description = "Devices and their credentials"),
         (name = "commands", description = "Remote commands and their lifecycle"),
+        (name = "artifacts", description = "Software images, their release and their denylists"),
     )
 )]
 struct Doc;

@@ -19,6 +19,12 @@ use serde_json::{Map, Value};
 
 use crate::command::CommandKind;
 
+mod software;
+
+pub use self::software::{
+    ArtifactRef, RestoreParams, RestoreSource, UpgradeParams, is_component_name,
+};
+
 /// The most lines one log query may ask for.
 pub const LOG_QUERY_MAX_LINES: u64 = 10_000;
 /// `max_lines` when a log query does not say.
@@ -42,6 +48,8 @@ pub enum CommandParams {
     Reboot,
     Shutdown,
     LogQuery(LogQueryParams),
+    Upgrade(UpgradeParams),
+    Restore(RestoreParams),
 }
 
 impl CommandParams {
@@ -50,6 +58,8 @@ impl CommandParams {
             CommandParams::Reboot => CommandKind::Reboot,
             CommandParams::Shutdown => CommandKind::Shutdown,
             CommandParams::LogQuery(_) => CommandKind::LogQuery,
+            CommandParams::Upgrade(_) => CommandKind::Upgrade,
+            CommandParams::Restore(_) => CommandKind::Restore,
         }
     }
 }
@@ -112,9 +122,6 @@ impl<'de> Deserialize<'de> for LogQueryParams {
 /// Why params were refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamsError {
-    /// The kind exists in the vocabulary, but the platform does not accept
-    /// commands of it yet.
-    NotSupported(CommandKind),
     /// The params do not fit the kind; the message says what is wrong.
     Invalid(String),
 }
@@ -128,9 +135,6 @@ impl ParamsError {
 impl fmt::Display for ParamsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ParamsError::NotSupported(kind) => {
-                write!(f, "kind {kind} is not supported by this platform yet")
-            }
             ParamsError::Invalid(message) => f.write_str(message),
         }
     }
@@ -144,8 +148,9 @@ impl std::error::Error for ParamsError {}
 /// `log_query`, params that are not an object, an unknown key, a source
 /// name that is a path, a time that is not strictly RFC 3339, `since`
 /// after `until`, a pattern too long or that does not compile, `max_lines`
-/// that is not a whole number from 1 to 10000; and every other kind, which
-/// the platform does not accept yet. A `null` optional key is absent.
+/// that is not a whole number from 1 to 10000; for `upgrade` and
+/// `restore`, what [`UpgradeParams`] and [`RestoreParams`] do not describe.
+/// A `null` optional key is absent.
 pub fn parse(kind: CommandKind, params: &Value) -> Result<CommandParams, ParamsError> {
     match kind {
         CommandKind::Reboot | CommandKind::Shutdown => match params {
@@ -158,7 +163,8 @@ pub fn parse(kind: CommandKind, params: &Value) -> Result<CommandParams, ParamsE
             ))),
         },
         CommandKind::LogQuery => parse_log_query(params).map(CommandParams::LogQuery),
-        CommandKind::Restore | CommandKind::Upgrade => Err(ParamsError::NotSupported(kind)),
+        CommandKind::Upgrade => software::parse_upgrade(params).map(CommandParams::Upgrade),
+        CommandKind::Restore => software::parse_restore(params).map(CommandParams::Restore),
     }
 }
 
@@ -346,12 +352,12 @@ mod tests {
             (
                 "upgrade",
                 json!({}),
-                "kind upgrade is not supported by this platform yet",
+                "invalid upgrade params: missing field `artifact_id`",
             ),
             (
                 "restore",
                 json!({}),
-                "kind restore is not supported by this platform yet",
+                "invalid restore params: missing field `component`",
             ),
             (
                 "log_query",

@@ -1,6 +1,8 @@
 //! The admin API's request and response bodies, with their validation and
 //! their OpenAPI schemas.
 
+mod artifacts;
+
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
@@ -14,6 +16,8 @@ use tend_proto::params::CommandParams;
 use utoipa::ToSchema;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Ref, Schema};
 use uuid::Uuid;
+
+pub use self::artifacts::*;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -149,8 +153,7 @@ pub struct DeviceList {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCommand {
-    /// `reboot`, `shutdown` or `log_query`; other kinds arrive with their
-    /// features.
+    /// `reboot`, `shutdown`, `log_query`, `upgrade` or `restore`.
     pub kind: String,
     #[schema(schema_with = command_params_schema)]
     pub params: Option<Value>,
@@ -300,7 +303,7 @@ pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
 pub fn check_command(kind: &str, params: &Value) -> Result<CommandParams, ApiError> {
     let kind = kind.parse::<CommandKind>().map_err(|_| {
         unprocessable(format!(
-            "unknown kind {kind:?}: expected reboot, shutdown or log_query"
+            "unknown kind {kind:?}: expected reboot, shutdown, log_query, upgrade or restore"
         ))
     })?;
     tend_proto::params::parse(kind, params).map_err(|e| unprocessable(e.to_string()))
@@ -317,9 +320,12 @@ fn command_params_schema() -> Schema {
         OneOfBuilder::new()
             .item(none)
             .item(Ref::from_schema_name("LogQueryParams"))
+            .item(Ref::from_schema_name("UpgradeParams"))
+            .item(Ref::from_schema_name("RestoreParams"))
             .description(Some(
                 "The kind's params: `{}` (or absent) for `reboot` and `shutdown`, \
-                 a `LogQueryParams` for `log_query`",
+                 a `LogQueryParams` for `log_query`, an `UpgradeParams` for `upgrade`, \
+                 a `RestoreParams` for `restore`",
             ))
             .build(),
     )
@@ -352,7 +358,7 @@ mod tests {
             panic!("an unknown kind is a 422");
         };
         assert!(
-            why.contains("expected reboot, shutdown or log_query"),
+            why.contains("expected reboot, shutdown, log_query, upgrade or restore"),
             "{why}"
         );
     }
