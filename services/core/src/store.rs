@@ -25,7 +25,7 @@
 //! steady pace is never cut. A store that fails or stalls is
 //! [`StoreError::Unavailable`], which a route answers 503.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::{self, Display};
 use std::future::Future;
 use std::ops::Range;
@@ -89,8 +89,8 @@ const RETRY_TIMEOUT: Duration = Duration::from_secs(15);
 /// and still a small buffer per download.
 const FILE_CHUNK: usize = 64 * 1024;
 
-/// The key [`ArtifactStore::check`] asks about; nothing ever writes it, so
-/// a healthy store answers "not found".
+/// The key [`ArtifactStore::check`] lists; nothing ever writes it, so the
+/// answer is an empty list.
 const CHECK_KEY: &str = "tend-store-check";
 
 /// What went wrong with a store call, as a route needs to tell it apart.
@@ -474,17 +474,23 @@ impl ArtifactStore {
             range: Some(GetRange::Bounded(range.clone())),
             ..GetOptions::default()
         };
-        let result = deadline(CALL_TIMEOUT, "reading an artifact", async {
+        let result = match deadline(CALL_TIMEOUT, "reading an artifact", async {
             self.object_store().get_opts(&path, options).await
         })
         .await
-        .map_err(|e| match e {
-            // A start past the end: object_store's message is the only sign.
-            StoreError::Unavailable(why) if why.contains("range") || why.contains("Range") => {
-                StoreError::InvalidRange(range.clone())
+        {
+            Ok(result) => result,
+            // A start past the end fails the GET like a broken store would
+            // (a 416 from S3, an I/O error from a file); the size tells them
+            // apart.
+            Err(StoreError::Unavailable(why)) if range.start > 0 => {
+                return Err(match self.size(key).await {
+                    Ok(size) if range.start >= size => StoreError::InvalidRange(range),
+                    _ => StoreError::Unavailable(why),
+                });
             }
-            e => e,
-        })?;
+            Err(e) => return Err(e),
+        };
         let expected = result.range.end - result.range.start;
         let chunks: BoxStream<'static, Result<Bytes, StoreError>> = match result.payload {
             GetResultPayload::File(file, _) => file_stream(file, result.range.start, expected),
@@ -529,8 +535,10 @@ impl ArtifactStore {
     }
 
     /// Whether the store answers, for `/readyz` and startup: the directory
-    /// exists, or the bucket answers a HEAD (with "not found") using these
-    /// credentials. Bounded by [`CALL_TIMEOUT`].
+    /// exists, or the bucket answers a listing with these credentials (of
+    /// a prefix that matches nothing, so the answer is small; a HEAD would
+    /// not do, as S3 answers a HEAD in a missing bucket with a bare 404,
+    /// like a missing object). Bounded by [`CALL_TIMEOUT`].
     pub async fn check(&self) -> Result<(), StoreError> {
         match &self.inner.backend {
             Backend::Directory { root, .. } => {
@@ -548,10 +556,21 @@ impl ArtifactStore {
                     )))
                 }
             }
-            Backend::S3(_) => match self.size(CHECK_KEY).await {
-                Ok(_) | Err(StoreError::NotFound) => Ok(()),
-                Err(e) => Err(e),
-            },
+            Backend::S3(s3) => {
+                let probe = self.path(CHECK_KEY)?;
+                match deadline(CALL_TIMEOUT, "listing the bucket", async {
+                    s3.list_with_delimiter(Some(&probe)).await
+                })
+                .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(StoreError::NotFound) => Err(StoreError::Unavailable(format!(
+                        "no such bucket in {}",
+                        self.inner.url
+                    ))),
+                    Err(e) => Err(e),
+                }
+            }
         }
     }
 }
@@ -582,14 +601,14 @@ impl Failure {
 /// Body bytes not yet sent: less than one part, plus the chunk just read.
 #[derive(Default)]
 struct Pending {
-    chunks: Vec<Bytes>,
+    chunks: VecDeque<Bytes>,
     len: usize,
 }
 
 impl Pending {
     fn push(&mut self, chunk: Bytes) {
         self.len += chunk.len();
-        self.chunks.push(chunk);
+        self.chunks.push_back(chunk);
     }
 
     /// The first `n` bytes (n <= len), without copying them.
@@ -597,10 +616,12 @@ impl Pending {
         let mut taken = Vec::new();
         let mut left = n;
         while left > 0 {
-            let first = &mut self.chunks[0];
+            let Some(first) = self.chunks.front_mut() else {
+                break;
+            };
             if first.len() <= left {
                 left -= first.len();
-                taken.push(self.chunks.remove(0));
+                taken.extend(self.chunks.pop_front());
             } else {
                 taken.push(first.split_to(left));
                 left = 0;
