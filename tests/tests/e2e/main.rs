@@ -10,4 +10,5 @@ mod log_query;
 mod longpoll;
 mod observability;
 mod resilience;
+mod store;
 mod tendctl;
