@@ -1115,6 +1115,52 @@ mod tests {
         assert!(matches!(items[1], Err(StoreError::Unavailable(_))));
     }
 
+    /// How the routes use it: the request's `web::Payload` is the stream
+    /// `put_stream` takes, and `get_range`'s stream is a response body.
+    #[actix_web::test]
+    async fn actix_handlers_stream_a_payload_in_and_a_range_out() {
+        use actix_web::{App, HttpResponse, test, web};
+
+        async fn upload(
+            store: web::Data<ArtifactStore>,
+            body: web::Payload,
+        ) -> Result<HttpResponse, ApiError> {
+            // web::Payload has no size limit of its own (PayloadConfig's
+            // 256 KiB is for the Bytes and Json extractors): this is it.
+            let stored = store.put_stream("a", body, 4 << 20).await?;
+            Ok(HttpResponse::Ok().body(stored.sha256))
+        }
+        async fn download(store: web::Data<ArtifactStore>) -> Result<HttpResponse, ApiError> {
+            let chunks = store.get_range("a", 2..5).await?;
+            Ok(HttpResponse::PartialContent().streaming(chunks))
+        }
+        let (_dir, store) = directory();
+        let app = test::init_service(
+            App::new()
+                .app_data(web::Data::new(store))
+                .route("/a", web::put().to(upload))
+                .route("/a", web::get().to(download)),
+        )
+        .await;
+
+        let data = pattern(3 << 20);
+        let put = test::TestRequest::put()
+            .uri("/a")
+            .set_payload(data.clone())
+            .to_request();
+        let sha = test::call_and_read_body(&app, put).await;
+        assert_eq!(sha, sha256(&data).as_bytes());
+        let get = test::TestRequest::get().uri("/a").to_request();
+        assert_eq!(test::call_and_read_body(&app, get).await, data[2..5]);
+
+        let too_big = test::TestRequest::put()
+            .uri("/a")
+            .set_payload(vec![0u8; (4 << 20) + 1])
+            .to_request();
+        let res = test::call_service(&app, too_big).await;
+        assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
     #[test]
     fn store_errors_become_the_statuses_of_the_error_policy() {
         for (err, status) in [
