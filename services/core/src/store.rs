@@ -1161,6 +1161,19 @@ mod tests {
         assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
+    /// Callers may spawn these on the runtime when their body stream is
+    /// `Send` (actix's `web::Payload` is not, which handlers allow).
+    #[tokio::test]
+    async fn the_store_futures_are_send_when_the_body_is() {
+        fn assert_send<T: Send>(_: &T) {}
+        let (_dir, store) = directory();
+        let put = store.put_stream("k", body(b"x", 1), 1);
+        assert_send(&put);
+        put.await.unwrap();
+        assert_send(&store.get_range("k", 0..1));
+        assert_send(&store.check());
+    }
+
     #[test]
     fn store_errors_become_the_statuses_of_the_error_policy() {
         for (err, status) in [
