@@ -11,6 +11,9 @@
 //! `TEND_TEST_AMQP_URL`, defaulting to this machine's. A test fails loudly
 //! when one is missing: it never skips.
 //!
+//! [`s3::S3Bucket`] gives a test a bucket on a real S3-protocol server of
+//! the test process's own, for the artifact store.
+//!
 //! [`fleet`] is the fleet simulator behind the `tend-fleet` binary: many
 //! simulated agents over real HTTP, for load and latency figures.
 
@@ -18,6 +21,7 @@ mod agent;
 pub mod fleet;
 pub mod proxy;
 pub mod redis_server;
+pub mod s3;
 mod stack;
 
 pub use agent::Agent;

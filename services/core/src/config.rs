@@ -19,8 +19,12 @@ pub const BOOTSTRAP_ADMIN: &str = "TEND_BOOTSTRAP_ADMIN";
 pub const HEARTBEAT_S: &str = "TEND_HEARTBEAT_S";
 pub const SWEEP_INTERVAL_MS: &str = "TEND_SWEEP_INTERVAL_MS";
 pub const SHUTDOWN_GRACE_S: &str = "TEND_SHUTDOWN_GRACE_S";
+pub const ARTIFACT_STORE: &str = "TEND_ARTIFACT_STORE";
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tend";
+/// Where artifact bytes live by default: the directory the Debian package
+/// and the Kubernetes volume provide.
+pub const DEFAULT_ARTIFACT_STORE: &str = "file:///var/lib/tend/artifacts";
 
 /// A secret that never shows up in `Debug` output or logs.
 #[derive(Clone)]
@@ -68,6 +72,10 @@ pub struct Settings {
     /// How long SIGTERM waits for in-flight work. Kubernetes sends SIGKILL
     /// after `terminationGracePeriodSeconds` (30 s by default), so stay below.
     pub shutdown_grace: Duration,
+    /// Where artifact bytes live: `file:///dir` or `s3://bucket[/prefix]`
+    /// (checked here, opened by [`crate::store::ArtifactStore::open`]).
+    /// Platform and sync must name the same store.
+    pub artifact_store: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +169,11 @@ impl Settings {
         let sweep_ms = parse_u64(get(SWEEP_INTERVAL_MS), SWEEP_INTERVAL_MS, 5000, 50, 10_000)?;
         let grace_s = parse_u64(get(SHUTDOWN_GRACE_S), SHUTDOWN_GRACE_S, 20, 0, 3600)?;
 
+        let artifact_store = get(ARTIFACT_STORE)
+            .unwrap_or(DEFAULT_ARTIFACT_STORE)
+            .to_owned();
+        crate::store::validate_url(&artifact_store).map_err(|why| invalid(ARTIFACT_STORE, why))?;
+
         Ok(Settings {
             listen,
             database_url: Secret::new(database_url),
@@ -172,6 +185,7 @@ impl Settings {
             heartbeat: Duration::from_secs(heartbeat_s),
             sweep_interval: Duration::from_millis(sweep_ms),
             shutdown_grace: Duration::from_secs(grace_s),
+            artifact_store,
         })
     }
 }
@@ -213,6 +227,7 @@ mod tests {
         assert_eq!(s.instance, "tend");
         assert_eq!(s.heartbeat, Duration::from_secs(30));
         assert!(s.bootstrap_admin.is_none());
+        assert_eq!(s.artifact_store, DEFAULT_ARTIFACT_STORE);
     }
 
     #[test]
@@ -232,6 +247,9 @@ mod tests {
             (INSTANCE, "a b"),
             (BOOTSTRAP_ADMIN, "nocolon"),
             (AMQP_URL, "http://x"),
+            (ARTIFACT_STORE, "http://x"),
+            (ARTIFACT_STORE, "file://relative/dir"),
+            (ARTIFACT_STORE, "s3:///prefix"),
         ] {
             let e = Settings::from_map(&vars(&[(JWT_SECRET, KEY), (var, value)]), "0.0.0.0:1")
                 .unwrap_err();

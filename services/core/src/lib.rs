@@ -5,6 +5,7 @@
 //! - [`live`]: presence in Redis (the pending flags live in each sync
 //!   replica's memory);
 //! - [`amqp`]: RabbitMQ naming and connection;
+//! - [`store`]: artifact bytes, in a directory or an S3-compatible store;
 //! - [`retry`]: backoff, outage logging and startup retries, for every loop;
 //! - [`auth`]: tokens, passwords and device secrets;
 //! - [`error`]: the error policy and [`error::ApiError`], the problem+json answer;
@@ -23,6 +24,7 @@ pub mod live;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 
 pub use config::Settings;

@@ -11,5 +11,6 @@ mod log_query;
 mod longpoll;
 mod observability;
 mod resilience;
+mod store;
 mod tendctl;
 mod updates;
