@@ -45,6 +45,7 @@ env -i PATH="$PATH" \
     TEND_DATABASE_URL="$DB_URL" \
     TEND_JWT_SECRET="openapi-check-signing-key-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
     TEND_BOOTSTRAP_ADMIN="fuzz:$PASSWORD" \
+    TEND_ARTIFACT_STORE="file://$WORK/artifacts" \
     TEND_LOG=warn,tend_platform=info,tend_core::service=info \
     target/debug/tend-platform >"$WORK/platform.log" 2>&1 &
 PID=$!

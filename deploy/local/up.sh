@@ -199,6 +199,8 @@ TEND_JWT_SECRET="$(cat "$RUN/jwt_secret")"
 export TEND_JWT_SECRET
 export TEND_BOOTSTRAP_ADMIN="$ADMIN_USER:$ADMIN_PASSWORD"
 export TEND_HEARTBEAT_S=5
+# Artifact bytes in a directory of the run, shared by platform and sync.
+export TEND_ARTIFACT_STORE="file://$RUN/artifacts"
 export TEND_LOG="${TEND_LOG:-info}"
 
 # --- 4. services ----------------------------------------------------------------

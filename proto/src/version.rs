@@ -16,8 +16,7 @@ pub const MAX_VERSION_BYTES: usize = 64;
 pub fn is_valid(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= MAX_VERSION_BYTES
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._+~-".contains(&b))
 }
 
@@ -63,11 +62,20 @@ mod tests {
         assert!(is_upgrade("2.0.0", "2.0.0-rc.1"));
         assert!(!is_upgrade("1.9.3", "1.10.0"), "never older");
         assert!(!is_upgrade("1.2.3", "1.2.3"), "never the same");
-        assert!(!is_upgrade("1.2.3+b2", "1.2.3+b1"), "build metadata does not count");
+        assert!(
+            !is_upgrade("1.2.3+b2", "1.2.3+b1"),
+            "build metadata does not count"
+        );
         assert_eq!(compare("build-7", "build-7"), Some(Ordering::Equal));
         assert_eq!(compare("build-8", "build-7"), None);
-        assert!(is_upgrade("build-8", "build-7"), "opaque: any different version");
+        assert!(
+            is_upgrade("build-8", "build-7"),
+            "opaque: any different version"
+        );
         assert!(!is_upgrade("build-7", "build-7"));
-        assert!(is_upgrade("1.3", "1.2"), "not semantic: different is enough");
+        assert!(
+            is_upgrade("1.3", "1.2"),
+            "not semantic: different is enough"
+        );
     }
 }

@@ -81,9 +81,14 @@ pub fn is_component_name(name: &str) -> bool {
     super::is_source_name(name)
 }
 
-fn from_value<T: serde::de::DeserializeOwned>(kind: &str, params: &Value) -> Result<T, ParamsError> {
+fn from_value<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    params: &Value,
+) -> Result<T, ParamsError> {
     if !params.is_object() {
-        return Err(ParamsError::Invalid(format!("{kind} params must be an object")));
+        return Err(ParamsError::Invalid(format!(
+            "{kind} params must be an object"
+        )));
     }
     serde_json::from_value(params.clone())
         .map_err(|e| ParamsError::Invalid(format!("invalid {kind} params: {e}")))
@@ -159,13 +164,20 @@ mod tests {
     fn a_restore_names_a_component_and_where_from() {
         let p = parse_restore(&json!({ "component": "app" })).unwrap();
         assert_eq!(p.source, RestoreSource::Backup);
-        let p = parse_restore(&json!({ "component": "app", "source": "cloud", "version": "1.2.3" }))
-            .unwrap();
-        assert_eq!((p.source, p.version.as_deref()), (RestoreSource::Cloud, Some("1.2.3")));
+        let p =
+            parse_restore(&json!({ "component": "app", "source": "cloud", "version": "1.2.3" }))
+                .unwrap();
+        assert_eq!(
+            (p.source, p.version.as_deref()),
+            (RestoreSource::Cloud, Some("1.2.3"))
+        );
         assert!(parse_restore(&json!({ "component": "app", "source": "peer" })).is_ok());
         assert!(parse_restore(&json!({ "component": "app", "source": "usb" })).is_err());
         assert!(parse_restore(&json!({ "component": "../app" })).is_err());
-        assert!(parse_restore(&json!({ "component": "app", "version": "1 2", "source": "cloud" })).is_err());
+        assert!(
+            parse_restore(&json!({ "component": "app", "version": "1 2", "source": "cloud" }))
+                .is_err()
+        );
         assert!(parse_restore(&json!({ "component": "app", "version": "1.0.0" })).is_err());
         assert!(parse_restore(&json!({})).is_err());
     }

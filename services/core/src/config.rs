@@ -20,6 +20,8 @@ pub const HEARTBEAT_S: &str = "TEND_HEARTBEAT_S";
 pub const SWEEP_INTERVAL_MS: &str = "TEND_SWEEP_INTERVAL_MS";
 pub const SHUTDOWN_GRACE_S: &str = "TEND_SHUTDOWN_GRACE_S";
 pub const ARTIFACT_STORE: &str = "TEND_ARTIFACT_STORE";
+pub const ARTIFACT_MAX_BYTES: &str = "TEND_ARTIFACT_MAX_BYTES";
+pub const DOWNLOADS_MAX: &str = "TEND_DOWNLOADS_MAX";
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tend";
 /// Where artifact bytes live by default: the directory the Debian package
@@ -76,6 +78,13 @@ pub struct Settings {
     /// (checked here, opened by [`crate::store::ArtifactStore::open`]).
     /// Platform and sync must name the same store.
     pub artifact_store: String,
+    /// The largest artifact the platform takes (`TEND_ARTIFACT_MAX_BYTES`,
+    /// default 8 GiB: an OS image with room to spare).
+    pub artifact_max_bytes: u64,
+    /// Artifact downloads one sync replica serves at once
+    /// (`TEND_DOWNLOADS_MAX`, default 1024); more are answered 503 with
+    /// `Retry-After`, never queued.
+    pub download_concurrency: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +182,14 @@ impl Settings {
             .unwrap_or(DEFAULT_ARTIFACT_STORE)
             .to_owned();
         crate::store::validate_url(&artifact_store).map_err(|why| invalid(ARTIFACT_STORE, why))?;
+        let artifact_max_bytes = parse_u64(
+            get(ARTIFACT_MAX_BYTES),
+            ARTIFACT_MAX_BYTES,
+            8 << 30,
+            1,
+            1 << 40,
+        )?;
+        let downloads_max = parse_u64(get(DOWNLOADS_MAX), DOWNLOADS_MAX, 1024, 1, 1_000_000)?;
 
         Ok(Settings {
             listen,
@@ -186,6 +203,8 @@ impl Settings {
             sweep_interval: Duration::from_millis(sweep_ms),
             shutdown_grace: Duration::from_secs(grace_s),
             artifact_store,
+            artifact_max_bytes,
+            download_concurrency: downloads_max as usize,
         })
     }
 }

@@ -253,6 +253,14 @@ fn parse_url(raw: &str) -> Result<Location, String> {
 }
 
 impl ArtifactStore {
+    /// Opens the store and checks that it answers, retrying as a service
+    /// does for its other backing services at startup.
+    pub async fn connect(url: &str) -> anyhow::Result<ArtifactStore> {
+        let store = ArtifactStore::open(url)?;
+        crate::retry::at_startup("the artifact store", ARTIFACT_STORE, || store.check()).await?;
+        Ok(store)
+    }
+
     /// Opens the store `url` names (`file:///abs/dir` or
     /// `s3://bucket[/prefix]`), with the S3 settings of the process's
     /// `AWS_*` variables. A directory is created if missing. Anything else

@@ -294,7 +294,10 @@ pub async fn download(
     if let Some(name) = &found.filename {
         res.insert_header((
             header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{}\"", name.replace(['"', '\\'], "_")),
+            format!(
+                "attachment; filename=\"{}\"",
+                name.replace(['"', '\\'], "_")
+            ),
         ));
     }
     if status == actix_web::http::StatusCode::PARTIAL_CONTENT {
@@ -329,7 +332,11 @@ mod tests {
         let w = |r: &str| wanted(Some(r), 1000);
         assert_eq!(wanted(None, 1000), Wanted::Whole);
         assert_eq!(w("bytes=0-0"), Wanted::Part(0, 1));
-        assert_eq!(w("bytes=0-1023"), Wanted::Part(0, 1000), "clamped to the end");
+        assert_eq!(
+            w("bytes=0-1023"),
+            Wanted::Part(0, 1000),
+            "clamped to the end"
+        );
         assert_eq!(w("bytes=999-"), Wanted::Part(999, 1000));
         assert_eq!(w("bytes=-10"), Wanted::Part(990, 1000));
         assert_eq!(w("bytes=-5000"), Wanted::Part(0, 1000));

@@ -52,8 +52,17 @@ async fn upload(stack: &Stack, token: &str, id: &str, body: Vec<u8>) -> (u16, Va
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn send(stack: &Stack, method: reqwest::Method, token: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = stack.http.request(method, stack.api(path)).bearer_auth(token);
+async fn send(
+    stack: &Stack,
+    method: reqwest::Method,
+    token: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = stack
+        .http
+        .request(method, stack.api(path))
+        .bearer_auth(token);
     if let Some(body) = body {
         req = req.json(&body);
     }
@@ -90,7 +99,9 @@ async fn an_upload_is_streamed_hashed_and_listed_and_a_second_one_is_refused() {
 
     let (_, shown) = stack.get(&admin, &format!("/artifacts/{id}")).await;
     assert_eq!(shown["sha256"], sha);
-    let (_, list) = stack.get(&admin, "/artifacts?component=app&device_type=kiosk").await;
+    let (_, list) = stack
+        .get(&admin, "/artifacts?component=app&device_type=kiosk")
+        .await;
     assert_eq!(list["items"][0]["id"], id.as_str());
     let (_, none) = stack.get(&admin, "/artifacts?device_type=camera").await;
     assert_eq!(none["items"], json!([]));
@@ -121,7 +132,10 @@ async fn bytes_that_do_not_match_what_was_declared_are_refused_and_nothing_remai
         assert_eq!(v["status"], 422);
         let (_, shown) = stack.get(&admin, &format!("/artifacts/{id}")).await;
         assert_eq!(shown["status"], "pending_upload", "{declared}");
-        assert!(objects(&stack.artifact_dir()).is_empty(), "{declared}: an object remains");
+        assert!(
+            objects(&stack.artifact_dir()).is_empty(),
+            "{declared}: an object remains"
+        );
     }
     // The right bytes, declared in capitals, are taken.
     let sha = hex(&Sha256::digest(&body)).to_uppercase();
@@ -158,7 +172,9 @@ async fn an_upload_cut_halfway_leaves_no_ready_artifact_and_no_object() {
         .put(stack.api(&format!("/artifacts/{id}/content")))
         .bearer_auth(&admin)
         .header("content-length", (8 * 1024 * 1024).to_string())
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await;
     assert!(sent.is_err() || !sent.unwrap().status().is_success());
@@ -178,12 +194,30 @@ async fn malformed_artifacts_are_refused_with_problem_details() {
     let stack = Stack::start().await;
     let admin = stack.admin().await;
     for (body, status) in [
-        (json!({ "component": "app", "version": "1 2", "device_types": ["kiosk"] }), 422),
-        (json!({ "component": "app", "version": "1", "device_types": [] }), 422),
-        (json!({ "component": "a/b", "version": "1", "device_types": ["kiosk"] }), 422),
-        (json!({ "component": "app", "version": "1", "device_types": ["kiosk"], "color": "red" }), 422),
-        (json!({ "component": "app", "version": "1", "device_types": ["kiosk"], "sha256": "abc" }), 422),
-        (json!({ "component": "app", "version": "1", "device_types": "kiosk" }), 422),
+        (
+            json!({ "component": "app", "version": "1 2", "device_types": ["kiosk"] }),
+            422,
+        ),
+        (
+            json!({ "component": "app", "version": "1", "device_types": [] }),
+            422,
+        ),
+        (
+            json!({ "component": "a/b", "version": "1", "device_types": ["kiosk"] }),
+            422,
+        ),
+        (
+            json!({ "component": "app", "version": "1", "device_types": ["kiosk"], "color": "red" }),
+            422,
+        ),
+        (
+            json!({ "component": "app", "version": "1", "device_types": ["kiosk"], "sha256": "abc" }),
+            422,
+        ),
+        (
+            json!({ "component": "app", "version": "1", "device_types": "kiosk" }),
+            422,
+        ),
     ] {
         let (got, v) = stack.post(&admin, "/artifacts", body.clone()).await;
         assert_eq!(got, status, "{body}: {v}");
@@ -203,7 +237,16 @@ async fn release_denylist_and_delete_follow_the_artifacts_state() {
     )
     .await;
     let id = a["id"].as_str().unwrap().to_owned();
-    let patch = |released: bool| send(&stack, reqwest::Method::PATCH, &admin, &format!("/artifacts/{id}"), Some(json!({ "released": released })));
+    let path = format!("/artifacts/{id}");
+    let patch = |released: bool| {
+        send(
+            &stack,
+            reqwest::Method::PATCH,
+            &admin,
+            &path,
+            Some(json!({ "released": released })),
+        )
+    };
     let (status, v) = patch(true).await;
     assert_eq!(status, 409, "not uploaded yet: {v}");
     assert_eq!(upload(&stack, &admin, &id, bytes(4096)).await.0, 200);
@@ -211,7 +254,14 @@ async fn release_denylist_and_delete_follow_the_artifacts_state() {
     assert_eq!((status, &v["released"]), (200, &json!(true)), "{v}");
 
     let entry = format!("/artifacts/{id}/denylist/{}", device.id);
-    let (status, v) = send(&stack, reqwest::Method::PUT, &admin, &entry, Some(json!({ "reason": "screen flickers" }))).await;
+    let (status, v) = send(
+        &stack,
+        reqwest::Method::PUT,
+        &admin,
+        &entry,
+        Some(json!({ "reason": "screen flickers" })),
+    )
+    .await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["reason"], "screen flickers");
     assert_eq!(v["device_id"], device.id.to_string());
@@ -219,19 +269,43 @@ async fn release_denylist_and_delete_follow_the_artifacts_state() {
     assert_eq!(status, 200, "already there: {again}");
     assert_eq!(again["reason"], "screen flickers", "the entry is unchanged");
     assert_eq!(stack.get(&admin, &entry).await.0, 200);
-    let (_, list) = stack.get(&admin, &format!("/artifacts/{id}/denylist")).await;
+    let (_, list) = stack
+        .get(&admin, &format!("/artifacts/{id}/denylist"))
+        .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     let unknown = format!("/artifacts/{id}/denylist/{}", uuid::Uuid::new_v4());
-    assert_eq!(send(&stack, reqwest::Method::PUT, &admin, &unknown, None).await.0, 404);
-    assert_eq!(send(&stack, reqwest::Method::DELETE, &admin, &entry, None).await.0, 204);
-    assert_eq!(send(&stack, reqwest::Method::DELETE, &admin, &entry, None).await.0, 404);
+    assert_eq!(
+        send(&stack, reqwest::Method::PUT, &admin, &unknown, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        send(&stack, reqwest::Method::DELETE, &admin, &entry, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        send(&stack, reqwest::Method::DELETE, &admin, &entry, None)
+            .await
+            .0,
+        404
+    );
     assert_eq!(stack.get(&admin, &entry).await.0, 404);
 
     assert_eq!(objects(&stack.artifact_dir()).len(), 1);
-    let path = format!("/artifacts/{id}");
-    assert_eq!(send(&stack, reqwest::Method::DELETE, &admin, &path, None).await.0, 204);
+    assert_eq!(
+        send(&stack, reqwest::Method::DELETE, &admin, &path, None)
+            .await
+            .0,
+        204
+    );
     assert_eq!(stack.get(&admin, &path).await.0, 404);
-    assert!(objects(&stack.artifact_dir()).is_empty(), "its bytes are gone too");
+    assert!(
+        objects(&stack.artifact_dir()).is_empty(),
+        "its bytes are gone too"
+    );
 }
 
 #[tokio::test]
@@ -257,7 +331,11 @@ async fn another_tenant_gets_404_and_a_viewer_403_on_every_artifact_route() {
     assert_eq!(status, 201, "{v}");
     let other = stack.login("mallory", "mallory-pass").await;
     let (status, v) = stack
-        .post(&root, "/users", json!({ "username": "vera", "password": "long-enough", "role": "viewer" }))
+        .post(
+            &root,
+            "/users",
+            json!({ "username": "vera", "password": "long-enough", "role": "viewer" }),
+        )
         .await;
     assert_eq!(status, 201, "{v}");
     let viewer = stack.login("vera", "long-enough").await;
@@ -265,7 +343,11 @@ async fn another_tenant_gets_404_and_a_viewer_403_on_every_artifact_route() {
     use reqwest::Method;
     let entry = format!("/artifacts/{id}/denylist/{}", device.id);
     let writes = [
-        (Method::PATCH, format!("/artifacts/{id}"), Some(json!({ "released": false }))),
+        (
+            Method::PATCH,
+            format!("/artifacts/{id}"),
+            Some(json!({ "released": false })),
+        ),
         (Method::DELETE, format!("/artifacts/{id}"), None),
         (Method::PUT, entry.clone(), Some(json!({}))),
         (Method::DELETE, entry.clone(), None),
@@ -278,11 +360,33 @@ async fn another_tenant_gets_404_and_a_viewer_403_on_every_artifact_route() {
     }
     assert_eq!(upload(&stack, &other, &id, bytes(10)).await.0, 404);
     assert_eq!(upload(&stack, &viewer, &id, bytes(10)).await.0, 403);
-    assert_eq!(stack.post(&viewer, "/artifacts", json!({ "component": "app", "version": "1", "device_types": ["kiosk"] })).await.0, 403);
-    for path in [format!("/artifacts/{id}"), format!("/artifacts/{id}/denylist"), entry.clone()] {
-        assert_eq!(stack.get(&other, &path).await.0, 404, "GET {path} by another tenant");
+    assert_eq!(
+        stack
+            .post(
+                &viewer,
+                "/artifacts",
+                json!({ "component": "app", "version": "1", "device_types": ["kiosk"] })
+            )
+            .await
+            .0,
+        403
+    );
+    for path in [
+        format!("/artifacts/{id}"),
+        format!("/artifacts/{id}/denylist"),
+        entry.clone(),
+    ] {
+        assert_eq!(
+            stack.get(&other, &path).await.0,
+            404,
+            "GET {path} by another tenant"
+        );
     }
-    assert_eq!(stack.get(&viewer, &format!("/artifacts/{id}")).await.0, 200, "viewers read");
+    assert_eq!(
+        stack.get(&viewer, &format!("/artifacts/{id}")).await.0,
+        200,
+        "viewers read"
+    );
     let (_, list) = stack.get(&other, "/artifacts").await;
     assert_eq!(list["items"], json!([]));
     // Another tenant's device cannot be put on this tenant's denylist.

@@ -98,9 +98,36 @@ async fn a_released_newer_version_is_offered_once_and_nothing_else_is() {
     let token = stack.device_token(&device).await;
     // Offered: app 1.10.0 for kiosks. Never offered: an unreleased newer
     // one, one for cameras, and other components' releases.
-    let newer = artifact(&stack, &admin, "app", "1.10.0", &["kiosk"], &bytes(2048), true).await;
-    artifact(&stack, &admin, "app", "1.11.0", &["kiosk"], &bytes(10), false).await;
-    artifact(&stack, &admin, "app", "9.0.0", &["camera"], &bytes(10), true).await;
+    let newer = artifact(
+        &stack,
+        &admin,
+        "app",
+        "1.10.0",
+        &["kiosk"],
+        &bytes(2048),
+        true,
+    )
+    .await;
+    artifact(
+        &stack,
+        &admin,
+        "app",
+        "1.11.0",
+        &["kiosk"],
+        &bytes(10),
+        false,
+    )
+    .await;
+    artifact(
+        &stack,
+        &admin,
+        "app",
+        "9.0.0",
+        &["camera"],
+        &bytes(10),
+        true,
+    )
+    .await;
     artifact(&stack, &admin, "os", "2.0.0", &["camera"], &bytes(10), true).await;
 
     // The same version, an older one, or a component with nothing
@@ -108,7 +135,10 @@ async fn a_released_newer_version_is_offered_once_and_nothing_else_is() {
     for running in ["1.10.0", "2.0.0"] {
         let (status, v) = check(&stack, &token, json!({ "app": running, "os": "1.0.0" })).await;
         assert_eq!(status, 200, "{v}");
-        assert!(upgrades(&stack, &admin, device.id).await.is_empty(), "running {running}");
+        assert!(
+            upgrades(&stack, &admin, device.id).await.is_empty(),
+            "running {running}"
+        );
     }
 
     // Two checks at once still queue one upgrade.
@@ -117,14 +147,22 @@ async fn a_released_newer_version_is_offered_once_and_nothing_else_is() {
         check(&stack, &token, json!({ "app": "1.9.3" }))
     );
     assert_eq!((a.0, b.0), (200, 200));
-    assert!(a.1["pending"] == true || b.1["pending"] == true, "{} {}", a.1, b.1);
+    assert!(
+        a.1["pending"] == true || b.1["pending"] == true,
+        "{} {}",
+        a.1,
+        b.1
+    );
     let queued = upgrades(&stack, &admin, device.id).await;
     assert_eq!(queued.len(), 1, "{queued:?}");
     let params = &queued[0]["params"];
     assert_eq!(params["artifact_id"], newer.as_str());
     assert_eq!(params["artifact"]["version"], "1.10.0");
     assert_eq!(params["artifact"]["size"], 2048);
-    assert_eq!(params["artifact"]["sha256"], hex(&Sha256::digest(bytes(2048))));
+    assert_eq!(
+        params["artifact"]["sha256"],
+        hex(&Sha256::digest(bytes(2048)))
+    );
     let (_, v) = check(&stack, &token, json!({ "app": "1.9.3" })).await;
     assert_eq!(v["pending"], true);
     assert_eq!(upgrades(&stack, &admin, device.id).await.len(), 1);
@@ -178,7 +216,16 @@ async fn an_upgrade_that_rolled_back_denies_the_artifact_to_the_device() {
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
     let token = stack.device_token(&device).await;
-    let id = artifact(&stack, &admin, "app", "2.0.0", &["kiosk"], &bytes(100), true).await;
+    let id = artifact(
+        &stack,
+        &admin,
+        "app",
+        "2.0.0",
+        &["kiosk"],
+        &bytes(100),
+        true,
+    )
+    .await;
     check(&stack, &token, json!({ "app": "1.0.0" })).await;
     let queued = upgrades(&stack, &admin, device.id).await;
     let command = queued[0]["id"].as_str().unwrap().to_owned();
@@ -192,15 +239,30 @@ async fn an_upgrade_that_rolled_back_denies_the_artifact_to_the_device() {
         .await;
     assert_eq!(status, 200, "{entry}");
     assert_eq!(entry["created_by"], Value::Null, "added by tend");
-    assert!(entry["reason"].as_str().unwrap().contains("health check failed"));
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("health check failed")
+    );
     let shown = stack.command(&admin, command.parse().unwrap()).await;
     assert_eq!(shown["result"]["detail"]["rolled_back"], true);
     assert_eq!(shown["result"]["detail"]["running_version"], "1.0.0");
 
     let (_, v) = check(&stack, &token, json!({ "app": "1.0.0" })).await;
     assert_eq!(v["pending"], false, "{v}");
-    assert_eq!(upgrades(&stack, &admin, device.id).await.len(), 1, "no new offer");
-    let (status, v) = queue(&stack, &admin, device.id, json!({ "kind": "upgrade", "params": { "artifact_id": id } })).await;
+    assert_eq!(
+        upgrades(&stack, &admin, device.id).await.len(),
+        1,
+        "no new offer"
+    );
+    let (status, v) = queue(
+        &stack,
+        &admin,
+        device.id,
+        json!({ "kind": "upgrade", "params": { "artifact_id": id } }),
+    )
+    .await;
     assert_eq!(status, 422, "{v}");
     assert!(v["detail"].as_str().unwrap().contains("denylist"), "{v}");
 }
@@ -210,10 +272,32 @@ async fn explicit_upgrades_and_restores_are_resolved_and_checked_when_queued() {
     let stack = Stack::start().await;
     let admin = stack.admin().await;
     let device = stack.new_device(&admin).await;
-    let ready = artifact(&stack, &admin, "app", "1.0.0", &["kiosk"], &bytes(64), false).await;
-    let camera = artifact(&stack, &admin, "app", "1.0.0", &["camera"], &bytes(64), false).await;
+    let ready = artifact(
+        &stack,
+        &admin,
+        "app",
+        "1.0.0",
+        &["kiosk"],
+        &bytes(64),
+        false,
+    )
+    .await;
+    let camera = artifact(
+        &stack,
+        &admin,
+        "app",
+        "1.0.0",
+        &["camera"],
+        &bytes(64),
+        false,
+    )
+    .await;
     let (status, pending) = stack
-        .post(&admin, "/artifacts", json!({ "component": "app", "version": "3", "device_types": ["kiosk"] }))
+        .post(
+            &admin,
+            "/artifacts",
+            json!({ "component": "app", "version": "3", "device_types": ["kiosk"] }),
+        )
         .await;
     assert_eq!(status, 201);
     for (artifact_id, why) in [
@@ -221,19 +305,43 @@ async fn explicit_upgrades_and_restores_are_resolved_and_checked_when_queued() {
         (camera, "device type"),
         (Uuid::new_v4().to_string(), "no such artifact"),
     ] {
-        let (status, v) = queue(&stack, &admin, device.id, json!({ "kind": "upgrade", "params": { "artifact_id": artifact_id } })).await;
+        let (status, v) = queue(
+            &stack,
+            &admin,
+            device.id,
+            json!({ "kind": "upgrade", "params": { "artifact_id": artifact_id } }),
+        )
+        .await;
         assert_eq!(status, 422, "{why}: {v}");
         assert!(v["detail"].as_str().unwrap().contains(why), "{why}: {v}");
     }
 
-    let (status, v) = queue(&stack, &admin, device.id, json!({ "kind": "upgrade", "params": { "artifact_id": ready } })).await;
+    let (status, v) = queue(
+        &stack,
+        &admin,
+        device.id,
+        json!({ "kind": "upgrade", "params": { "artifact_id": ready } }),
+    )
+    .await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["params"]["artifact"]["id"], ready.as_str());
     assert_eq!(v["params"]["artifact"]["component"], "app");
     // One software command per component at a time.
-    let (status, v) = queue(&stack, &admin, device.id, json!({ "kind": "restore", "params": { "component": "app" } })).await;
+    let (status, v) = queue(
+        &stack,
+        &admin,
+        device.id,
+        json!({ "kind": "restore", "params": { "component": "app" } }),
+    )
+    .await;
     assert_eq!(status, 409, "{v}");
-    let (status, v) = queue(&stack, &admin, device.id, json!({ "kind": "restore", "params": { "component": "os" } })).await;
+    let (status, v) = queue(
+        &stack,
+        &admin,
+        device.id,
+        json!({ "kind": "restore", "params": { "component": "os" } }),
+    )
+    .await;
     assert_eq!(status, 201, "another component: {v}");
     assert_eq!(v["params"]["source"], "backup");
     assert_eq!(v["params"].get("artifact"), None);
@@ -243,7 +351,13 @@ async fn explicit_upgrades_and_restores_are_resolved_and_checked_when_queued() {
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["params"]["artifact"]["id"], ready.as_str());
     let fresh = stack.new_device(&admin).await;
-    let (status, v) = queue(&stack, &admin, fresh.id, json!({ "kind": "restore", "params": { "component": "app", "source": "cloud" } })).await;
+    let (status, v) = queue(
+        &stack,
+        &admin,
+        fresh.id,
+        json!({ "kind": "restore", "params": { "component": "app", "source": "cloud" } }),
+    )
+    .await;
     assert_eq!(status, 422, "no healthy version known: {v}");
     let (status, v) = queue(&stack, &admin, fresh.id, json!({ "kind": "restore", "params": { "component": "app", "source": "cloud", "version": "7.7.7" } })).await;
     assert_eq!(status, 422, "{v}");
@@ -272,7 +386,13 @@ async fn get(stack: &Stack, token: &str, id: &str, headers: &[(&str, &str)]) -> 
 
 async fn device_with_upgrade(stack: &Stack, admin: &str, artifact_id: &str) -> (Device, String) {
     let device = stack.new_device(admin).await;
-    let (status, v) = queue(stack, admin, device.id, json!({ "kind": "upgrade", "params": { "artifact_id": artifact_id } })).await;
+    let (status, v) = queue(
+        stack,
+        admin,
+        device.id,
+        json!({ "kind": "upgrade", "params": { "artifact_id": artifact_id } }),
+    )
+    .await;
     assert_eq!(status, 201, "{v}");
     let token = stack.device_token(&device).await;
     (device, token)
@@ -294,7 +414,13 @@ async fn a_device_downloads_its_artifact_in_range_segments_and_nobody_else_can()
     while joined.len() < body.len() {
         let start = joined.len();
         let end = (start + segment).min(body.len()) - 1;
-        let r = get(&stack, &token, &id, &[("range", &format!("bytes={start}-{end}"))]).await;
+        let r = get(
+            &stack,
+            &token,
+            &id,
+            &[("range", &format!("bytes={start}-{end}"))],
+        )
+        .await;
         assert_eq!(r.status(), 206);
         assert_eq!(
             r.headers()["content-range"],
@@ -308,20 +434,44 @@ async fn a_device_downloads_its_artifact_in_range_segments_and_nobody_else_can()
     }
     assert_eq!(hex(&Sha256::digest(&joined)), sha);
 
-    let r = get(&stack, &token, &id, &[("range", &format!("bytes={}-", body.len()))]).await;
+    let r = get(
+        &stack,
+        &token,
+        &id,
+        &[("range", &format!("bytes={}-", body.len()))],
+    )
+    .await;
     assert_eq!(r.status(), 416);
-    assert_eq!(r.headers()["content-range"], format!("bytes */{}", body.len()).as_str());
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{}", body.len()).as_str()
+    );
     // A stale copy gets the whole file, a current one its range.
-    let r = get(&stack, &token, &id, &[("range", "bytes=0-9"), ("if-range", "\"0000\"")]).await;
+    let r = get(
+        &stack,
+        &token,
+        &id,
+        &[("range", "bytes=0-9"), ("if-range", "\"0000\"")],
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), body.len());
     let etag = format!("\"{sha}\"");
-    let r = get(&stack, &token, &id, &[("range", "bytes=0-9"), ("if-range", &etag)]).await;
+    let r = get(
+        &stack,
+        &token,
+        &id,
+        &[("range", "bytes=0-9"), ("if-range", &etag)],
+    )
+    .await;
     assert_eq!(r.status(), 206);
     assert_eq!(&r.bytes().await.unwrap()[..], &body[..10]);
     let r = get(&stack, &token, &id, &[]).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["content-length"], body.len().to_string().as_str());
+    assert_eq!(
+        r.headers()["content-length"],
+        body.len().to_string().as_str()
+    );
 
     // Another device of the tenant without an open command naming it,
     // another tenant's device, and an unknown id: 404.
@@ -336,5 +486,10 @@ async fn a_device_downloads_its_artifact_in_range_segments_and_nobody_else_can()
     let theirs = stack.new_device(&mallory).await;
     let their_token = stack.device_token(&theirs).await;
     assert_eq!(get(&stack, &their_token, &id, &[]).await.status(), 404);
-    assert_eq!(get(&stack, &token, &Uuid::new_v4().to_string(), &[]).await.status(), 404);
+    assert_eq!(
+        get(&stack, &token, &Uuid::new_v4().to_string(), &[])
+            .await
+            .status(),
+        404
+    );
 }

@@ -220,8 +220,7 @@ pub async fn download_for(
              LIMIT 1",
         )
         .await?;
-    Ok(c
-        .query_opt(&stmt, &[&device_id, &artifact_id])
+    Ok(c.query_opt(&stmt, &[&device_id, &artifact_id])
         .await?
         .map(|r| Download {
             object_key: r.get(0),
@@ -413,9 +412,11 @@ pub async fn deny(
     {
         return Ok((entry_from_row(&row), true));
     }
-    let existing = denylist_entry(c, artifact_id, device_id).await?.ok_or_else(|| {
-        DbError::Corrupt("a denylist entry vanished between two statements".into())
-    })?;
+    let existing = denylist_entry(c, artifact_id, device_id)
+        .await?
+        .ok_or_else(|| {
+            DbError::Corrupt("a denylist entry vanished between two statements".into())
+        })?;
     Ok((existing, false))
 }
 
@@ -430,8 +431,7 @@ pub async fn denylist_entry(
              WHERE artifact_id = $1 AND device_id = $2",
         )
         .await?;
-    Ok(c
-        .query_opt(&stmt, &[&artifact_id, &device_id])
+    Ok(c.query_opt(&stmt, &[&artifact_id, &device_id])
         .await?
         .as_ref()
         .map(entry_from_row))

@@ -135,8 +135,7 @@ pub async fn last_good_artifact(
              ORDER BY finished_at DESC LIMIT 1",
         )
         .await?;
-    Ok(c
-        .query_opt(&stmt, &[&device_id, &component])
+    Ok(c.query_opt(&stmt, &[&device_id, &component])
         .await?
         .map(|r| r.get(0)))
 }

@@ -239,7 +239,9 @@ pub async fn identity(c: &impl GenericClient, id: Uuid) -> Result<Option<(Uuid, 
              WHERE id = $1 AND decommissioned_at IS NULL",
         )
         .await?;
-    Ok(c.query_opt(&stmt, &[&id]).await?.map(|r| (r.get(0), r.get(1))))
+    Ok(c.query_opt(&stmt, &[&id])
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
 }
 
 /// The tenant and secret hash of an active device credential.

@@ -259,7 +259,11 @@ pub async fn connect(url: &str) -> anyhow::Result<Pool> {
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "trace_id", include_str!("migrations/0002_trace_id.sql")),
-    (3, "artifacts", include_str!("migrations/0003_artifacts.sql")),
+    (
+        3,
+        "artifacts",
+        include_str!("migrations/0003_artifacts.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations across processes.

@@ -123,7 +123,7 @@ pub async fn upload(
     }
     // Each upload writes an object of its own; the first to complete is
     // recorded, so two uploads at once never mix their bytes.
-    let key = format!("{}/{}", artifact.id, Uuid::new_v4());
+    let key = format!("{}.{}", artifact.id, Uuid::new_v4());
     let stored = state.store.put_stream(&key, body, limit).await?;
     let mismatch = match (&artifact.expected_sha256, artifact.expected_size) {
         (_, Some(size)) if size as u64 != stored.size => Some(format!(
@@ -163,13 +163,13 @@ pub async fn upload(
             Err(already_uploaded())
         }
         Err(e) => {
-            // Whether the row was updated is unknown only if the commit's
-            // answer was lost; the object is then kept, as the row may
+            // Whether the row was updated is unknown only if the database
+            // stopped answering; the object is then kept, as the row may
             // name it.
-            if !matches!(e, ApiError::Unavailable(_)) {
+            if !e.is_unavailable() {
                 discard(&state, &key).await;
             }
-            Err(e)
+            Err(e.into())
         }
     }
 }
@@ -494,12 +494,11 @@ fn no_such_artifact() -> ApiError {
 }
 
 /// The caller's tenant's artifact, or 404.
-async fn find(
-    state: &Shared,
-    caller: &Caller,
-    id: Uuid,
-) -> Result<artifacts::Artifact, ApiError> {
-    db::with_client(&state.pool, async |client| find_in(client, caller, id).await).await
+async fn find(state: &Shared, caller: &Caller, id: Uuid) -> Result<artifacts::Artifact, ApiError> {
+    db::with_client(&state.pool, async |client| {
+        find_in(client, caller, id).await
+    })
+    .await
 }
 
 async fn find_in(
