@@ -37,6 +37,9 @@ pub struct Options {
     /// Puts a [`Proxy`] of the test's own between the services and each
     /// store, and gives the stack a private Redis: see [`Faults`].
     pub faults: bool,
+    /// Keeps artifacts in this bucket of the test's S3 server instead of a
+    /// directory of the stack's own.
+    pub s3: Option<crate::s3::S3Bucket>,
 }
 
 impl Default for Options {
@@ -45,6 +48,7 @@ impl Default for Options {
             heartbeat_s: 1,
             sweep_ms: 200,
             faults: false,
+            s3: None,
         }
     }
 }
@@ -258,8 +262,13 @@ impl Stack {
     }
 
     /// The environment every service of this stack gets.
-    fn service_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+    fn service_env(&self) -> Vec<(String, String)> {
+        let store = match &self.options.s3 {
+            Some(bucket) => bucket.url("artifacts"),
+            None => format!("file://{}", self.artifact_dir().display()),
+        };
+        let s3_vars = self.options.s3.iter().flat_map(|b| b.vars());
+        let fixed = vec![
             ("PATH", std::env::var("PATH").unwrap_or_default()),
             ("TEND_DATABASE_URL", self.service_urls[0].clone()),
             ("TEND_REDIS_URL", self.service_urls[1].clone()),
@@ -273,15 +282,17 @@ impl Stack {
             ("TEND_HEARTBEAT_S", self.options.heartbeat_s.to_string()),
             ("TEND_SWEEP_INTERVAL_MS", self.options.sweep_ms.to_string()),
             ("TEND_SHUTDOWN_GRACE_S", "5".to_owned()),
-            (
-                "TEND_ARTIFACT_STORE",
-                format!("file://{}", self.artifact_dir().display()),
-            ),
+            ("TEND_ARTIFACT_STORE", store),
             (
                 "TEND_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
             ),
-        ]
+        ];
+        fixed
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .chain(s3_vars)
+            .collect()
     }
 
     /// Starts (or restarts, on its previous port) one service and waits
@@ -565,12 +576,7 @@ impl Stack {
 
 /// Starts one service process with `env` and waits until it logs its
 /// address and answers `/readyz`.
-async fn launch(
-    http: &reqwest::Client,
-    s: Service,
-    env: Vec<(&'static str, String)>,
-    p: &mut Proc,
-) {
+async fn launch(http: &reqwest::Client, s: Service, env: Vec<(String, String)>, p: &mut Proc) {
     assert!(p.child.is_none(), "{s:?} is already running");
     let log = File::options()
         .create(true)

@@ -493,3 +493,61 @@ async fn a_device_downloads_its_artifact_in_range_segments_and_nobody_else_can()
         404
     );
 }
+
+#[tokio::test]
+async fn with_an_s3_store_uploads_land_in_the_bucket_and_devices_are_sent_to_it() {
+    let bucket = tend_tests::s3::S3Bucket::create().await;
+    let stack = Stack::start_with(tend_tests::Options {
+        s3: Some(bucket.clone()),
+        ..Default::default()
+    })
+    .await;
+    let admin = stack.admin().await;
+    // Over one multipart part (8 MiB), so the upload is a multipart one.
+    let body = bytes(9 * 1024 * 1024 + 5);
+    let sha = hex(&Sha256::digest(&body));
+    let id = artifact(&stack, &admin, "app", "5.0.0", &["kiosk"], &body, false).await;
+    let (_, shown) = stack.get(&admin, &format!("/artifacts/{id}")).await;
+    assert_eq!(shown["sha256"], sha);
+    let (_, token) = device_with_upgrade(&stack, &admin, &id).await;
+
+    // tend-sync answers with a short-lived URL of the store; the device
+    // fetches its segments there.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_redirects
+        .get(stack.device_api(&format!("/artifacts/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&bucket.endpoint), "{location}");
+    let mut joined = Vec::new();
+    while joined.len() < body.len() {
+        let start = joined.len();
+        let end = (start + 4 * 1024 * 1024).min(body.len()) - 1;
+        let r = no_redirects
+            .get(&location)
+            .header("range", format!("bytes={start}-{end}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        joined.extend_from_slice(&r.bytes().await.unwrap());
+    }
+    assert_eq!(hex(&Sha256::digest(&joined)), sha);
+
+    // Deleting the artifact deletes its object.
+    let r = stack
+        .http
+        .delete(stack.api(&format!("/artifacts/{}", id)))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "an open upgrade uses it");
+}

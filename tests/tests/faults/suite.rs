@@ -187,6 +187,7 @@ async fn no_command_is_lost_or_run_twice_under_faults() {
         heartbeat_s: 1,
         sweep_ms: 250,
         faults: true,
+        ..Options::default()
     })
     .await;
     for s in [Service::Platform, Service::Sync, Service::Monitor] {
