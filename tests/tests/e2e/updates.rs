@@ -551,3 +551,60 @@ async fn with_an_s3_store_uploads_land_in_the_bucket_and_devices_are_sent_to_it(
         .unwrap();
     assert_eq!(r.status(), 409, "an open upgrade uses it");
 }
+
+async fn heartbeat(stack: &Stack, token: &str, components: Value) {
+    let r = stack
+        .http
+        .post(stack.device_api("/heartbeat"))
+        .bearer_auth(token)
+        .json(&json!({ "agent_version": "test", "components": components }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn the_device_record_shows_its_components_and_when_each_version_changed() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+    let token = stack.device_token(&device).await;
+    let path = format!("/devices/{}", device.id);
+    let shown = |version: &'static str| {
+        let (stack, admin, path) = (&stack, &admin, &path);
+        async move {
+            tend_tests::eventually(std::time::Duration::from_secs(20), "components", || async {
+                let (_, v) = stack.get(admin, path).await;
+                (v["components"]["app"]["version"] == version).then_some(v)
+            })
+            .await
+        }
+    };
+
+    heartbeat(&stack, &token, json!({ "agent": "0.1.0", "app": "1.2.3" })).await;
+    let first = shown("1.2.3").await;
+    assert_eq!(first["components"]["agent"]["version"], "0.1.0");
+    let since = first["components"]["app"]["updated_at"].clone();
+    assert!(since.is_string(), "{first}");
+
+    let (_, list) = stack.get(&admin, "/devices?component=app:1.2.3").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let (_, list) = stack.get(&admin, "/devices?component=app:9.9.9").await;
+    assert_eq!(list["items"], json!([]));
+    assert_eq!(stack.get(&admin, "/devices?component=app").await.0, 400);
+
+    // The same versions again change nothing; a new one moves its time.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    heartbeat(&stack, &token, json!({ "agent": "0.1.0", "app": "1.2.3" })).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (_, again) = stack.get(&admin, &path).await;
+    assert_eq!(again["components"]["app"]["updated_at"], since);
+    heartbeat(&stack, &token, json!({ "agent": "0.1.0", "app": "1.3.0" })).await;
+    let changed = shown("1.3.0").await;
+    assert_ne!(changed["components"]["app"]["updated_at"], since);
+    assert_eq!(
+        changed["components"]["agent"]["updated_at"],
+        first["components"]["agent"]["updated_at"]
+    );
+}

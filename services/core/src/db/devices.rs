@@ -44,10 +44,12 @@ pub struct Device {
     pub last_seen_at: Option<DateTime<Utc>>,
     pub reported: Value,
     pub created_at: DateTime<Utc>,
+    /// `{name: {version, updated_at}}` as the agent last reported them.
+    pub components: Value,
 }
 
-const COLUMNS: &str =
-    "id, tenant_id, name, device_type, labels, status, last_seen_at, reported, created_at";
+const COLUMNS: &str = "id, tenant_id, name, device_type, labels, status, last_seen_at, \
+     reported, created_at, components";
 
 fn from_row(r: &Row) -> Result<Device> {
     let status: String = r.get(5);
@@ -62,6 +64,7 @@ fn from_row(r: &Row) -> Result<Device> {
         last_seen_at: r.get(6),
         reported: r.get(7),
         created_at: r.get(8),
+        components: r.get(9),
     })
 }
 
@@ -188,6 +191,8 @@ pub struct Filter {
     pub device_type: Option<String>,
     /// Every label given must match (`labels @> filter`).
     pub labels: Option<Value>,
+    /// A component at a version (`component=NAME:VERSION`).
+    pub component: Option<(String, String)>,
 }
 
 pub async fn list(
@@ -205,6 +210,7 @@ pub async fn list(
                AND ($3::text IS NULL OR device_type = $3)
                AND ($4::jsonb IS NULL OR labels @> $4)
                AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+               AND ($8::jsonb IS NULL OR components @> $8)
              ORDER BY created_at DESC, id DESC
              LIMIT $7"
         ))
@@ -220,6 +226,10 @@ pub async fn list(
                 &after.map(|a| a.created_at),
                 &after.map(|a| a.id),
                 &(limit + 1),
+                &filter
+                    .component
+                    .as_ref()
+                    .map(|(name, version)| serde_json::json!({ name: { "version": version } })),
             ],
         )
         .await?;
@@ -329,7 +339,16 @@ pub async fn record_seen(c: &impl GenericClient, seen: &[Seen]) -> Result<u64> {
     let stmt = c
         .prepare_cached(
             "UPDATE devices d
-             SET last_seen_at = v.at, status = 'online', reported = COALESCE(v.reported, d.reported)
+             SET last_seen_at = v.at, status = 'online', reported = COALESCE(v.reported, d.reported),
+                 components = CASE WHEN jsonb_typeof(v.reported->'components') = 'object' THEN
+                     (SELECT COALESCE(jsonb_object_agg(c.name,
+                                 CASE WHEN d.components->c.name->>'version' = c.version
+                                      THEN d.components->c.name
+                                      ELSE jsonb_build_object('version', c.version,
+                                                              'updated_at', v.at) END),
+                                 '{}'::jsonb)
+                      FROM jsonb_each_text(v.reported->'components') AS c(name, version))
+                     ELSE d.components END
              FROM unnest($1::uuid[], $2::timestamptz[], $3::jsonb[]) AS v(id, at, reported)
              WHERE d.id = v.id AND d.decommissioned_at IS NULL
                AND (d.last_seen_at IS NULL OR d.last_seen_at < v.at OR d.status <> 'online')",

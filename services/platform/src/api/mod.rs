@@ -97,6 +97,11 @@ pub struct DeviceOut {
     #[schema(value_type = Object)]
     pub reported: Value,
     pub created_at: DateTime<Utc>,
+    /// `{name: {version, updated_at}}`: the components the agent last
+    /// reported (`agent` is always one of them); `updated_at` is when the
+    /// version last changed.
+    #[schema(value_type = Object)]
+    pub components: Value,
 }
 
 impl From<Device> for DeviceOut {
@@ -110,6 +115,7 @@ impl From<Device> for DeviceOut {
             last_seen_at: d.last_seen_at,
             reported: d.reported,
             created_at: d.created_at,
+            components: d.components,
         }
     }
 }

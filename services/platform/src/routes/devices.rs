@@ -187,8 +187,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for BulkJson<T> {
 /// List devices
 ///
 /// The caller's tenant's devices, newest first. Filters: `status`
-/// (`online`, `offline`, `unknown`), `device_type`, and `label=key:value`
-/// (repeatable; all must match). Pages with `limit` (1 to 500, default 50)
+/// (`online`, `offline`, `unknown`), `device_type`, `label=key:value`
+/// (repeatable; all must match) and `component=NAME:VERSION`. Pages with `limit` (1 to 500, default 50)
 /// and `cursor` (the previous page's `next_cursor`).
 #[utoipa::path(
     tag = "devices",
@@ -197,6 +197,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for BulkJson<T> {
         ("status" = Option<String>, Query, description = "online, offline or unknown"),
         ("device_type" = Option<String>, Query),
         ("label" = Option<String>, Query, description = "key:value, repeatable"),
+        ("component" = Option<String>, Query, description = "NAME:VERSION: devices running that version of that component"),
         ("limit" = Option<i64>, Query),
         ("cursor" = Option<String>, Query),
     ),
@@ -222,6 +223,12 @@ pub async fn list(
                 })?)
             }
             "device_type" => filter.device_type = Some(v),
+            "component" => {
+                let (name, version) = v
+                    .split_once(':')
+                    .ok_or_else(|| ApiError::BadRequest("component must be NAME:VERSION".into()))?;
+                filter.component = Some((name.to_owned(), version.to_owned()));
+            }
             "label" => {
                 let (lk, lv) = v
                     .split_once(':')

@@ -57,3 +57,9 @@ CREATE INDEX commands_open_artifact_idx ON commands (artifact_id)
     WHERE artifact_id IS NOT NULL AND status IN ('queued', 'delivered', 'in_progress');
 CREATE UNIQUE INDEX commands_open_component_key ON commands (device_id, component)
     WHERE component IS NOT NULL AND status IN ('queued', 'delivered', 'in_progress');
+
+-- The components a device runs, as its agent last reported them:
+-- {name: {version, updated_at}}. `updated_at` moves only when the version
+-- does, so a heartbeat that changes nothing changes nothing here.
+ALTER TABLE devices ADD COLUMN components jsonb NOT NULL DEFAULT '{}'::jsonb;
+CREATE INDEX devices_components_idx ON devices USING gin (components jsonb_path_ops);
