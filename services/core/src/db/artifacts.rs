@@ -275,7 +275,9 @@ pub async fn list(
     }))
 }
 
-/// What became of an upload that completed in the store.
+/// What became of an upload that completed in the store. Returned once per
+/// upload and matched at once: the size of `Ready` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Completed {
     /// Recorded: the artifact is `ready` with these bytes.
