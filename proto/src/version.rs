@@ -48,7 +48,7 @@ mod tests {
 
     #[test]
     fn versions_are_short_and_plain() {
-        for ok in ["1.2.3", "2.0.0-rc.1+build.5", "1:2.3~beta-1", "20261206_1"] {
+        for ok in ["1.2.3", "2.0.0-rc.1+build.5", "2.3~beta-1", "20261206_1"] {
             assert!(is_valid(ok), "{ok}");
         }
         for bad in ["", "1 2", "1/2", "v1;rm", "é", &"1".repeat(65)] {

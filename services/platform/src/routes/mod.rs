@@ -175,6 +175,16 @@ mod tests {
             ("/api/v1/commands/{id}", "get"),
             ("/api/v1/commands/{id}/output", "get"),
             ("/api/v1/commands/{id}/cancel", "post"),
+            ("/api/v1/artifacts", "post"),
+            ("/api/v1/artifacts", "get"),
+            ("/api/v1/artifacts/{id}", "get"),
+            ("/api/v1/artifacts/{id}", "patch"),
+            ("/api/v1/artifacts/{id}", "delete"),
+            ("/api/v1/artifacts/{id}/content", "put"),
+            ("/api/v1/artifacts/{id}/denylist", "get"),
+            ("/api/v1/artifacts/{id}/denylist/{device_id}", "get"),
+            ("/api/v1/artifacts/{id}/denylist/{device_id}", "put"),
+            ("/api/v1/artifacts/{id}/denylist/{device_id}", "delete"),
         ] {
             assert!(
                 paths.get(path).and_then(|p| p.get(method)).is_some(),
