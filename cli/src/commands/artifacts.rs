@@ -135,7 +135,14 @@ async fn upload(ctx: &Ctx, a: UploadArgs) -> Result<Exit, Failure> {
     if a.release {
         uploaded = client
             .patch(&format!("/artifacts/{id}"), &json!({ "released": true }))
-            .await?;
+            .await
+            .inspect_err(|_| {
+                // The bytes are in; only the release is left to do.
+                eprintln!(
+                    "tendctl: artifact {id} is uploaded but not released; \
+                     release it with: tendctl artifacts release {id}"
+                );
+            })?;
     }
     print_artifact(ctx, &uploaded);
     Ok(Exit::Ok)
