@@ -3,6 +3,7 @@
 //! Values are checked here, where clap can answer with its usage error
 //! (exit 2), rather than sent to the API to be refused (exit 3).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -34,7 +35,7 @@ to stderr.";
 #[command(
     name = "tendctl",
     version,
-    about = "Manage a tend device fleet: devices, remote commands and their results",
+    about = "Manage a tend device fleet: devices, remote commands and their results, software artifacts",
     after_long_help = AFTER_LONG_HELP,
     propagate_version = true
 )]
@@ -78,6 +79,21 @@ pub enum Cmd {
     /// List, show, follow and cancel commands
     #[command(subcommand)]
     Commands(CommandsCmd),
+    /// Upload, list, release and delete software artifacts, and keep their
+    /// denylists
+    #[command(subcommand)]
+    Artifacts(ArtifactsCmd),
+    /// Queue an upgrade of a device to an artifact (an upgrade command)
+    ///
+    /// The artifact must be uploaded, made for the device's type, and the
+    /// device not on its denylist; the platform checks when it queues.
+    Upgrade(UpgradeArgs),
+    /// Queue a restore of a component to a known-good version (a restore
+    /// command)
+    // `--version` names the version to restore, so this subcommand has no
+    // version flag of its own.
+    #[command(disable_version_flag = true)]
+    Restore(RestoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +179,117 @@ pub enum CommandsCmd {
     Cancel { id: Uuid },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCmd {
+    /// Upload a file as a new artifact and print it
+    ///
+    /// The file is read twice and never held in memory: once to declare its
+    /// size and SHA-256, so the platform keeps nothing that differs, then
+    /// to stream it. Progress goes to stderr.
+    // `--version` is the artifact's, so no version flag here.
+    #[command(disable_version_flag = true)]
+    Upload(UploadArgs),
+    /// List artifacts, newest first
+    List(ArtifactListArgs),
+    /// Show an artifact
+    Show { id: Uuid },
+    /// Release an artifact: update checks offer it to devices of its types
+    /// that run an older version
+    Release { id: Uuid },
+    /// Withdraw an artifact: update checks no longer offer it
+    Unrelease { id: Uuid },
+    /// Delete an artifact and its bytes (refused while an open command
+    /// uses it)
+    Delete { id: Uuid },
+    /// The devices an artifact is never offered or sent to
+    #[command(subcommand)]
+    Denylist(DenylistCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The artifact's bytes; its name becomes the artifact's filename
+    pub file: PathBuf,
+    /// The component it installs, as the agent's [components.NAME]
+    #[arg(long, value_name = "NAME", value_parser = parse_component)]
+    pub component: String,
+    /// The version it installs
+    #[arg(long, value_parser = parse_version)]
+    pub version: String,
+    /// A device type it may be installed on, repeatable
+    #[arg(long = "device-type", value_name = "TYPE", required = true)]
+    pub device_types: Vec<String>,
+    /// Release it once uploaded
+    #[arg(long)]
+    pub release: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactListArgs {
+    /// Only artifacts of this component
+    #[arg(long, value_name = "NAME")]
+    pub component: Option<String>,
+    /// Only artifacts made for this device type
+    #[arg(long, value_name = "TYPE")]
+    pub device_type: Option<String>,
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DenylistCmd {
+    /// Deny an artifact to a device: never offered, and an upgrade to it is
+    /// refused
+    Add {
+        artifact_id: Uuid,
+        device_id: Uuid,
+        /// Why, for the next admin (at most 1000 characters)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Allow an artifact to a device again
+    Remove { artifact_id: Uuid, device_id: Uuid },
+    /// List an artifact's denylist, newest first
+    List {
+        artifact_id: Uuid,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    pub device_id: Uuid,
+    /// The artifact to install on its component
+    #[arg(long, value_name = "ID")]
+    pub artifact: Uuid,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    pub device_id: Uuid,
+    /// The component to put back, as the agent's [components.NAME]
+    #[arg(long, value_name = "NAME", value_parser = parse_component)]
+    pub component: String,
+    /// Where the known-good version comes from: the agent's local backup of
+    /// the previous version, the platform's artifact, or a healthy device of
+    /// the same type on the device's LAN [server default: backup]
+    #[arg(long, value_parser = ["backup", "cloud", "peer"])]
+    pub source: Option<String>,
+    /// The version to restore (cloud, peer); for cloud without it, the last
+    /// version the device ran healthy
+    #[arg(long, value_parser = parse_version)]
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct ActionArgs {
     pub device_id: Uuid,
@@ -246,6 +373,27 @@ pub fn parse_seconds(s: &str) -> Result<u64, String> {
         Some(0) => Err("must be at least one second".to_owned()),
         Some(v) => Ok(v),
         None => Err(err()),
+    }
+}
+
+/// A component name, as the agent's config can hold it.
+pub fn parse_component(s: &str) -> Result<String, String> {
+    if tend_proto::params::is_component_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("expected 1 to 64 of letters, digits, '.', '_' and '-', like app".to_owned())
+    }
+}
+
+/// A version tend accepts (it names files and headers, so no spaces).
+pub fn parse_version(s: &str) -> Result<String, String> {
+    if tend_proto::version::is_valid(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "expected 1 to 64 of letters, digits, '.', '_', '+', '~' and '-', like 1.4.2"
+                .to_owned(),
+        )
     }
 }
 
@@ -337,5 +485,186 @@ mod tests {
         assert_eq!(a.wait.wait_timeout, Duration::from_secs(60));
         let cli = parse(&["commands", "show", &id, "--json"]).unwrap();
         assert!(cli.json, "global flags work after the subcommand");
+    }
+
+    #[test]
+    fn components_and_versions_are_checked_before_they_are_sent() {
+        assert_eq!(parse_component("app"), Ok("app".into()));
+        assert_eq!(parse_version("1.4.2+b7~rc1"), Ok("1.4.2+b7~rc1".into()));
+        for bad in ["", "..", "a/b", "app config"] {
+            assert!(parse_component(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["", "1 2", "1/2", &"9".repeat(65)] {
+            assert!(parse_version(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_upload_needs_a_file_a_component_a_version_and_device_types() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["tendctl", "artifacts"], args].concat());
+        let base = [
+            "upload",
+            "app.tar.gz",
+            "--component",
+            "app",
+            "--version",
+            "1.4.2",
+        ];
+        assert!(parse(&base).is_err(), "--device-type is required");
+        assert!(
+            parse(&[
+                "upload",
+                "--component",
+                "app",
+                "--version",
+                "1",
+                "--device-type",
+                "k"
+            ])
+            .is_err()
+        );
+        assert!(parse(&[&base[..], &["--device-type", "k", "--version", "1 2"]].concat()).is_err());
+        let cli = parse(
+            &[
+                &base[..],
+                &[
+                    "--device-type",
+                    "kiosk",
+                    "--device-type",
+                    "camera-v2",
+                    "--release",
+                    "--json",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let Cmd::Artifacts(ArtifactsCmd::Upload(a)) = cli.command else {
+            panic!("an upload")
+        };
+        assert_eq!(a.file, PathBuf::from("app.tar.gz"));
+        assert_eq!((a.component.as_str(), a.version.as_str()), ("app", "1.4.2"));
+        assert_eq!(a.device_types, ["kiosk", "camera-v2"]);
+        assert!(a.release && cli.json);
+        let a = match parse(&[&base[..], &["--device-type", "k"]].concat())
+            .unwrap()
+            .command
+        {
+            Cmd::Artifacts(ArtifactsCmd::Upload(a)) => a,
+            other => panic!("{other:?}"),
+        };
+        assert!(!a.release, "not released unless asked");
+    }
+
+    #[test]
+    fn artifact_and_denylist_subcommands_take_ids() {
+        let (a, d) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a_s, d_s) = (a.to_string(), d.to_string());
+        let parse = |args: &[&str]| Cli::try_parse_from([&["tendctl", "artifacts"], args].concat());
+        for sub in ["show", "release", "unrelease", "delete"] {
+            assert!(parse(&[sub, &a_s]).is_ok(), "{sub}");
+            assert!(parse(&[sub, "1.4.2"]).is_err(), "{sub} takes an id");
+        }
+        let cli = parse(&[
+            "list",
+            "--component",
+            "app",
+            "--device-type",
+            "kiosk",
+            "--all",
+        ])
+        .unwrap();
+        let Cmd::Artifacts(ArtifactsCmd::List(l)) = cli.command else {
+            panic!("a list")
+        };
+        assert_eq!(l.component.as_deref(), Some("app"));
+        assert_eq!(l.device_type.as_deref(), Some("kiosk"));
+        assert!(l.page.all);
+        let cli = parse(&["denylist", "add", &a_s, &d_s, "--reason", "screen flickers"]).unwrap();
+        let Cmd::Artifacts(ArtifactsCmd::Denylist(DenylistCmd::Add {
+            artifact_id,
+            device_id,
+            reason,
+        })) = cli.command
+        else {
+            panic!("a denylist add")
+        };
+        assert_eq!((artifact_id, device_id), (a, d));
+        assert_eq!(reason.as_deref(), Some("screen flickers"));
+        assert!(
+            parse(&["denylist", "remove", &a_s]).is_err(),
+            "needs the device"
+        );
+        assert!(parse(&["denylist", "list", &a_s]).is_ok());
+    }
+
+    #[test]
+    fn upgrade_and_restore_queue_like_reboot() {
+        let (dev, art) = (Uuid::new_v4().to_string(), Uuid::new_v4());
+        let parse = |args: &[&str]| Cli::try_parse_from([&["tendctl"], args].concat());
+        assert!(parse(&["upgrade", &dev]).is_err(), "--artifact is required");
+        assert!(parse(&["upgrade", &dev, "--artifact", "app-1.4.2"]).is_err());
+        let cli = parse(&[
+            "upgrade",
+            &dev,
+            "--artifact",
+            &art.to_string(),
+            "--wait",
+            "--wait-timeout",
+            "30m",
+            "--timeout",
+            "20m",
+        ])
+        .unwrap();
+        let Cmd::Upgrade(u) = cli.command else {
+            panic!("an upgrade")
+        };
+        assert_eq!(u.artifact, art);
+        assert!(u.wait.wait);
+        assert_eq!(u.wait.wait_timeout, Duration::from_secs(1800));
+        assert_eq!(u.queue.timeout, Some(1200));
+
+        assert!(
+            parse(&["restore", &dev]).is_err(),
+            "--component is required"
+        );
+        assert!(parse(&["restore", &dev, "--component", "app", "--source", "usb"]).is_err());
+        assert!(
+            parse(&[
+                "restore",
+                &dev,
+                "--component",
+                "app",
+                "--wait-timeout",
+                "1m"
+            ])
+            .is_err()
+        );
+        let cli = parse(&[
+            "restore",
+            &dev,
+            "--component",
+            "app",
+            "--source",
+            "cloud",
+            "--version",
+            "1.2.3",
+            "--wait",
+        ])
+        .unwrap();
+        let Cmd::Restore(r) = cli.command else {
+            panic!("a restore")
+        };
+        assert_eq!(r.component, "app");
+        assert_eq!(r.source.as_deref(), Some("cloud"));
+        assert_eq!(r.version.as_deref(), Some("1.2.3"));
+        assert!(r.wait.wait);
+        let Cmd::Restore(r) = parse(&["restore", &dev, "--component", "app"])
+            .unwrap()
+            .command
+        else {
+            panic!("a restore")
+        };
+        assert_eq!(r.source, None, "the server's default source");
     }
 }

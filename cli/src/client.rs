@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use serde_json::Value;
 
@@ -15,6 +16,14 @@ use crate::exit::{Failure, NOT_LOGGED_IN};
 /// enough that a hung server does not hang a script.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a second below which an upload is given up: a link slower than
+/// this would take hours over a typical image, and a stalled one must not
+/// hang a script forever.
+const SLOWEST_UPLOAD: u64 = 100_000;
+
+fn upload_timeout(len: u64) -> Duration {
+    REQUEST_TIMEOUT + Duration::from_secs(len / SLOWEST_UPLOAD)
+}
 
 /// The platform's base URL in one spelling (no trailing slash), so a saved
 /// session is matched to the server it came from.
@@ -74,6 +83,34 @@ impl Client {
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
         self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.send(self.request(Method::PUT, path).json(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, Failure> {
+        self.send(self.request(Method::PATCH, path).json(body))
+            .await
+    }
+
+    /// A PUT of `len` bytes streamed from `body` (an artifact's content).
+    /// The whole-request timeout of every other call would cut a large
+    /// upload short, so this one is allowed [`REQUEST_TIMEOUT`] plus the
+    /// time the bytes take at [`SLOWEST_UPLOAD`].
+    pub async fn put_stream(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+        len: u64,
+    ) -> Result<Value, Failure> {
+        let req = self
+            .request(Method::PUT, path)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, len)
+            .timeout(upload_timeout(len))
+            .body(body);
+        self.send(req).await
     }
 
     /// A DELETE; the API answers 204 without a body.
@@ -178,6 +215,15 @@ mod tests {
             "<h1>502 Bad Gateway</h1>"
         );
         assert_eq!(problem_detail(StatusCode::NOT_FOUND, b""), "Not Found");
+    }
+
+    #[test]
+    fn an_upload_gets_the_usual_timeout_plus_its_bytes_at_the_slowest_rate() {
+        assert_eq!(upload_timeout(0), REQUEST_TIMEOUT);
+        assert_eq!(
+            upload_timeout(1_000_000_000),
+            REQUEST_TIMEOUT + Duration::from_secs(10_000)
+        );
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //!
 //! Modules: [`cli`] (the command line), [`client`] (HTTP and problem
 //! answers), [`config`] (the saved session), [`output`] (tables),
-//! [`wait`] (following a command), `commands` (one module per group of
-//! subcommands), [`exit`] (the codes above).
+//! [`wait`] (following a command), [`progress`] (of an upload),
+//! `commands` (one module per group of subcommands), [`exit`] (the codes
+//! above).
 
 pub mod cli;
 pub mod client;
@@ -25,6 +26,7 @@ mod commands;
 pub mod config;
 pub mod exit;
 pub mod output;
+pub mod progress;
 pub mod wait;
 
 use chrono::Utc;

@@ -260,6 +260,107 @@ pub fn command(c: &Value) -> String {
     block(&pairs)
 }
 
+/// A size as people read it (`5.00 MiB`); the exact bytes are in `show`
+/// and `--json`.
+fn size(v: &Value) -> String {
+    v.as_u64()
+        .map_or_else(|| "-".to_owned(), |n| indicatif::HumanBytes(n).to_string())
+}
+
+/// A list of strings (device types) as typed: `kiosk,camera-v2`.
+fn list(v: &Value) -> String {
+    match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        _ => "-".to_owned(),
+    }
+}
+
+fn yes_no(v: &Value) -> String {
+    match v.as_bool() {
+        Some(true) => "yes".to_owned(),
+        Some(false) => "no".to_owned(),
+        None => "-".to_owned(),
+    }
+}
+
+pub fn artifacts(items: &[Value]) -> String {
+    let mut t = Table::new(&[
+        "ID",
+        "COMPONENT",
+        "VERSION",
+        "DEVICE TYPES",
+        "STATUS",
+        "RELEASED",
+        "SIZE",
+        "CREATED",
+    ]);
+    for a in items {
+        t.row(vec![
+            cell(&a["id"]),
+            cell(&a["component"]),
+            cell(&a["version"]),
+            list(&a["device_types"]),
+            cell(&a["status"]),
+            yes_no(&a["released"]),
+            size(&a["size"]),
+            cell(&a["created_at"]),
+        ]);
+    }
+    t.render()
+}
+
+pub fn artifact(a: &Value) -> String {
+    let bytes = match a["size"].as_u64() {
+        Some(n) => format!("{n} ({})", size(&a["size"])),
+        None => "-".to_owned(),
+    };
+    block(&[
+        ("ID", cell(&a["id"])),
+        ("COMPONENT", cell(&a["component"])),
+        ("VERSION", cell(&a["version"])),
+        ("DEVICE TYPES", list(&a["device_types"])),
+        ("FILENAME", cell(&a["filename"])),
+        ("STATUS", cell(&a["status"])),
+        ("RELEASED", yes_no(&a["released"])),
+        ("SIZE", bytes),
+        ("SHA256", cell(&a["sha256"])),
+        ("CREATED", cell(&a["created_at"])),
+        ("CREATED BY", cell(&a["created_by"])),
+    ])
+}
+
+/// Who put a device on a denylist: an admin's id, or tend itself after a
+/// rollback (`created_by` null).
+fn added_by(v: &Value) -> String {
+    if v.is_null() {
+        "tend (rollback)".to_owned()
+    } else {
+        cell(v)
+    }
+}
+
+pub fn denylist(items: &[Value]) -> String {
+    let mut t = Table::new(&["DEVICE", "ADDED", "ADDED BY", "REASON"]);
+    for e in items {
+        t.row(vec![
+            cell(&e["device_id"]),
+            cell(&e["created_at"]),
+            added_by(&e["created_by"]),
+            cell(&e["reason"]),
+        ]);
+    }
+    t.render()
+}
+
+pub fn denylist_entry(e: &Value) -> String {
+    block(&[
+        ("DEVICE", cell(&e["device_id"])),
+        ("REASON", cell(&e["reason"])),
+        ("ADDED", cell(&e["created_at"])),
+        ("ADDED BY", added_by(&e["created_by"])),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -335,6 +436,49 @@ mod tests {
         );
         assert!(text.contains("… 5 more lines"), "{text}");
         assert!(!text.contains("line 21"), "{text}");
+    }
+
+    #[test]
+    fn an_artifact_shows_its_size_both_ways_and_a_pending_one_dashes() {
+        let a = json!({
+            "id": "a1", "component": "app", "version": "1.4.2",
+            "device_types": ["kiosk", "camera-v2"], "filename": "app.tar.gz",
+            "size": 5_242_897, "sha256": "ab", "status": "ready", "released": true,
+            "created_at": "2030-01-01T00:00:00Z", "created_by": "u1",
+        });
+        let text = artifact(&a);
+        assert!(
+            text.contains("SIZE          5242897 (5.00 MiB)\n"),
+            "{text}"
+        );
+        assert!(text.contains("DEVICE TYPES  kiosk,camera-v2\n"), "{text}");
+        assert!(text.contains("RELEASED      yes\n"), "{text}");
+        let row = artifacts(&[a]);
+        let row = row.lines().nth(1).unwrap();
+        assert_eq!(
+            row,
+            "a1  app        1.4.2    kiosk,camera-v2  ready   yes       5.00 MiB  2030-01-01T00:00:00Z"
+        );
+        let pending = json!({"status": "pending_upload", "size": null, "sha256": null,
+            "released": false, "device_types": ["kiosk"]});
+        let text = artifact(&pending);
+        assert!(text.contains("SIZE          -\n"), "{text}");
+        assert!(text.contains("SHA256        -\n"), "{text}");
+    }
+
+    #[test]
+    fn a_denylist_entry_added_after_a_rollback_says_so() {
+        let e = json!({"device_id": "d1", "reason": "rolled back: health check failed",
+            "created_at": "2030-01-01T00:00:00Z", "created_by": null});
+        assert!(denylist_entry(&e).contains("ADDED BY  tend (rollback)\n"));
+        let rows = denylist(&[e]);
+        assert!(
+            rows.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("tend (rollback)  rolled back: health check failed"),
+            "{rows}"
+        );
     }
 
     #[test]

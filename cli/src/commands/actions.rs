@@ -1,5 +1,5 @@
-//! `tendctl reboot|shutdown|logs`: queue a command for a device, and with
-//! `--wait` follow it to its end.
+//! `tendctl reboot|shutdown|logs|upgrade|restore`: queue a command for a
+//! device, and with `--wait` follow it to its end.
 
 use std::io::IsTerminal;
 
@@ -8,17 +8,64 @@ use uuid::Uuid;
 
 use super::{print_command, show_or_follow};
 use crate::Ctx;
-use crate::cli::{ActionArgs, LogsArgs, QueueArgs, WaitArgs};
+use crate::cli::{ActionArgs, LogsArgs, QueueArgs, RestoreArgs, UpgradeArgs, WaitArgs};
 use crate::client::Client;
 use crate::exit::{Exit, Failure};
 use crate::output;
 use crate::wait::{self, Followed};
 
 pub(super) async fn action(ctx: &Ctx, kind: &str, a: ActionArgs) -> Result<Exit, Failure> {
+    queue_and_show(ctx, a.device_id, kind, Map::new(), &a.queue, &a.wait).await
+}
+
+/// An `upgrade`: the platform resolves the artifact and refuses one the
+/// device may not take (not ready, another device type, denylisted).
+pub(super) async fn upgrade(ctx: &Ctx, a: UpgradeArgs) -> Result<Exit, Failure> {
+    let mut params = Map::new();
+    params.insert("artifact_id".into(), a.artifact.to_string().into());
+    queue_and_show(ctx, a.device_id, "upgrade", params, &a.queue, &a.wait).await
+}
+
+pub(super) async fn restore(ctx: &Ctx, a: RestoreArgs) -> Result<Exit, Failure> {
+    let params = restore_params(a.component, a.source, a.version)?;
+    queue_and_show(ctx, a.device_id, "restore", params, &a.queue, &a.wait).await
+}
+
+/// `{component, source?, version?}`; the source left out is the server's
+/// default (the backup), which holds one version and so takes none.
+fn restore_params(
+    component: String,
+    source: Option<String>,
+    version: Option<String>,
+) -> Result<Map<String, Value>, Failure> {
+    if version.is_some() && matches!(source.as_deref(), None | Some("backup")) {
+        return Err(Failure::Usage(
+            "--version needs --source cloud or peer: the backup holds one version".into(),
+        ));
+    }
+    let mut params = Map::new();
+    params.insert("component".into(), component.into());
+    if let Some(s) = source {
+        params.insert("source".into(), s.into());
+    }
+    if let Some(v) = version {
+        params.insert("version".into(), v.into());
+    }
+    Ok(params)
+}
+
+async fn queue_and_show(
+    ctx: &Ctx,
+    device: Uuid,
+    kind: &str,
+    params: Map<String, Value>,
+    q: &QueueArgs,
+    w: &WaitArgs,
+) -> Result<Exit, Failure> {
     let client = ctx.client()?;
-    let command = queue(&client, a.device_id, kind, Map::new(), &a.queue).await?;
-    hint(ctx, &command, &a.wait);
-    show_or_follow(ctx, &client, command, &a.wait).await
+    let command = queue(&client, device, kind, params, q).await?;
+    hint(ctx, &command, w);
+    show_or_follow(ctx, &client, command, w).await
 }
 
 pub(super) async fn logs(ctx: &Ctx, a: LogsArgs) -> Result<Exit, Failure> {
@@ -122,6 +169,26 @@ fn log_summary(detail: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_names_a_version_only_from_the_cloud_or_a_peer() {
+        let p = |s: Option<&str>, v: Option<&str>| {
+            restore_params("app".into(), s.map(Into::into), v.map(Into::into))
+        };
+        assert_eq!(
+            Value::Object(p(None, None).unwrap()),
+            json!({ "component": "app" })
+        );
+        assert_eq!(
+            Value::Object(p(Some("cloud"), Some("1.2.3")).unwrap()),
+            json!({ "component": "app", "source": "cloud", "version": "1.2.3" })
+        );
+        assert!(p(Some("peer"), None).is_ok());
+        for source in [None, Some("backup")] {
+            let e = p(source, Some("1.2.3")).unwrap_err();
+            assert_eq!(e.exit(), Exit::Usage, "{source:?}");
+        }
+    }
 
     #[test]
     fn the_log_summary_says_when_lines_were_left_out() {

@@ -2,6 +2,7 @@
 //! through lists and ending a `--wait`.
 
 mod actions;
+mod artifacts;
 mod devices;
 mod history;
 mod session;
@@ -24,6 +25,9 @@ pub(crate) async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<Exit, Failure> {
         Cmd::Shutdown(a) => actions::action(ctx, "shutdown", a).await,
         Cmd::Logs(a) => actions::logs(ctx, a).await,
         Cmd::Commands(c) => history::run(ctx, c).await,
+        Cmd::Artifacts(c) => artifacts::run(ctx, c).await,
+        Cmd::Upgrade(a) => actions::upgrade(ctx, a).await,
+        Cmd::Restore(a) => actions::restore(ctx, a).await,
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tend_tests::{Agent, Service, Stack, bin};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
@@ -121,6 +122,10 @@ fn mode(p: &Path) -> u32 {
 
 fn id_of(v: &Value) -> String {
     v["id"].as_str().expect("an id").to_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test]
@@ -331,6 +336,249 @@ async fn wait_follows_a_command_to_its_end_and_the_exit_code_says_how_it_ended()
         .map(|c| c["kind"].clone())
         .collect();
     assert_eq!(kinds, ["reboot", "shutdown"], "newest first");
+}
+
+#[tokio::test]
+async fn an_admin_uploads_releases_and_denies_an_artifact_and_queues_an_upgrade_with_tendctl() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let ctl = Tendctl::new(&stack.dir.path().join("tendctl"));
+    ctl.login(&stack).await;
+    let device = stack.new_device(&admin).await.id.to_string();
+
+    // A few MB on disk, not all alike, so a misplaced chunk changes the hash.
+    let body: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+        .map(|i: usize| (i * 7 + i / 251) as u8)
+        .collect();
+    let sha = hex(&Sha256::digest(&body));
+    let file = stack.dir.path().join("app-1.4.2.tar.gz");
+    std::fs::write(&file, &body).expect("writing the artifact file");
+    let file = file.to_str().expect("a UTF-8 path");
+
+    let r = ctl
+        .run(&[
+            "--json",
+            "artifacts",
+            "upload",
+            file,
+            "--component",
+            "app",
+            "--version",
+            "1.4.2",
+            "--device-type",
+            "kiosk",
+            "--device-type",
+            "camera",
+            "--release",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let uploaded = r.json();
+    let id = id_of(&uploaded);
+    assert_eq!(uploaded["status"], "ready", "{uploaded}");
+    assert_eq!(uploaded["released"], true, "{uploaded}");
+    assert_eq!(uploaded["filename"], "app-1.4.2.tar.gz");
+    assert_eq!(
+        uploaded["device_types"],
+        serde_json::json!(["kiosk", "camera"])
+    );
+    // Off a terminal, progress is plain lines on stderr, up to 100 %.
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.starts_with("uploading app-1.4.2.tar.gz: 100%")),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains('\r'), "no bar off a terminal: {r:?}");
+    // What the platform computed from the bytes it received.
+    let (status, shown) = stack.get(&admin, &format!("/artifacts/{id}")).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["sha256"], sha.as_str());
+    assert_eq!(shown["size"], body.len());
+
+    let r = ctl
+        .run(&[
+            "artifacts",
+            "list",
+            "--component",
+            "app",
+            "--device-type",
+            "kiosk",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("DEVICE TYPES"),
+        "{r:?}"
+    );
+    assert_eq!(lines.len(), 2, "{r:?}");
+    assert!(
+        lines[1].starts_with(&id) && lines[1].contains("kiosk,camera  ready   yes"),
+        "{r:?}"
+    );
+    let r = ctl
+        .run(&["--json", "artifacts", "list", "--device-type", "printer"])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["items"], serde_json::json!([]));
+
+    let r = ctl.run(&["artifacts", "show", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("SHA256        {sha}\n")),
+        "{r:?}"
+    );
+    let r = ctl.run(&["--json", "artifacts", "unrelease", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["released"], false);
+    let r = ctl.run(&["artifacts", "release", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("RELEASED      yes\n"), "{r:?}");
+
+    // Denied to the device: listed with its reason, and an upgrade to it refused.
+    let r = ctl
+        .run(&[
+            "--json",
+            "artifacts",
+            "denylist",
+            "add",
+            &id,
+            &device,
+            "--reason",
+            "screen flickers",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["device_id"], device.as_str());
+    let r = ctl.run(&["artifacts", "denylist", "list", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with(&device) && l.ends_with("screen flickers")),
+        "{r:?}"
+    );
+    let r = ctl.run(&["upgrade", &device, "--artifact", &id]).await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("denylist") && r.stderr.contains("screen flickers"),
+        "{r:?}"
+    );
+    let r = ctl
+        .run(&["artifacts", "denylist", "remove", &id, &device])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = ctl
+        .run(&["artifacts", "denylist", "remove", &id, &device])
+        .await;
+    assert_eq!(r.code, 3, "not on it any more: {r:?}");
+    assert!(r.stderr.contains("(HTTP 404)"), "{r:?}");
+    let r = ctl
+        .run(&["--json", "artifacts", "denylist", "list", &id])
+        .await;
+    assert_eq!(r.json()["items"], serde_json::json!([]), "{r:?}");
+
+    // The upgrade is queued with the artifact the platform resolved.
+    let r = ctl
+        .run(&["--json", "upgrade", &device, "--artifact", &id])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let upgrade = r.json();
+    assert_eq!(upgrade["kind"], "upgrade");
+    assert_eq!(upgrade["status"], "queued");
+    assert_eq!(upgrade["params"]["artifact_id"], id.as_str());
+    assert_eq!(upgrade["params"]["artifact"]["sha256"], sha.as_str());
+    assert_eq!(upgrade["params"]["artifact"]["version"], "1.4.2");
+
+    // A restore of another component; --wait follows it like a reboot's
+    // (no agent runs, so it is still queued when the wait gives up).
+    let r = ctl
+        .run(&[
+            "--json",
+            "restore",
+            &device,
+            "--component",
+            "firmware",
+            "--wait",
+            "--wait-timeout",
+            "2",
+        ])
+        .await;
+    assert_eq!(r.code, 5, "{r:?}");
+    let restore = r.json();
+    assert_eq!(restore["kind"], "restore");
+    assert_eq!(restore["params"]["component"], "firmware");
+    assert_eq!(restore["status"], "queued");
+    let r = ctl
+        .run(&[
+            "restore",
+            &device,
+            "--component",
+            "app",
+            "--version",
+            "1.4.2",
+        ])
+        .await;
+    assert_eq!(r.code, 2, "a backup holds one version: {r:?}");
+
+    // A wrong artifact id: the server's message and exit 3.
+    let unknown = Uuid::new_v4().to_string();
+    let r = ctl.run(&["upgrade", &device, "--artifact", &unknown]).await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("no such artifact: {unknown} (HTTP 422)")),
+        "{r:?}"
+    );
+    let r = ctl.run(&["artifacts", "show", &unknown]).await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("no such artifact (HTTP 404)"), "{r:?}");
+
+    // Deleted only once no open command uses it.
+    let r = ctl.run(&["artifacts", "delete", &id]).await;
+    assert_eq!(r.code, 3, "the upgrade is open: {r:?}");
+    assert!(r.stderr.contains("(HTTP 409)"), "{r:?}");
+    let r = ctl.run(&["commands", "cancel", &id_of(&upgrade)]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = ctl.run(&["--json", "artifacts", "delete", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["deleted"], true);
+    assert_eq!(stack.get(&admin, &format!("/artifacts/{id}")).await.0, 404);
+}
+
+#[tokio::test]
+async fn an_upload_of_a_missing_file_sends_nothing() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let ctl = Tendctl::new(&stack.dir.path().join("tendctl"));
+    ctl.login(&stack).await;
+    let missing = stack.dir.path().join("nothing-here.tar.gz");
+    let r = ctl
+        .run(&[
+            "artifacts",
+            "upload",
+            missing.to_str().expect("a UTF-8 path"),
+            "--component",
+            "app",
+            "--version",
+            "1",
+            "--device-type",
+            "kiosk",
+        ])
+        .await;
+    assert_eq!(r.code, 1, "a failure on this machine: {r:?}");
+    assert!(
+        r.stderr.contains("opening") && r.stderr.contains("nothing-here.tar.gz"),
+        "{r:?}"
+    );
+    let (_, list) = stack.get(&admin, "/artifacts").await;
+    assert_eq!(
+        list["items"],
+        serde_json::json!([]),
+        "no artifact was created"
+    );
 }
 
 #[tokio::test]
