@@ -44,8 +44,8 @@
 # Cleanup (always, see lib.sh): stops only the processes it started (nginx
 # included), deletes the artifact store and the generated files, drops the
 # scratch database, deletes the Redis keys bench-<tag>:* and the RabbitMQ
-# exchange bench-<tag>.sync. Every step is bounded in time; about 6 to 10
-# minutes plus the build at the default sizes. Device tokens live 15
+# exchange bench-<tag>.sync. Every step is bounded in time; about 3 minutes
+# plus the build at the default sizes (and up to BENCH_QUIET_WAIT_S first). Device tokens live 15
 # minutes: the steps that use them run first, the large upload last.
 #
 # Settings (environment):
@@ -167,6 +167,9 @@ machine_busy_cores() {
     b="$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat)"
     calc "round(($b - $a) / $CLK_TCK / $1, 2)"
 }
+
+# machine_ticks: CPU ticks used on the whole machine so far (all cores).
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
 
 # wait_quiet: waits, bounded, until other work on the machine (a build, a
 # test run) nearly stops; sets BACKGROUND_CORES to what was left.
@@ -387,9 +390,9 @@ BENCH_TOKENS="$TOKENS" BENCH_THREADS="$THREADS" \
     >"$BENCH_RUN/wrk-steady.txt" 2>&1 &
 wpid=$!
 BENCH_PIDS[$wpid]="$WRK"
-s0="$(cpu_ticks "$SYNC_PID")"; ts0="$(now_s)"
+s0="$(cpu_ticks "$SYNC_PID")"; m0="$(machine_ticks)"; ts0="$(now_s)"
 wait "$wpid" || { cat "$BENCH_RUN/wrk-steady.txt" >&2; die "wrk failed"; }
-s1="$(cpu_ticks "$SYNC_PID")"; ts1="$(now_s)"
+s1="$(cpu_ticks "$SYNC_PID")"; m1="$(machine_ticks)"; ts1="$(now_s)"
 unset "BENCH_PIDS[$wpid]"
 parse_wrk "$BENCH_RUN/wrk-steady.txt"
 STEADY_N="${R[requests]}"
@@ -398,6 +401,7 @@ STEADY_P50="$(calc "'%.2f' % (${R[p50_us]} / 1000)")"
 STEADY_P99="$(calc "'%.2f' % (${R[p99_us]} / 1000)")"
 STEADY_ERR="${R[errors]}"
 STEADY_CORES="$(calc "round(($s1 - $s0) / $CLK_TCK / ($ts1 - $ts0), 2)")"
+STEADY_MACHINE="$(calc "round(($m1 - $m0) / $CLK_TCK / ($ts1 - $ts0), 2)")"
 sleep "$PG_STATS_DELAY_S"
 read -r pg_c1 pg_r1 pg_i1 <<<"$(pg_counters)"
 PG_ERRORS="$(pg_log_errors "$log0")"
@@ -418,6 +422,7 @@ got="$(curl -fsS --max-time "$DOWNLOAD_MAX_S" -K "$BENCH_RUN/check.curl" "$SYNC_
 log "memory: $SLOW downloads held mid-body at $SLOW_RATE_KB KiB/s each for ${SLOW_S}s"
 sleep 2
 SLOW_RSS0="$(status_kb "$SYNC_PID" VmRSS)"
+SLOW_THREADS0="$(status_kb "$SYNC_PID" Threads)"
 SLOW_FD0="$(fd_count "$SYNC_PID")"
 refused0="$(metric "$SYNC_URL" tend_sync_downloads_refused_total)"
 rm -f "$BENCH_RUN/slow.ready"
@@ -430,11 +435,14 @@ deadline=$((SECONDS + 120))
 while [ ! -s "$BENCH_RUN/slow.ready" ] && alive "$readers_pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
 [ -s "$BENCH_RUN/slow.ready" ] || { cat "$BENCH_RUN/slow.err" >&2; die "the slow downloads did not all start"; }
 SLOW_OPEN_AT="$(now_s)"
-SLOW_RSS=0 SLOW_FD=0 r=0
+SLOW_RSS=0 SLOW_FD=0 SLOW_THREADS=0 r=0
 # Samples while they are held (the last second left for closing).
 while [ "$(calc "int($(now_s) - $SLOW_OPEN_AT < $SLOW_S - 1)")" = 1 ] && alive "$readers_pid"; do
     r="$(status_kb "$SYNC_PID" VmRSS)"; [ "$r" -le "$SLOW_RSS" ] || SLOW_RSS="$r"
     f="$(fd_count "$SYNC_PID")"; [ "$f" -le "$SLOW_FD" ] || SLOW_FD="$f"
+    # Threads too: tokio's blocking pool, which reads the files, grows
+    # with the downloads (its threads' stacks are part of the RSS).
+    f="$(status_kb "$SYNC_PID" Threads)"; [ "$f" -le "$SLOW_THREADS" ] || SLOW_THREADS="$f"
     sleep 1
 done
 SLOW_RSS_LAST="$r"
@@ -448,17 +456,18 @@ sleep 3
 SLOW_RSS_AFTER="$(status_kb "$SYNC_PID" VmRSS)"
 [ "$SLOW_OK" -gt 0 ] || die "no slow download got its first bytes: $(cat "$BENCH_RUN/slow.json")"
 SLOW_PER_KB="$(calc "round(($SLOW_RSS - $SLOW_RSS0) / $SLOW_OK, 1)")"
-log "memory: VmRSS $SLOW_RSS0 kB idle, $SLOW_RSS kB with $SLOW_OK downloads open ($SLOW_FD fds): $SLOW_PER_KB kB per download; $SLOW_FAILED failed, $SLOW_REFUSED refused"
+log "memory: VmRSS $SLOW_RSS0 kB idle, $SLOW_RSS kB with $SLOW_OK downloads open ($SLOW_FD fds, $SLOW_THREADS threads): $SLOW_PER_KB kB per download; $SLOW_FAILED failed, $SLOW_REFUSED refused"
 
 # --- download throughput -------------------------------------------------------------
 # download_point SERVER C: C curl processes, one device each, each
 # downloading the whole artifact ROUNDS times over one keep-alive
 # connection. Sets P[mibs] (all bytes / wall time), P[cores] (the server's
-# CPU), P[bad] (transfers that were not 200 with every byte).
+# CPU), P[machine] (the whole machine's: servers, curl, kernel and any other
+# work, out of 2), P[bad] (transfers that were not 200 with every byte).
 declare -A P=()
 POINT=0
 download_point() {
-    local server="$1" c="$2" rounds url i r t0 t1 c0 c1 pids=() out bad
+    local server="$1" c="$2" rounds url i r t0 t1 c0 c1 m0 m1 pids=() out bad
     rounds=$(( (MIN_MB + c * ARTIFACT_MB - 1) / (c * ARTIFACT_MB) ))
     url="$SYNC_DOWNLOAD_URL"; [ "$server" = nginx ] && url="$NGINX_URL"
     POINT=$((POINT + 1))
@@ -473,24 +482,26 @@ download_point() {
           for ((r = 0; r < rounds; r++)); do printf 'url = "%s"\noutput = "/dev/null"\n' "$url"; done
         } >"$out/$i.curl"
     done <"$TOKENS"
-    c0="$(server_ticks "$server")"; t0="$(now_s)"
+    c0="$(server_ticks "$server")"; m0="$(machine_ticks)"; t0="$(now_s)"
     for ((i = 1; i <= c; i++)); do
         "$CURL" -sS --max-time "$DOWNLOAD_MAX_S" -K "$out/$i.curl" >"$out/$i.out" 2>"$out/$i.err" &
         pids+=("$!")
         BENCH_PIDS[$!]="$CURL"
     done
     for i in "${pids[@]}"; do wait "$i" || true; unset "BENCH_PIDS[$i]"; done
-    t1="$(now_s)"; c1="$(server_ticks "$server")"
+    t1="$(now_s)"; c1="$(server_ticks "$server")"; m1="$(machine_ticks)"
     bad="$(cat "$out"/*.out | awk -v s="$SIZE" '$1 != 200 || $2 != s { n++ } END { print n + 0 }')"
     bad=$((bad + c * rounds - $(cat "$out"/*.out | wc -l)))
     P=([mibs]="$(calc "round($c * $rounds * $SIZE / 1048576 / ($t1 - $t0))")"
        [cores]="$(calc "round(($c1 - $c0) / $CLK_TCK / ($t1 - $t0), 2)")"
+       [machine]="$(calc "round(($m1 - $m0) / $CLK_TCK / ($t1 - $t0), 2)")"
        [rounds]="$rounds" [secs]="$(calc "round($t1 - $t0, 1)")" [bad]="$bad")
-    log "$server, $c at once × $rounds: ${P[mibs]} MiB/s in ${P[secs]}s, server ${P[cores]} cores, $bad bad transfers"
+    log "$server, $c at once × $rounds: ${P[mibs]} MiB/s in ${P[secs]}s, server ${P[cores]} cores (machine ${P[machine]}), $bad bad transfers"
     rm -rf "$out"
 }
 
 declare -A BEST=() CORES=() BAD=() ROUNDS=()
+TRIAL_ROWS=""
 for ((trial = 1; trial <= TRIALS; trial++)); do
     order=(tend-sync nginx)
     [ $((trial % 2)) = 1 ] || order=(nginx tend-sync)
@@ -498,6 +509,8 @@ for ((trial = 1; trial <= TRIALS; trial++)); do
         for server in "${order[@]}"; do
             download_point "$server" "$c"
             k="$server/$c"
+            TRIAL_ROWS+="
+| $trial | $c | $server | ${P[mibs]} | ${P[cores]} | ${P[machine]} |"
             BAD[$k]=$(( ${BAD[$k]:-0} + P[bad] ))
             ROUNDS[$c]="${P[rounds]}"
             if [ "${P[mibs]}" -gt "${BEST[$k]:-0}" ]; then BEST[$k]="${P[mibs]}"; CORES[$k]="${P[cores]}"; fi
@@ -567,7 +580,7 @@ A shared 2-core machine: other engineers' builds and tests ran on it too
 Servers, clients, PostgreSQL, Redis and RabbitMQ share the same two cores over loopback.
 
 **Command**: \`BENCH_ARTIFACT_MB=$ARTIFACT_MB BENCH_DEVICES=$DEVICES BENCH_SLOW_DOWNLOADS=$SLOW BENCH_UPLOAD_MB=$UPLOAD_MB deploy/bench/artifacts.sh\`
-(the defaults; the artifact store is a directory, \`TEND_ARTIFACT_STORE=file://…\`).
+(defaults 256, 10000, 1000 and 2048; the artifact store is a directory, \`TEND_ARTIFACT_STORE=file://…\`).
 
 ### Download throughput, tend-sync against nginx
 
@@ -580,12 +593,17 @@ wall time of the point; best of $TRIALS alternating trials per server.
 
 $DL_TABLE
 
+Every point (CPU in cores: the server's, and the whole machine's out of 2):
+
+| trial | devices | server | MiB/s | server CPU | machine CPU |
+|---|---|---|---|---|---|$TRIAL_ROWS
+
 ### tend-sync memory per download
 
 | tend-sync | open downloads | VmRSS |
 |---|---|---|
-| before | 0 ($SLOW_FD0 fds) | $SLOW_RSS0 kB |
-| $SLOW downloads, each reading ${SLOW_RATE_KB} KiB/s, held ${SLOW_S} s mid-body (peak of 1 s samples) | $SLOW_OK ($SLOW_FD fds; $SLOW_FAILED failed, $SLOW_REFUSED refused) | $SLOW_RSS kB (last sample $SLOW_RSS_LAST kB) |
+| before | 0 ($SLOW_FD0 fds, $SLOW_THREADS0 threads) | $SLOW_RSS0 kB |
+| $SLOW downloads, each reading ${SLOW_RATE_KB} KiB/s, held ${SLOW_S} s mid-body (peak of 1 s samples) | $SLOW_OK ($SLOW_FD fds, $SLOW_THREADS threads; $SLOW_FAILED failed, $SLOW_REFUSED refused) | $SLOW_RSS kB (last sample $SLOW_RSS_LAST kB) |
 | 3 s after they were cut | 0 | $SLOW_RSS_AFTER kB |
 
 **Memory per download: $SLOW_PER_KB kB** (goal: under 64 KB, $(goal "$SLOW_PER_KB < 64")). All $SLOW opened in $SLOW_OPEN_S s.
@@ -605,10 +623,12 @@ body \`{"components":{"app":"1.0.0"}}\`, "app" 2.0.0 released for their type.
 
 | phase | checks | checks/s | p50 / p99 ms | errors | per check: commits / rollbacks / rows inserted |
 |---|---|---|---|---|---|
-| first check of each device (queues its upgrade) | $DEVICES in $PASS_S s | **$PASS_RPS** | n/a | $PASS_ERR | 1 upgrade + 1 outbox event queued |
-| steady: the upgrade is already open (${CHECK_S} s, tend-sync at $STEADY_CORES cores) | $STEADY_N | **$STEADY_RPS** | $STEADY_P50 / $STEADY_P99 | $STEADY_ERR | $STEADY_COMMITS / $STEADY_ROLLBACKS / $STEADY_INSERTS |
+| first check of each device (queues its upgrade) | $DEVICES in $PASS_S s | **$PASS_RPS** | n/a | $PASS_ERR | an upgrade and its outbox event queued |
+| steady: the upgrade is already open (${CHECK_S} s, tend-sync at $STEADY_CORES cores, machine at $STEADY_MACHINE) | $STEADY_N | **$STEADY_RPS** | $STEADY_P50 / $STEADY_P99 | $STEADY_ERR | $STEADY_COMMITS / $STEADY_ROLLBACKS / $STEADY_INSERTS |
 
-PostgreSQL logged $PG_ERRORS unique-violation errors for this database during the steady window.
+A steady check's INSERT of the upgrade fails on the unique index of open commands and is rolled
+back (the row inserted is a dead tuple); PostgreSQL logged $PG_ERRORS unique-violation errors for
+this database during the steady window.
 EOF
 )"
 REPORT="$BENCH_OUT/artifacts-$(date +%Y%m%d-%H%M%S).md"
