@@ -109,6 +109,7 @@ esac
 
 most=$SLOW
 for c in "${CONCURRENCY[@]}"; do [ "$c" -le "$most" ] || most=$c; done
+[ "$CHECK_CONNS" -ge "$THREADS" ] || { echo "BENCH_CHECK_CONNS must be at least BENCH_THREADS" >&2; exit 2; }
 [ "$DEVICES" -ge "$most" ] || { echo "BENCH_DEVICES=$DEVICES: at least $most devices are needed" >&2; exit 2; }
 
 bench_init artifacts
@@ -119,6 +120,9 @@ DATA="$BENCH_RUN/data"
 # run directory is kept for its logs, then lib.sh's cleanup.
 artifacts_cleanup() {
     local rc=$?
+    # Without this, set -e would end the handler at `(exit 1)` after a
+    # failure, before lib.sh's cleanup stops anything.
+    set +e
     rm -rf "$STORE" "$DATA"
     (exit "$rc")
     bench_cleanup
@@ -371,7 +375,7 @@ kill -INT "$wpid" 2>/dev/null || true
 wait "$wpid" || true
 unset "BENCH_PIDS[$wpid]"
 [ "$(find "$PASS_DIR" -name 'thread-*' | wc -l)" = "$THREADS" ] \
-    || { cat "$BENCH_RUN/wrk-pass.txt" >&2; die "the first pass of update checks did not finish within ${PASS_MAX_S}s"; }
+    || { cat "$BENCH_RUN/wrk-pass.txt" >&2; die "the first pass of update checks did not finish (wrk ended early, or ${PASS_MAX_S}s passed)"; }
 parse_wrk "$BENCH_RUN/wrk-pass.txt"
 PASS_S="$(calc "round($t1 - $t0, 2)")"
 PASS_RPS="$(calc "round($DEVICES / ($t1 - $t0))")"
