@@ -42,8 +42,9 @@ const PRESIGNED_FOR: Duration = Duration::from_secs(15 * 60);
 /// type is offered when it is a different version and not an older one
 /// (seed 003), unless the device is on that artifact's denylist (seed 004:
 /// and then nothing, not an older release instead). An open upgrade or
-/// restore of the component is never doubled: the database's unique index
-/// on open commands per component decides between concurrent checks.
+/// restore of the component is never doubled: a check skips components
+/// with an open command, and the database's unique index on open commands
+/// per component decides between concurrent checks.
 pub async fn update_check(
     state: Shared,
     device: DeviceCaller,
@@ -58,10 +59,14 @@ pub async fn update_check(
             .await?
             .ok_or_else(|| ApiError::Unauthorized("this device was decommissioned".into()))?;
         let released = artifacts::released_for(client, tenant, &names, &device_type).await?;
+        // A component already being changed gets nothing new: most checks
+        // of a device with an upgrade open end here, without an insert.
+        let busy = commands::open_components(client, device.id).await?;
         let mut offers = Vec::new();
         for newest in newest_by_component(released).into_values() {
             let current = &running[&newest.component];
-            if tend_proto::version::is_upgrade(&newest.version, current)
+            if !busy.contains(&newest.component)
+                && tend_proto::version::is_upgrade(&newest.version, current)
                 && !artifacts::is_denied(client, newest.id, device.id).await?
             {
                 offers.push(newest);

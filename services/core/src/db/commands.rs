@@ -120,6 +120,23 @@ pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Comma
     from_row(&row)
 }
 
+/// The components of the device that an open upgrade or restore is
+/// changing (`commands_open_component_key` answers it).
+pub async fn open_components(c: &impl GenericClient, device_id: Uuid) -> Result<Vec<String>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT component FROM commands
+             WHERE device_id = $1 AND component IS NOT NULL
+               AND status IN ('queued', 'delivered', 'in_progress')",
+        )
+        .await?;
+    Ok(c.query(&stmt, &[&device_id])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// The artifact of the last upgrade or restore of `component` that
 /// succeeded on the device: the last version it ran healthy.
 pub async fn last_good_artifact(
