@@ -122,14 +122,7 @@ pub struct DenylistList {
 
 /// A component name: what the agent's `[components.NAME]` can hold.
 pub fn check_component(v: &str) -> Result<(), ApiError> {
-    if v.is_empty()
-        || v.len() > 64
-        || v == "."
-        || v == ".."
-        || !v
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    if !tend_proto::params::is_component_name(v) {
         return Err(unprocessable(
             "component must be 1 to 64 of letters, digits, '.', '_' and '-'",
         ));

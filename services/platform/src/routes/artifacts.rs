@@ -12,7 +12,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::devices::no_such_device;
-use super::page_params;
+use super::{PageQuery, page_params};
 use crate::api::{
     ArtifactList, ArtifactOut, ArtifactPatch, DenyBody, DenylistEntryOut, DenylistList,
     NewArtifact, check_new_artifact, check_reason,
@@ -333,15 +333,6 @@ pub async fn remove(
         )),
         Delete::NotFound => Err(no_such_artifact()),
     }
-}
-
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    /// 1 to 500, default 50.
-    limit: Option<i64>,
-    /// The previous page's `next_cursor`.
-    cursor: Option<String>,
 }
 
 /// List an artifact's denylist

@@ -1,18 +1,16 @@
 //! Commands: queue one for a device, list and show them, cancel a queued one.
 
 use actix_web::{HttpResponse, get, post, web};
-use serde::Deserialize;
 use serde_json::Value;
 use tend_core::auth::Role;
 use tend_core::db;
 use tend_core::db::commands::{self, Cancel};
 use tend_core::error::ApiError;
 use tend_core::http;
-use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::devices::{find as find_device, no_such_device};
-use super::page_params;
+use super::{PageQuery, page_params};
 use crate::api::{
     CommandList, CommandOut, DEFAULT_EXPIRES_IN_S, DEFAULT_TIMEOUT_S, MAX_EXPIRES_IN_S,
     MAX_TIMEOUT_S, NewCommand, check_command, check_seconds,
@@ -112,15 +110,6 @@ pub async fn create(
         trace_id = %trace_id,
         "queued {} command {} for device {}", command.kind, command.id, device.id);
     Ok(HttpResponse::Created().json(CommandOut::from(command)))
-}
-
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
-    /// 1 to 500, default 50.
-    limit: Option<i64>,
-    /// The previous page's `next_cursor`.
-    cursor: Option<String>,
 }
 
 /// List a device's commands

@@ -134,6 +134,16 @@ async fn readyz(state: Shared) -> HttpResponse {
     http::readiness(vec![("postgres", pg)], Vec::new())
 }
 
+/// `?limit=&cursor=` of a list that has no other filter.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// 1 to 500, default 50.
+    limit: Option<i64>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
 /// Reads `?limit=&cursor=`, bounded.
 fn page_params(
     limit: Option<i64>,
