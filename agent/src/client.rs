@@ -14,6 +14,7 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use tend_proto::device::{
     AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instruction, Instructions, Report,
+    UpdateCheck, UpdateCheckResponse,
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -140,6 +141,19 @@ impl Client {
         decode::<Instructions>(response)
             .await
             .map(|list| list.instructions)
+    }
+
+    /// `POST /device/v1/update-check`: the server queues an upgrade for
+    /// what should change and says whether work is pending.
+    pub async fn update_check(
+        &self,
+        check: &UpdateCheck,
+    ) -> Result<UpdateCheckResponse, ClientError> {
+        let url = format!("{}/device/v1/update-check", self.base);
+        let response = self
+            .send_authed(|token| self.http.post(&url).bearer_auth(token).json(check))
+            .await?;
+        decode(response).await
     }
 
     /// Sends one report once (plus one retry after re-authenticating).

@@ -14,10 +14,14 @@ use uuid::Uuid;
 
 use crate::logquery::{self, NaiveZone};
 use crate::oplog;
+use crate::software;
 
 /// Everything the agent needs to know, validated.
 #[derive(Clone)]
 pub struct Config {
+    /// The file this was read from; a new agent binary is tried with it
+    /// before it replaces the running one.
+    pub path: Option<PathBuf>,
     /// Base URL of `tend-sync`, without a trailing slash.
     pub server_url: String,
     pub device_id: Uuid,
@@ -43,6 +47,9 @@ pub struct Config {
     /// `[operations_log]`: when `operations.log` is rotated and how many
     /// old files are kept.
     pub operations_log: oplog::Settings,
+    /// `[components.NAME]`, `[download]`, `update_check_s`: the software
+    /// the agent installs, rolls back and restores.
+    pub software: software::Settings,
 }
 
 /// The argv that performs each action.
@@ -99,6 +106,12 @@ struct RawConfig {
     log_query: RawLogQuery,
     #[serde(default)]
     operations_log: RawOperationsLog,
+    #[serde(default)]
+    components: BTreeMap<String, software::settings::RawComponent>,
+    #[serde(default)]
+    download: software::settings::RawDownload,
+    update_check_s: Option<u64>,
+    agent_proof_s: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -125,7 +138,10 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Config::from_toml_str(&text).with_context(|| format!("config file {}", path.display()))
+        let mut config = Config::from_toml_str(&text)
+            .with_context(|| format!("config file {}", path.display()))?;
+        config.path = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_owned()));
+        Ok(config)
     }
 
     /// Parses and validates a configuration. A relative
@@ -232,7 +248,15 @@ impl Config {
             options,
         };
 
+        let software = software::Settings::parse(
+            raw.components,
+            raw.download,
+            raw.update_check_s,
+            raw.agent_proof_s,
+        )?;
+
         Ok(Config {
+            path: None,
             server_url,
             device_id,
             device_secret,
@@ -245,6 +269,7 @@ impl Config {
             long_poll: raw.long_poll.unwrap_or(true),
             log_query,
             operations_log,
+            software,
         })
     }
 }
@@ -263,6 +288,7 @@ impl fmt::Debug for Config {
             .field("long_poll", &self.long_poll)
             .field("log_query", &self.log_query)
             .field("operations_log", &self.operations_log)
+            .field("software", &self.software)
             .finish()
     }
 }
@@ -462,6 +488,7 @@ mod tests {
         assert_eq!(example.request_timeout_s, defaults.request_timeout_s);
         assert_eq!(example.log_query, defaults.log_query);
         assert_eq!(example.operations_log, defaults.operations_log);
+        assert_eq!(example.software, defaults.software);
     }
 
     #[test]

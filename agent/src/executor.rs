@@ -65,13 +65,26 @@ pub async fn run(
     dir: &Path,
     timeout: Duration,
 ) -> ActionResult {
+    run_with(argv, instruction_id, dir, timeout, &[], "during_action").await
+}
+
+/// [`run`] with extra environment variables, and the fault point met while
+/// the child runs.
+pub async fn run_with(
+    argv: &[String],
+    instruction_id: Uuid,
+    dir: &Path,
+    timeout: Duration,
+    env: &[(&str, &str)],
+    fault_point: &str,
+) -> ActionResult {
     let started = Instant::now();
     let stdout_path = dir.join(format!("{instruction_id}.stdout"));
     let stderr_path = dir.join(format!("{instruction_id}.stderr"));
-    let end = match spawn(argv, instruction_id, dir, &stdout_path, &stderr_path) {
+    let end = match spawn(argv, instruction_id, env, dir, &stdout_path, &stderr_path) {
         Err(e) => End::Error(e),
         Ok(mut child) => match tokio::time::timeout(timeout, async {
-            crate::fault::hit("during_action", instruction_id);
+            crate::fault::hit(fault_point, instruction_id);
             child.wait().await
         })
         .await
@@ -103,6 +116,7 @@ pub async fn run(
 fn spawn(
     argv: &[String],
     instruction_id: Uuid,
+    env: &[(&str, &str)],
     dir: &Path,
     stdout: &Path,
     stderr: &Path,
@@ -114,6 +128,7 @@ fn spawn(
     Command::new(program)
         .args(args)
         .env(INSTRUCTION_ID_ENV, instruction_id.to_string())
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(File::create(stdout)?)
         .stderr(File::create(stderr)?)

@@ -16,6 +16,11 @@
 //! - `after_fetch`: instructions fetched (now `delivered`), nothing journaled;
 //! - `after_journal`: `started` journaled, `in_progress` not yet reported;
 //! - `during_action`: the action's process was spawned and is running;
+//! - for an upgrade or restore: `during_download` (a segment was saved),
+//!   `after_verify` (the download verified), `after_backup` (the new
+//!   version staged beside the old one, which the swap makes the backup),
+//!   `during_install` (the swap done or the install command run, before
+//!   `after`), `during_health_check` (the health check running);
 //! - `before_report`: the final report journaled, not yet sent.
 //!
 //! The agent aborts (SIGABRT: no destructor runs, nothing is flushed that
@@ -23,10 +28,15 @@
 
 /// The names [`hit`] accepts (checked only when the points are compiled in).
 #[cfg(feature = "fault-points")]
-pub const POINTS: [&str; 4] = [
+pub const POINTS: [&str; 9] = [
     "after_fetch",
     "after_journal",
     "during_action",
+    "during_download",
+    "after_verify",
+    "after_backup",
+    "during_install",
+    "during_health_check",
     "before_report",
 ];
 

@@ -24,6 +24,8 @@ use tend_proto::device::Report;
 use tracing::{error, warn};
 use uuid::Uuid;
 
+use crate::software::job::Job;
+
 pub const FILE_NAME: &str = "journal.jsonl";
 
 /// How long settled entries are kept. An instruction cannot come back from
@@ -89,6 +91,9 @@ pub struct Entry {
     /// and sent back with its reports (`traceparent`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// An upgrade or restore: the step it is at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
 }
 
 impl Entry {
@@ -261,6 +266,7 @@ mod tests {
             exit_code: None,
             format: FORMAT,
             trace_id: None,
+            job: None,
         }
     }
 

@@ -22,8 +22,9 @@ mod oplog;
 mod outcome;
 mod runner;
 mod sanitize;
+mod software;
 mod system;
 
 pub use config::Config;
-pub use runner::run;
+pub use runner::{Stopped, prove, run};
 pub use system::AGENT_VERSION;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tend_agent::Config;
+use tend_agent::{Config, Stopped};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -27,6 +27,11 @@ struct Cli {
     /// The agent's TOML configuration file.
     #[arg(long, env = "TEND_AGENT_CONFIG", value_name = "FILE")]
     config: PathBuf,
+    /// Prove this binary can work with this configuration: authenticate
+    /// and send one heartbeat, then exit (0: it can). A running agent
+    /// tries a new binary of itself this way before it replaces itself.
+    #[arg(long)]
+    prove: bool,
 }
 
 fn main() -> ExitCode {
@@ -45,13 +50,37 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&anyhow::Error::from(e).context("cannot start the async runtime")),
     };
+    if cli.prove {
+        return match runtime.block_on(tend_agent::prove(&config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        };
+    }
     match runtime.block_on(run(config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Shutdown) => ExitCode::SUCCESS,
+        Ok(Stopped::Restart(exe)) => {
+            drop(runtime);
+            restart(&exe)
+        }
         Err(e) => fail(&e),
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// Replaces this process with `exe` and the same arguments: the agent's
+/// own upgrade (or its rollback) takes effect under the same process id,
+/// so a service manager sees one agent that kept running.
+fn restart(exe: &std::path::Path) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    tracing::info!("restarting as {}", exe.display());
+    let e = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    // Still here: the exec failed. Exiting non-zero lets the service
+    // manager start the agent again, and the journal takes it from there.
+    fail(&anyhow::Error::from(e).context(format!("cannot restart as {}", exe.display())))
+}
+
+async fn run(config: Config) -> anyhow::Result<Stopped> {
     let shutdown = CancellationToken::new();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -60,6 +60,12 @@ pub struct Operation<'a> {
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// A step of an upgrade or restore (`download_started`, `verified`,
+    /// `committed`, …); absent on the line of a final outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'a Value>,
 }
 
 /// Appends to the operation log.
@@ -158,6 +164,8 @@ mod tests {
                 outcome,
                 duration_ms: Some(12),
                 error: None,
+                step: None,
+                detail: None,
             })
             .unwrap();
         }
@@ -186,6 +194,8 @@ mod tests {
             outcome: "succeeded",
             duration_ms: None,
             error: None,
+            step: None,
+            detail: None,
         })
         .unwrap();
     }

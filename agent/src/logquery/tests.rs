@@ -610,6 +610,8 @@ fn the_operations_source_reads_the_agent_log_and_its_rotations() {
                 outcome: "succeeded",
                 duration_ms: Some(5),
                 error: None,
+                step: None,
+                detail: None,
             })
             .unwrap();
     }

@@ -50,6 +50,9 @@ impl Agent {
         }
         match (instruction.known_kind(), Action::of(&instruction.kind)) {
             (Some(CommandKind::LogQuery), _) => self.query_logs(instruction).await,
+            (Some(CommandKind::Upgrade | CommandKind::Restore), _) => {
+                self.change_software(instruction).await
+            }
             (_, Some(action)) => self.perform(action, instruction).await,
             _ => self.reject(instruction),
         }
@@ -79,7 +82,7 @@ impl Agent {
     }
 
     /// The journal entry of an instruction about to be handled.
-    fn started(&self, instruction: Instruction) -> Entry {
+    pub(super) fn started(&self, instruction: Instruction) -> Entry {
         let now = Utc::now();
         Entry {
             id: instruction.id,
@@ -95,6 +98,7 @@ impl Agent {
             trace_id: instruction
                 .trace_id
                 .filter(|t| tend_proto::device::is_trace_id(t)),
+            job: None,
         }
     }
 

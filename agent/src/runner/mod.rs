@@ -18,8 +18,10 @@
 mod delivery;
 mod instruction;
 mod poll;
+mod software;
 #[cfg(test)]
 mod testing;
+mod update_check;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -39,15 +41,36 @@ use crate::journal::{Entry, Journal, JournalError, State};
 use crate::lock::{self, StateLock};
 use crate::oplog::{OpLog, Operation};
 use crate::outcome::{self, Action};
+use crate::software::installed::Installed;
 use crate::system::{self, AGENT_VERSION};
 
-/// Runs the agent until `shutdown` is cancelled (then returns `Ok(())`).
+/// Whether `kind` changes software (a job that resumes after a restart).
+fn is_software(kind: &str) -> bool {
+    matches!(
+        kind.parse(),
+        Ok(tend_proto::CommandKind::Upgrade | tend_proto::CommandKind::Restore)
+    )
+}
+
+/// How [`run`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// `shutdown` was cancelled.
+    Shutdown,
+    /// The agent replaced its own binary (an upgrade, or the rollback of
+    /// one) and must now run as this executable: the caller replaces the
+    /// process with it.
+    Restart(std::path::PathBuf),
+}
+
+/// Runs the agent until `shutdown` is cancelled, or until it must restart
+/// as a new binary of itself.
 ///
 /// Errors are returned only from startup (state directory and its lock,
 /// journal, boot id); once running, the agent retries everything that
 /// fails. An action's child process still running at shutdown is left
 /// alone.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Stopped> {
     let agent = Arc::new(Agent::start(config, shutdown.clone())?);
     info!(
         device.id = %agent.config.device_id,
@@ -59,7 +82,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .clone()
             .run_until_cancelled_owned(delivery::deliver_reports(agent.clone())),
     );
-    let mut batch = None;
+    let update_checks = tokio::spawn(
+        shutdown
+            .clone()
+            .run_until_cancelled_owned(update_check::update_check_loop(agent.clone())),
+    );
+    // Upgrades and restores cut short by the last stop go on first, in the
+    // batch slot, so nothing else is fetched until they are decided.
+    let resumable = std::mem::take(
+        &mut *agent
+            .resumable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    let mut batch = (!resumable.is_empty()).then(|| {
+        let agent = agent.clone();
+        tokio::spawn(shutdown.clone().run_until_cancelled_owned(async move {
+            for entry in resumable {
+                agent.resume_job(entry).await;
+            }
+        }))
+    });
     shutdown
         .run_until_cancelled(poll::heartbeat_loop(&agent, &shutdown, &mut batch))
         .await;
@@ -70,14 +113,47 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         batch.await.context("while stopping the instruction task")?;
     }
     reporter.await.context("while stopping the reporter")?;
-    info!("tend-agent stopped");
+    update_checks
+        .await
+        .context("while stopping the update checks")?;
+    let restart = agent
+        .restart
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    Ok(match restart {
+        Some(exe) => {
+            info!("tend-agent stopped to restart as {}", exe.display());
+            Stopped::Restart(exe)
+        }
+        None => {
+            info!("tend-agent stopped");
+            Stopped::Shutdown
+        }
+    })
+}
+
+/// What `tend-agent --prove` does: authenticates and sends one heartbeat
+/// with `config`, touching no state. A new binary of the agent must pass
+/// this before it replaces the running one.
+pub async fn prove(config: &Config) -> anyhow::Result<()> {
+    let client = Client::new(config).context("while building the HTTP client")?;
+    let heartbeat = tend_proto::device::Heartbeat {
+        agent_version: AGENT_VERSION.to_owned(),
+        ..Default::default()
+    };
+    client
+        .heartbeat(&heartbeat)
+        .await
+        .context("the proving heartbeat failed")?;
     Ok(())
 }
 
 /// What the heartbeat loop, the batch task and the reporter share.
 struct Agent {
     config: Config,
-    client: Client,
+    /// Shared with the tasks that send progress reports.
+    client: Arc<Client>,
     /// Never held across an await; appends are short (one fsync) and rare.
     journal: Mutex<Journal>,
     oplog: OpLog,
@@ -85,6 +161,21 @@ struct Agent {
     inventory: Value,
     /// Wakes the reporter when a final report was journaled.
     reports_waiting: Notify,
+    /// Wakes the heartbeat loop when an update check queued work.
+    work_pending: Notify,
+    /// Counts heartbeats the server answered: a new agent binary proves
+    /// itself by getting one.
+    heartbeats: tokio::sync::watch::Sender<u64>,
+    /// This agent's executable (and its inode when the agent started): the
+    /// agent's own upgrade replaces it.
+    exe: Option<(std::path::PathBuf, u64)>,
+    /// Set when the agent must restart as a new binary of itself.
+    restart: Mutex<Option<std::path::PathBuf>>,
+    /// What the agent installed (`state_dir/software/installed.json`).
+    installed: Mutex<Installed>,
+    /// Upgrades and restores that were under way at the last stop, taken
+    /// up again by [`run`] once the agent is running.
+    resumable: Mutex<Vec<Entry>>,
     /// Cancelled at shutdown; a running log query watches it from its
     /// blocking thread.
     shutdown: CancellationToken,
@@ -106,18 +197,33 @@ impl Agent {
             }
         }
         let agent = Agent {
-            client: Client::new(&config).context("while building the HTTP client")?,
+            client: Arc::new(Client::new(&config).context("while building the HTTP client")?),
+            installed: Mutex::new(Installed::load(&config.state_dir.join("software"))),
+            resumable: Mutex::new(Vec::new()),
             oplog: OpLog::new(&config.state_dir, config.operations_log),
             journal: Mutex::new(journal),
             boot_id,
             inventory: system::inventory(),
             reports_waiting: Notify::new(),
+            work_pending: Notify::new(),
+            heartbeats: tokio::sync::watch::Sender::new(0),
+            exe: std::env::current_exe().ok().and_then(|exe| {
+                let inode = crate::software::fs::inode(&exe).ok()?;
+                Some((exe, inode))
+            }),
+            restart: Mutex::new(None),
             shutdown,
             _lock: state_lock,
             config,
         };
         agent.recover()?;
         Ok(agent)
+    }
+
+    fn installed(&self) -> MutexGuard<'_, Installed> {
+        self.installed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn journal(&self) -> MutexGuard<'_, Journal> {
@@ -141,6 +247,14 @@ impl Agent {
             .cloned()
             .collect();
         for entry in unfinished {
+            if is_software(&entry.kind) {
+                // Taken up again once the agent runs: see `software`.
+                self.resumable
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(entry);
+                continue;
+            }
             let report = match (Action::of(&entry.kind), entry.state) {
                 // Journaled, never spawned: the boot id says nothing about
                 // an action that did not run. Older agents did not write
@@ -194,6 +308,8 @@ impl Agent {
             outcome: entry.report.status.as_status().as_str(),
             duration_ms: duration.map(|d| d.as_millis() as u64),
             error: entry.report.error.as_deref(),
+            step: None,
+            detail: entry.report.detail.as_ref().filter(|_| entry.job.is_some()),
         };
         if let Err(e) = self.oplog.append(&operation) {
             warn!(instruction.id = %entry.id, "cannot write the operation log: {e}");
@@ -304,7 +420,8 @@ mod tests {
             params: json!({"source": "app", "pattern": "ERROR"}),
             ..instruction("log_query")
         };
-        let restore = instruction("restore");
+        // A kind from a newer server: refused, never guessed at.
+        let unknown = instruction("format_disk");
         Mock::given(method("POST"))
             .and(path("/device/v1/heartbeat"))
             .respond_with(
@@ -317,7 +434,7 @@ mod tests {
             .and(path("/device/v1/instructions"))
             .respond_with(
                 ResponseTemplate::new(200)
-                    .set_body_json(json!({"instructions": [reboot, log_query, restore]})),
+                    .set_body_json(json!({"instructions": [reboot, log_query, unknown]})),
             )
             .mount(&server)
             .await;
@@ -361,7 +478,7 @@ mod tests {
         assert_eq!(device.runs(), 1);
         let journal = device.journal();
         assert_eq!(journal.get(reboot.id).unwrap().state, State::ActionReturned);
-        let rejected = journal.get(restore.id).unwrap();
+        let rejected = journal.get(unknown.id).unwrap();
         assert_eq!(rejected.state, State::Reported);
         assert!(
             rejected
@@ -369,7 +486,7 @@ mod tests {
                 .error
                 .as_deref()
                 .unwrap()
-                .contains("does not support `restore`")
+                .contains("does not support `format_disk`")
         );
         let answered = journal.get(log_query.id).unwrap();
         assert_eq!(answered.state, State::Reported);
@@ -426,7 +543,7 @@ mod tests {
         );
         assert_eq!(reboot_reports.last().map(String::as_str), Some("succeeded"));
         let all = reports(&server).await;
-        assert!(all.contains(&(restore.id.to_string(), "rejected".to_owned())));
+        assert!(all.contains(&(unknown.id.to_string(), "rejected".to_owned())));
         let query_statuses: Vec<&str> = all
             .iter()
             .filter(|(id, _)| *id == log_query.id.to_string())

@@ -19,18 +19,17 @@ use super::Agent;
 use crate::backoff::{Backoff, jittered};
 use crate::client::ClientError;
 use crate::fault;
-use crate::system::{self, AGENT_VERSION};
+use crate::system;
 
 impl Agent {
     /// A heartbeat; `wait_s` asks the server to hold it (long-poll).
     fn heartbeat(&self, wait_s: Option<u32>) -> Heartbeat {
         Heartbeat {
-            agent_version: AGENT_VERSION.to_owned(),
+            agent_version: self.agent_version(),
             boot_id: Some(self.boot_id.clone()),
             uptime_s: system::uptime_s(),
             inventory: Some(self.inventory.clone()),
-            // The agent is the one component every device has.
-            components: Some([("agent".to_owned(), AGENT_VERSION.to_owned())].into()),
+            components: Some(self.component_versions()),
             wait_s,
         }
     }
@@ -59,6 +58,7 @@ pub(super) async fn heartbeat_loop(
         let delay = match agent.client.heartbeat(&agent.heartbeat(wait_s)).await {
             Ok(answer) => {
                 backoff.reset();
+                agent.heartbeats.send_modify(|n| *n += 1);
                 debug!(
                     pending = answer.pending,
                     next_heartbeat_s = answer.next_heartbeat_s,
@@ -107,7 +107,11 @@ pub(super) async fn heartbeat_loop(
                 delay
             }
         };
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            // An update check queued work: ask at once.
+            () = agent.work_pending.notified() => {}
+        }
     }
 }
 

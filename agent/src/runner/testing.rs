@@ -2,6 +2,7 @@
 //! sync server that accepts everything.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -52,21 +53,32 @@ impl Device {
     }
 
     pub(super) fn config(&self, server: &str) -> Config {
+        self.config_with(server, "")
+    }
+
+    /// The device's configuration with `tables` (TOML tables such as
+    /// `[components.app]`) appended.
+    pub(super) fn config_with(&self, server: &str, tables: &str) -> Config {
         let action = format!(
             "[\"sh\", \"-c\", \"echo $TEND_INSTRUCTION_ID >> {}\"]",
             self.counter().display()
         );
         Config::from_toml_str(&format!(
             "server_url = \"{server}\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\n\
-             state_dir = {:?}\nboot_id_file = {:?}\n\
+             state_dir = {:?}\nboot_id_file = {:?}\nupdate_check_s = 0\n\
              [actions]\nreboot = {action}\nshutdown = {action}\n\
-             [log_sources]\napp = {:?}\n",
+             [log_sources]\napp = {:?}\n{tables}",
             Uuid::new_v4(),
             self.state_dir().display().to_string(),
             self.dir.path().join("boot_id").display().to_string(),
             self.app_log().display().to_string(),
         ))
         .unwrap()
+    }
+
+    /// A scratch directory of the device's (components live here).
+    pub(super) fn root(&self) -> &Path {
+        self.dir.path()
     }
 
     pub(super) fn app_log(&self) -> PathBuf {
@@ -76,7 +88,9 @@ impl Device {
     /// The agent as `run` builds it, with retries in milliseconds.
     pub(super) fn agent(&self, server: &str) -> Agent {
         let mut agent = Agent::start(self.config(server), CancellationToken::new()).unwrap();
-        agent.client.retry = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
+        Arc::get_mut(&mut agent.client)
+            .expect("not shared yet")
+            .retry = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
         agent
     }
 
@@ -193,6 +207,7 @@ pub(super) fn started(kind: &str, boot_id: &str) -> Entry {
         exit_code: None,
         format: journal::FORMAT,
         trace_id: None,
+        job: None,
     }
 }
 

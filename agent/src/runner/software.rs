@@ -1,0 +1,1571 @@
+//! Upgrades and restores: check, download, verify, stage, swap or install,
+//! health check, then commit or roll back (seeds 002 to 004).
+//!
+//! A job moves through the [`Step`]s of [`crate::software::job`]; each is
+//! journaled (fsync) before it runs, and the job's report says where it
+//! is. After a crash the next start resumes the job from the journal
+//! ([`Agent::resume_job`]): steps before the swap touched nothing and go
+//! on (a download continues at the byte it reached); an interrupted swap
+//! or install is rolled back and never run twice; an interrupted health
+//! check runs again, once; a rollback is finished. So a power cut at any
+//! step ends in the new version committed and healthy, or the old one
+//! back, and always in one final report.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use serde_json::{Value, json};
+use tend_proto::command::{CommandKind, ReportStatus};
+use tend_proto::device::{Instruction, Report};
+use tend_proto::params::{self, ArtifactRef, CommandParams, RestoreSource};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::Agent;
+use crate::client::Delivery;
+use crate::executor::{self, End};
+use crate::fault;
+use crate::journal::{Entry, State};
+use crate::oplog::Operation;
+use crate::outcome;
+use crate::software::download::{self, DownloadError};
+use crate::software::fs;
+use crate::software::installed::{Record, Version};
+use crate::software::job::{Job, Source, Step};
+use crate::software::settings::{AGENT, Component, Kind};
+use crate::system::AGENT_VERSION;
+
+/// At most one download progress report per this long.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+/// Install commands (`before`, `after`, `install`, `rollback`) get this
+/// long at the least, even when the job's deadline is nearer.
+const MIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// A health check interrupted by a restart is run again, up to this many
+/// attempts in all; then the job rolls back.
+const MAX_HEALTH_ATTEMPTS: u32 = 2;
+/// An unpacked `.tar.gz` is assumed to need this many times its size until
+/// the archive is at hand (then its own gzip trailer says).
+const UNPACK_FACTOR: u64 = 3;
+
+/// What a step leads to.
+enum Next {
+    /// Journal the job at its new step and go on; `event` goes to the
+    /// operation log.
+    Go(Job, Option<(&'static str, Value)>),
+    /// The final report.
+    Done(Report),
+    /// Wait for the machine to go down (the reboot command returned), or
+    /// for the agent to stop: the journal has the job, and the next start
+    /// resumes it.
+    Wait,
+}
+
+impl Agent {
+    /// Handles a new `upgrade` or `restore` instruction.
+    pub(super) async fn change_software(&self, instruction: Instruction) {
+        let id = instruction.id;
+        let deadline = Utc::now() + TimeDelta::seconds(instruction.timeout_s.max(1).into());
+        let entry = self.started(instruction);
+        if let Err(e) = self.journal().append(entry.clone()) {
+            error!(instruction.id = %id, "cannot journal instruction {id}, so not running it: {:#}", anyhow::Error::from(e));
+            return;
+        }
+        fault::hit("after_journal", id);
+        self.begin_job(entry, deadline).await;
+    }
+
+    /// Plans the job of a journaled `started` instruction, has the server
+    /// accept `in_progress`, and runs it.
+    async fn begin_job(&self, entry: Entry, deadline: chrono::DateTime<Utc>) {
+        let id = entry.id;
+        let job = match self.plan(&entry, deadline) {
+            Ok(job) => job,
+            Err(report) => {
+                info!(instruction.id = %id, "instruction {id} ({}): {}: {}", entry.kind, report.status.as_status(), report.error.as_deref().or(report.output.as_deref()).unwrap_or_default());
+                return self.finish_or_log(&entry, report, None);
+            }
+        };
+        let report = self.progress_report(&job, None);
+        if let Delivery::Refused(status) = self
+            .client
+            .report_until_settled(id, &report, entry.trace_id.as_deref())
+            .await
+        {
+            warn!(instruction.id = %id, "the server refused in_progress for instruction {id} with {status}; not running it");
+            return self.finish_or_log(&entry, outcome::not_performed(status.as_u16()), None);
+        }
+        info!(
+            instruction.id = %id,
+            "instruction {id}: {} of {} from {} to {} started",
+            entry.kind,
+            job.component,
+            job.from_version.as_deref().unwrap_or("an unknown version"),
+            job.to_version.as_deref().unwrap_or("an unknown version"),
+        );
+        let mut entry = entry.advance(State::Running, report, Utc::now());
+        entry.job = Some(job);
+        if let Err(e) = self.journal().append(entry.clone()) {
+            let e = format!("{:#}", anyhow::Error::from(e));
+            error!(instruction.id = %id, "cannot journal instruction {id}'s job, so not running it: {e}");
+            return self.finish_or_log(&entry, outcome::not_journaled(&e), None);
+        }
+        self.run_job(entry).await;
+    }
+
+    /// Continues a job that was under way when the agent last stopped.
+    pub(super) async fn resume_job(&self, entry: Entry) {
+        let id = entry.id;
+        let Some(job) = entry.job.clone() else {
+            // Journaled `started`, never planned: nothing was touched.
+            // The deadline is the command's default, as the instruction's
+            // own is not journaled.
+            let deadline = entry.started_at + TimeDelta::hours(1);
+            return self.begin_job(entry, deadline).await;
+        };
+        let job = match job.step {
+            Step::Installing => job.rolling_back(
+                "the agent stopped during the install (a restart or a power cut); it is not run twice"
+                    .into(),
+            ),
+            Step::AwaitingReboot if job.boot_id.as_deref() == Some(self.boot_id.as_str()) => job
+                .rolling_back(
+                    "the device did not boot into the new version: the boot id did not change"
+                        .into(),
+                ),
+            Step::AwaitingReboot => job.at(Step::HealthCheck),
+            Step::HealthCheck if job.health_attempts >= MAX_HEALTH_ATTEMPTS => job.rolling_back(
+                format!("the health check was interrupted {} times", job.health_attempts),
+            ),
+            Step::AwaitingRollbackReboot => {
+                let rebooted = job.boot_id.as_deref() != Some(self.boot_id.as_str());
+                let error = job.failure.clone().unwrap_or_default();
+                let report = if rebooted {
+                    self.final_report(&job, ReportStatus::Failed, true, Some(error), None)
+                } else {
+                    self.final_report(
+                        &job,
+                        ReportStatus::Failed,
+                        false,
+                        Some(format!(
+                            "{error}; the rollback needs a reboot, and the device did not reboot"
+                        )),
+                        None,
+                    )
+                };
+                return self.finish_job(&entry, &job, report);
+            }
+            _ => job,
+        };
+        info!(instruction.id = %id, "resuming instruction {id} ({} of {}) at {:?}", entry.kind, job.component, job.step);
+        match self.journal_job(&entry, job, None) {
+            Some(entry) => self.run_job(entry).await,
+            None => {}
+        }
+    }
+
+    /// Runs the job from its journaled step to a final report (or to a
+    /// wait for a reboot).
+    async fn run_job(&self, mut entry: Entry) {
+        let started = Instant::now();
+        loop {
+            let Some(job) = entry.job.clone() else {
+                return;
+            };
+            let Some(component) = self.component(&job.component) else {
+                let report = outcome::failed(&format!(
+                    "the component {} is no longer configured on this device",
+                    job.component
+                ));
+                return self.finish_or_log(&entry, report, Some(started.elapsed()));
+            };
+            let next = match job.step {
+                Step::Downloading => self.download(&entry, &job).await,
+                Step::Verified => self.prepare(&job, &component),
+                Step::Prepared if job.component == AGENT => self.try_new_agent(&entry, &job).await,
+                Step::Prepared => Next::Go(job.at(Step::Installing), None),
+                Step::Installing => self.install(&entry, &job, &component).await,
+                Step::AwaitingReboot | Step::AwaitingRollbackReboot => Next::Wait,
+                Step::Restarting => self.prove_new_agent(&entry, &job, &component).await,
+                Step::HealthCheck => self.health_check(&entry, &job, &component).await,
+                Step::RollingBack => self.roll_back(&entry, &job, &component).await,
+            };
+            match next {
+                Next::Go(next, event) => match self.journal_job(&entry, next, event) {
+                    Some(journaled) => entry = journaled,
+                    None => return,
+                },
+                Next::Done(report) => {
+                    self.finish_job(&entry, &job, report);
+                    if job.component == AGENT {
+                        self.restart_if_replaced();
+                    }
+                    return;
+                }
+                Next::Wait => return,
+            }
+        }
+    }
+
+    /// Journals the job at its next step, logs the event and tells the
+    /// server the phase. `None` when the journal cannot be written: the
+    /// job then stops where it is, and the next start resumes it.
+    fn journal_job(
+        &self,
+        entry: &Entry,
+        job: Job,
+        event: Option<(&'static str, Value)>,
+    ) -> Option<Entry> {
+        let report = self.progress_report(&job, None);
+        let mut next = entry.advance(State::Running, report.clone(), Utc::now());
+        next.job = Some(job);
+        if let Err(e) = self.journal().append(next.clone()) {
+            error!(instruction.id = %entry.id, "cannot journal the next step of instruction {}, stopping it here: {:#}", entry.id, anyhow::Error::from(e));
+            return None;
+        }
+        if let Some((step, detail)) = event {
+            self.log_step(&next, step, &detail);
+        }
+        self.send_progress(&next, &report);
+        Some(next)
+    }
+
+    fn send_progress(&self, entry: &Entry, report: &Report) {
+        // Best effort: the final report is the one that must arrive.
+        let client = self.client.clone();
+        let (id, report, trace) = (entry.id, report.clone(), entry.trace_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = client.report(id, &report, trace.as_deref()).await {
+                tracing::debug!(instruction.id = %id, "progress report not delivered: {e}");
+            }
+        });
+    }
+
+    fn finish_job(&self, entry: &Entry, job: &Job, report: Report) {
+        let rolled_back = report
+            .detail
+            .as_ref()
+            .is_some_and(|d| d["rolled_back"] == json!(true));
+        info!(
+            instruction.id = %entry.id,
+            "instruction {}: {} of {} {}{}{}",
+            entry.id,
+            entry.kind,
+            job.component,
+            report.status.as_status(),
+            if rolled_back { " (rolled back)" } else { "" },
+            report.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default(),
+        );
+        let elapsed = (Utc::now() - entry.started_at).to_std().ok();
+        let mut finished = entry.clone();
+        finished.job = Some(job.clone());
+        self.finish_or_log(&finished, report, elapsed);
+    }
+
+    fn log_step(&self, entry: &Entry, step: &str, detail: &Value) {
+        let operation = Operation {
+            at: Utc::now(),
+            instruction_id: entry.id,
+            kind: &entry.kind,
+            params: &entry.params,
+            outcome: "in_progress",
+            duration_ms: None,
+            error: None,
+            step: Some(step),
+            detail: Some(detail),
+        };
+        if let Err(e) = self.oplog.append(&operation) {
+            warn!(instruction.id = %entry.id, "cannot write the operation log: {e}");
+        }
+    }
+
+    /// Decides what an instruction asks for, against what this device has
+    /// (seed 002: before a byte is fetched). `Err` is the final report of
+    /// an instruction that ends here: refused, already done, or impossible.
+    fn plan(&self, entry: &Entry, deadline: chrono::DateTime<Utc>) -> Result<Job, Report> {
+        let kind: CommandKind = entry
+            .kind
+            .parse()
+            .map_err(|_| outcome::unsupported(&entry.kind))?;
+        let parsed = params::parse(kind, &entry.params)
+            .map_err(|e| rejected(format!("the instruction's params are invalid: {e}")))?;
+        let (component, source, artifact) = match parsed {
+            CommandParams::Upgrade(p) => {
+                let artifact = p.artifact.ok_or_else(|| {
+                    rejected("the instruction does not describe its artifact".into())
+                })?;
+                (artifact.component.clone(), Source::Upgrade, Some(artifact))
+            }
+            CommandParams::Restore(p) => match p.source {
+                RestoreSource::Peer => {
+                    return Err(rejected(
+                        "restore from a LAN peer is not supported by this agent yet".into(),
+                    ));
+                }
+                RestoreSource::Backup => (p.component, Source::Backup, None),
+                RestoreSource::Cloud => {
+                    let artifact = p.artifact.ok_or_else(|| {
+                        rejected("the server named no artifact to restore from".into())
+                    })?;
+                    if artifact.component != p.component {
+                        return Err(rejected(format!(
+                            "the artifact is for {}, not {}",
+                            artifact.component, p.component
+                        )));
+                    }
+                    (p.component, Source::Cloud, Some(artifact))
+                }
+            },
+            _ => return Err(outcome::unsupported(&entry.kind)),
+        };
+        if component == AGENT && source != Source::Upgrade {
+            return Err(rejected(
+                "the agent is not restored: upgrade it to the version wanted (a new agent that \
+                 fails is replaced by the previous one on its own)"
+                    .into(),
+            ));
+        }
+        let Some(config) = self.component(&component) else {
+            return Err(rejected(format!(
+                "this device has no component {component} (no [components.{component}] in its agent configuration)"
+            )));
+        };
+        let from_version = self.running_version(&config);
+        let to_version = match (&artifact, source) {
+            (Some(a), _) => Some(a.version.clone()),
+            (None, _) => self.backup_version(&config),
+        };
+        let job = Job {
+            component,
+            source,
+            artifact,
+            from_version,
+            to_version,
+            step: if source == Source::Backup {
+                Step::Verified
+            } else {
+                Step::Downloading
+            },
+            deadline,
+            staged_inode: None,
+            boot_id: None,
+            health_attempts: 0,
+            failure: None,
+        };
+        if source == Source::Upgrade && job.from_version == job.to_version {
+            let version = job.to_version.clone().unwrap_or_default();
+            return Err(Report {
+                output: Some(format!(
+                    "{} already runs {version}; nothing was changed",
+                    job.component
+                )),
+                ..self.final_report(&job, ReportStatus::Succeeded, false, None, None)
+            });
+        }
+        if source == Source::Backup && !self.has_backup(&config) {
+            return Err(self.final_report(
+                &job,
+                ReportStatus::Failed,
+                false,
+                Some(format!(
+                    "there is no backup of {} on this device",
+                    job.component
+                )),
+                None,
+            ));
+        }
+        if let Some(artifact) = &job.artifact
+            && let Err(e) = self.check_space(&config, artifact)
+        {
+            return Err(self.final_report(&job, ReportStatus::Failed, false, Some(e), None));
+        }
+        Ok(job)
+    }
+
+    /// Free space for the download and the staged copy beside the
+    /// component (the backup is the old version itself, kept by the swap).
+    fn check_space(&self, component: &Component, artifact: &ArtifactRef) -> Result<(), String> {
+        let downloads = self.downloads_dir();
+        let staged = match &component.kind {
+            Kind::Dir { .. } => artifact.size.saturating_mul(UNPACK_FACTOR),
+            Kind::File { .. } => artifact.size,
+            Kind::Command { .. } => 0,
+        };
+        let mut needs = vec![(downloads.clone(), artifact.size, "the download")];
+        if let Kind::Dir { path } | Kind::File { path } = &component.kind {
+            needs.push((path.clone(), staged, "the staged new version"));
+        }
+        let mut by_device: Vec<(u64, PathBuf, u64, Vec<&str>)> = Vec::new();
+        for (path, bytes, what) in needs {
+            let device = fs::device_of(&path)
+                .map_err(|e| format!("cannot read the file system of {}: {e}", path.display()))?;
+            match by_device.iter_mut().find(|(d, ..)| *d == device) {
+                Some((_, _, total, whats)) => {
+                    *total += bytes;
+                    whats.push(what);
+                }
+                None => by_device.push((device, path, bytes, vec![what])),
+            }
+        }
+        for (_, path, needed, whats) in by_device {
+            let free = fs::free_bytes(&path)
+                .map_err(|e| format!("cannot read the free space of {}: {e}", path.display()))?;
+            if free < needed {
+                return Err(format!(
+                    "not enough free space: {} needs {} ({}) and {} are free; nothing was downloaded",
+                    path.display(),
+                    bytes_text(needed),
+                    whats.join(" and "),
+                    bytes_text(free),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn download(&self, entry: &Entry, job: &Job) -> Next {
+        let Some(artifact) = &job.artifact else {
+            return Next::Go(job.at(Step::Verified), None);
+        };
+        let dir = self.downloads_dir();
+        let deadline = Instant::now()
+            + (job.deadline - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+        let request = download::Request {
+            artifact,
+            dir: &dir,
+            segment_bytes: self.config.software.segment_bytes,
+            deadline,
+        };
+        // Where the download started (u64::MAX: not yet known) and where
+        // it is; the ticker below reads them to report progress.
+        let first = AtomicU64::new(u64::MAX);
+        let bytes = AtomicU64::new(0);
+        let stop = self.shutdown.child_token();
+        let mut ended_by_server = None;
+        let fetch = download::fetch(
+            &self.client,
+            &request,
+            |p| {
+                let _ =
+                    first.compare_exchange(u64::MAX, p.bytes, Ordering::Relaxed, Ordering::Relaxed);
+                bytes.store(p.bytes, Ordering::Relaxed);
+            },
+            &stop,
+        );
+        tokio::pin!(fetch);
+        let mut logged_start = false;
+        let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                result = &mut fetch => break result,
+                _ = ticker.tick() => {
+                    let offset = first.load(Ordering::Relaxed);
+                    if !logged_start && offset != u64::MAX {
+                        logged_start = true;
+                        let step = if offset > 0 { "download_resumed" } else { "download_started" };
+                        self.log_step(entry, step, &json!({"offset": offset, "total": artifact.size}));
+                    }
+                    let done = (bytes.load(Ordering::Relaxed), artifact.size);
+                    let report = self.progress_report(job, Some(done));
+                    if let Ok(Delivery::Refused(status)) =
+                        self.client.report(entry.id, &report, entry.trace_id.as_deref()).await
+                    {
+                        ended_by_server = Some(status);
+                        stop.cancel();
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(fetched) => {
+                fault::hit("after_verify", entry.id);
+                Next::Go(
+                    job.at(Step::Verified),
+                    Some((
+                        "verified",
+                        json!({"sha256": artifact.sha256, "bytes": artifact.size, "resumed_from": fetched.resumed_from}),
+                    )),
+                )
+            }
+            Err(DownloadError::Cancelled) => match ended_by_server {
+                Some(status) => Next::Done(self.final_report(
+                    job,
+                    ReportStatus::Failed,
+                    false,
+                    Some(format!(
+                        "the server ended the command during the download (HTTP {}); nothing was installed",
+                        status.as_u16()
+                    )),
+                    None,
+                )),
+                None => Next::Wait,
+            },
+            Err(e) => Next::Done(self.final_report(
+                job,
+                ReportStatus::Failed,
+                false,
+                Some(format!("the download failed: {e}; nothing was installed")),
+                None,
+            )),
+        }
+    }
+
+    /// Stages the new version beside the component (dir, file), so the
+    /// swap is a single rename. A restore from the backup stages nothing:
+    /// the backup is swapped in as it is.
+    fn prepare(&self, job: &Job, component: &Component) -> Next {
+        let failed = |e: String| {
+            Next::Done(self.final_report(job, ReportStatus::Failed, false, Some(e), None))
+        };
+        let path = match &component.kind {
+            Kind::Dir { path } | Kind::File { path } => path,
+            Kind::Command { .. } => {
+                if job.source == Source::Backup && self.backup_version(component).is_none() {
+                    return failed(format!(
+                        "there is no backup of {} on this device",
+                        job.component
+                    ));
+                }
+                return Next::Go(job.at(Step::Prepared), Some(("prepared", json!({}))));
+            }
+        };
+        let (staged, backup) = slots(path);
+        if job.source == Source::Backup {
+            return match fs::inode(&backup) {
+                Ok(inode) => Next::Go(
+                    Job {
+                        staged_inode: Some(inode),
+                        ..job.at(Step::Prepared)
+                    },
+                    Some(("prepared", json!({"staged": backup}))),
+                ),
+                Err(e) => failed(format!(
+                    "there is no backup of {} on this device ({}: {e})",
+                    job.component,
+                    backup.display()
+                )),
+            };
+        }
+        let Some(artifact) = &job.artifact else {
+            return failed("nothing to install".into());
+        };
+        let download = download::path(&self.downloads_dir(), &artifact.sha256);
+        let staging = || -> Result<u64, String> {
+            fs::remove(&staged).map_err(|e| format!("cannot clear {}: {e}", staged.display()))?;
+            match &component.kind {
+                Kind::Dir { .. } => {
+                    let needed = fs::gzip_content_size(&download).unwrap_or(0);
+                    let free = fs::free_bytes(path).unwrap_or(u64::MAX);
+                    if needed > free {
+                        return Err(format!(
+                            "not enough free space to unpack: {} needed beside {}, {} free",
+                            bytes_text(needed),
+                            path.display(),
+                            bytes_text(free)
+                        ));
+                    }
+                    fs::unpack_tar_gz(&download, &staged).map_err(|e| {
+                        let _ = fs::remove(&staged);
+                        format!("cannot unpack the artifact: {e}")
+                    })?;
+                }
+                Kind::File { .. } => {
+                    fs::copy_file(&download, &staged)
+                        .map_err(|e| format!("cannot stage the new file: {e}"))?;
+                    if component.name == AGENT {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+                            .map_err(|e| format!("cannot make the new agent executable: {e}"))?;
+                    }
+                }
+                Kind::Command { .. } => unreachable!("handled above"),
+            }
+            fs::inode(&staged).map_err(|e| format!("cannot read {}: {e}", staged.display()))
+        };
+        match staging() {
+            Ok(inode) => {
+                fault::hit("after_backup", &job.component);
+                Next::Go(
+                    Job {
+                        staged_inode: Some(inode),
+                        ..job.at(Step::Prepared)
+                    },
+                    Some(("prepared", json!({"staged": staged}))),
+                )
+            }
+            Err(e) => failed(e),
+        }
+    }
+
+    async fn install(&self, entry: &Entry, job: &Job, component: &Component) -> Next {
+        let version = job.to_version.clone().unwrap_or_default();
+        if let Some(before) = &component.before
+            && let Err(e) = self.run_step(entry, job, "before", before, None).await
+        {
+            // Nothing was swapped; `after` puts back whatever `before`
+            // stopped.
+            if let Some(after) = &component.after
+                && let Err(e) = self.run_step(entry, job, "after", after, None).await
+            {
+                warn!(instruction.id = %entry.id, "{e}");
+            }
+            self.discard_staged(component, job);
+            return Next::Done(self.final_report(job, ReportStatus::Failed, false, Some(e), None));
+        }
+        match &component.kind {
+            Kind::Dir { path } | Kind::File { path } => {
+                let (staged, backup) = slots(path);
+                let from = if job.source == Source::Backup {
+                    &backup
+                } else {
+                    &staged
+                };
+                if !fs::exists(path) {
+                    // A first install: there is nothing to swap with.
+                    if let Err(e) = fs::rename(from, path) {
+                        return Next::Go(
+                            job.rolling_back(format!("cannot put the new version in place: {e}")),
+                            None,
+                        );
+                    }
+                } else if let Err(e) = fs::exchange(from, path) {
+                    return Next::Go(
+                        job.rolling_back(format!("cannot swap in the new version: {e}")),
+                        None,
+                    );
+                }
+                fault::hit("during_install", entry.id);
+                if job.source != Source::Backup && fs::exists(&staged) {
+                    // The old version becomes the backup.
+                    let kept = fs::remove(&backup).and_then(|()| fs::rename(&staged, &backup));
+                    if let Err(e) = kept {
+                        warn!(instruction.id = %entry.id, "cannot keep the previous version as the backup: {e}");
+                    }
+                }
+            }
+            Kind::Command {
+                install, reboot, ..
+            } => {
+                let file = job
+                    .artifact
+                    .as_ref()
+                    .map(|a| download::path(&self.downloads_dir(), &a.sha256));
+                let result = match (&file, job.source) {
+                    (Some(file), _) => {
+                        self.run_step(entry, job, "install", install, Some(file))
+                            .await
+                    }
+                    (None, _) => {
+                        let Kind::Command { rollback, .. } = &component.kind else {
+                            unreachable!()
+                        };
+                        self.run_step(entry, job, "rollback", rollback, None).await
+                    }
+                };
+                fault::hit("during_install", entry.id);
+                if let Err(e) = result {
+                    return Next::Go(job.rolling_back(e), None);
+                }
+                if *reboot {
+                    return self.reboot_into(entry, job).await;
+                }
+            }
+        }
+        if component.name == AGENT {
+            return self.restart_into_new_agent(entry, job);
+        }
+        if let Some(after) = &component.after
+            && let Err(e) = self.run_step(entry, job, "after", after, None).await
+        {
+            return Next::Go(job.rolling_back(e), None);
+        }
+        if let Some(file) = &component.version_file
+            && matches!(component.kind, Kind::Dir { .. })
+        {
+            let found = fs::read_version(file);
+            if found.as_deref() != Some(version.as_str()) {
+                return Next::Go(
+                    job.rolling_back(format!(
+                        "the installed {} says version {}, not {version}",
+                        file.display(),
+                        found.as_deref().unwrap_or("nothing readable")
+                    )),
+                    None,
+                );
+            }
+        }
+        Next::Go(
+            job.at(Step::HealthCheck),
+            Some(("installed", json!({"version": version}))),
+        )
+    }
+
+    /// Journals the wait for the new boot, then asks the machine to
+    /// reboot.
+    async fn reboot_into(&self, entry: &Entry, job: &Job) -> Next {
+        let waiting = Job {
+            boot_id: Some(self.boot_id.clone()),
+            ..job.at(Step::AwaitingReboot)
+        };
+        let Some(entry) = self.journal_job(
+            entry,
+            waiting.clone(),
+            Some(("rebooting", json!({"boot_id": self.boot_id}))),
+        ) else {
+            return Next::Wait;
+        };
+        match self
+            .run_step(
+                &entry,
+                &waiting,
+                "reboot",
+                &self.config.actions.reboot,
+                None,
+            )
+            .await
+        {
+            Ok(()) => {
+                info!(instruction.id = %entry.id, "instruction {}: rebooting into the new version", entry.id);
+                Next::Wait
+            }
+            Err(e) => Next::Go(waiting.rolling_back(e), None),
+        }
+    }
+
+    async fn health_check(&self, entry: &Entry, job: &Job, component: &Component) -> Next {
+        let attempt = Job {
+            health_attempts: job.health_attempts + 1,
+            ..job.clone()
+        };
+        let Some(entry) = self.journal_job(entry, attempt.clone(), None) else {
+            return Next::Wait;
+        };
+        let version = attempt.to_version.clone().unwrap_or_default();
+        if let Some(check) = &component.health_check {
+            let timeout = component.health_timeout;
+            let result = executor::run_with(
+                check,
+                entry.id,
+                &self.output_dir(),
+                timeout,
+                &self.step_env(&attempt),
+                "during_health_check",
+            )
+            .await;
+            if let Err(e) = judge("the health check", check, &result) {
+                self.log_step(&entry, "health_check_failed", &json!({"error": e}));
+                return Next::Go(attempt.rolling_back(e), None);
+            }
+            self.log_step(
+                &entry,
+                "health_check_passed",
+                &json!({"duration_ms": result.duration.as_millis() as u64}),
+            );
+        }
+        if let Err(e) = self.commit(&attempt, component) {
+            return Next::Go(attempt.rolling_back(e), None);
+        }
+        self.log_step(&entry, "committed", &json!({"version": version}));
+        Next::Done(self.final_report(&attempt, ReportStatus::Succeeded, false, None, None))
+    }
+
+    /// Records the new version as installed and the previous one as the
+    /// backup, writes the version file where the agent keeps it, and drops
+    /// downloads nothing refers to any more.
+    fn commit(&self, job: &Job, component: &Component) -> Result<(), String> {
+        let version = job.to_version.clone().unwrap_or_default();
+        let previous = self
+            .installed()
+            .get(&job.component)
+            .map(|r| r.current.clone());
+        let backup = job.from_version.clone().map(|v| Version {
+            sha256: previous
+                .as_ref()
+                .filter(|p| p.version == v)
+                .and_then(|p| p.sha256.clone()),
+            version: v,
+        });
+        let current = Version {
+            version: version.clone(),
+            sha256: match job.source {
+                Source::Backup => self
+                    .installed()
+                    .get(&job.component)
+                    .and_then(|r| r.backup.as_ref())
+                    .and_then(|b| b.sha256.clone()),
+                _ => job.artifact.as_ref().map(|a| a.sha256.clone()),
+            },
+        };
+        if let Some(file) = &component.version_file
+            && !matches!(component.kind, Kind::Dir { .. })
+        {
+            fs::write_atomic(file, format!("{version}\n").as_bytes())
+                .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        }
+        let keep: Vec<String> = [
+            &current.sha256,
+            &backup.as_ref().and_then(|b| b.sha256.clone()),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        self.installed()
+            .set(
+                &job.component,
+                Record {
+                    current,
+                    installed_at: Utc::now(),
+                    backup,
+                    inode: (job.component == AGENT)
+                        .then(|| self.exe.as_ref().and_then(|(exe, _)| fs::inode(exe).ok()))
+                        .flatten(),
+                },
+            )
+            .map_err(|e| format!("cannot record the installed version: {e}"))?;
+        download::remove_others(&self.downloads_dir(), &keep);
+        Ok(())
+    }
+
+    /// Puts the previous version back, whatever part of the install had
+    /// happened (each move is decided from what is on disk, so running it
+    /// again after a crash is safe).
+    async fn roll_back(&self, entry: &Entry, job: &Job, component: &Component) -> Next {
+        let failure = job
+            .failure
+            .clone()
+            .unwrap_or_else(|| "the upgrade failed".into());
+        warn!(instruction.id = %entry.id, "instruction {}: rolling back {}: {failure}", entry.id, job.component);
+        if let Some(before) = &component.before
+            && let Err(e) = self.run_step(entry, job, "before", before, None).await
+        {
+            warn!(instruction.id = %entry.id, "{e}; rolling back all the same");
+        }
+        let result = match &component.kind {
+            Kind::Dir { path } | Kind::File { path } => self.swap_back(job, path),
+            Kind::Command { rollback, .. } => {
+                self.run_step(entry, job, "rollback", rollback, None).await
+            }
+        };
+        if let Err(e) = result {
+            self.log_step(entry, "rollback_failed", &json!({"error": e}));
+            return Next::Done(self.final_report(
+                job,
+                ReportStatus::Failed,
+                false,
+                Some(format!("{failure}; and the rollback failed: {e}")),
+                None,
+            ));
+        }
+        if let Some(after) = &component.after
+            && let Err(e) = self.run_step(entry, job, "after", after, None).await
+        {
+            warn!(instruction.id = %entry.id, "{e}");
+        }
+        self.log_step(entry, "rolled_back", &json!({"reason": failure}));
+        // An A/B image that booted the new slot needs a boot back into the
+        // old one; one that never booted it is back already.
+        if let Kind::Command { reboot: true, .. } = component.kind
+            && job.boot_id.as_deref().is_some_and(|b| b != self.boot_id)
+        {
+            let waiting = Job {
+                boot_id: Some(self.boot_id.clone()),
+                ..job.at(Step::AwaitingRollbackReboot)
+            };
+            let Some(entry) = self.journal_job(entry, waiting.clone(), None) else {
+                return Next::Wait;
+            };
+            return match self
+                .run_step(
+                    &entry,
+                    &waiting,
+                    "reboot",
+                    &self.config.actions.reboot,
+                    None,
+                )
+                .await
+            {
+                Ok(()) => Next::Wait,
+                Err(e) => Next::Done(self.final_report(
+                    job,
+                    ReportStatus::Failed,
+                    false,
+                    Some(format!(
+                        "{failure}; the rollback needs a reboot, which failed: {e}"
+                    )),
+                    None,
+                )),
+            };
+        }
+        Next::Done(self.final_report(job, ReportStatus::Failed, true, Some(failure), None))
+    }
+
+    fn swap_back(&self, job: &Job, path: &Path) -> Result<(), String> {
+        let (staged, backup) = slots(path);
+        let swapped = match (job.staged_inode, fs::inode(path)) {
+            (Some(new), Ok(now)) => new == now,
+            _ => false,
+        };
+        if !swapped {
+            // The new version never reached `path`.
+            if job.source != Source::Backup {
+                fs::remove(&staged)
+                    .map_err(|e| format!("cannot remove {}: {e}", staged.display()))?;
+            }
+            return Ok(());
+        }
+        if job.source == Source::Backup {
+            // The backup is in place and `backup` holds what ran before:
+            // swap them back; the backup stays the backup.
+            return fs::exchange(&backup, path).map_err(|e| format!("cannot swap back: {e}"));
+        }
+        // The old version is under the staging name, or already moved to
+        // the backup slot.
+        let old = if fs::exists(&staged) { staged } else { backup };
+        if !fs::exists(&old) {
+            // A first install had nothing to swap with: remove it.
+            return fs::remove(path).map_err(|e| format!("cannot remove {}: {e}", path.display()));
+        }
+        fs::exchange(&old, path).map_err(|e| format!("cannot swap back: {e}"))?;
+        fs::remove(&old).map_err(|e| format!("cannot remove the failed version: {e}"))?;
+        if let Err(e) = self.installed().set_backup(&job.component, None) {
+            warn!("cannot record that {} has no backup: {e}", job.component);
+        }
+        Ok(())
+    }
+
+    fn discard_staged(&self, component: &Component, job: &Job) {
+        if let Kind::Dir { path } | Kind::File { path } = &component.kind
+            && job.source != Source::Backup
+        {
+            let (staged, _) = slots(path);
+            if let Err(e) = fs::remove(&staged) {
+                warn!("cannot remove {}: {e}", staged.display());
+            }
+        }
+    }
+
+    /// Runs one of the component's commands; `Err` says what went wrong.
+    async fn run_step(
+        &self,
+        entry: &Entry,
+        job: &Job,
+        what: &str,
+        argv: &[String],
+        file: Option<&Path>,
+    ) -> Result<(), String> {
+        let argv: Vec<String> = match file {
+            Some(file) => argv
+                .iter()
+                .map(|a| a.replace("{file}", &file.display().to_string()))
+                .collect(),
+            None => argv.to_vec(),
+        };
+        let timeout = (job.deadline - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .max(MIN_COMMAND_TIMEOUT);
+        let result = executor::run_with(
+            &argv,
+            entry.id,
+            &self.output_dir(),
+            timeout,
+            &self.step_env(job),
+            "during_action",
+        )
+        .await;
+        judge(&format!("the {what} command"), &argv, &result)
+    }
+
+    fn step_env<'a>(&self, job: &'a Job) -> [(&'static str, &'a str); 2] {
+        [
+            ("TEND_COMPONENT", job.component.as_str()),
+            ("TEND_VERSION", job.to_version.as_deref().unwrap_or("")),
+        ]
+    }
+
+    /// The version a component runs now: its version file when it has
+    /// one, else what the agent recorded when it installed it.
+    pub(super) fn running_version(&self, component: &Component) -> Option<String> {
+        if component.name == AGENT {
+            return Some(self.agent_version());
+        }
+        component
+            .version_file
+            .as_deref()
+            .and_then(fs::read_version)
+            .or_else(|| {
+                self.installed()
+                    .get(&component.name)
+                    .map(|r| r.current.version.clone())
+            })
+    }
+
+    fn backup_version(&self, component: &Component) -> Option<String> {
+        if let Kind::Dir { path } = &component.kind {
+            let (_, backup) = slots(path);
+            if let Some(version) = fs::read_version(&backup.join("VERSION")) {
+                return Some(version);
+            }
+        }
+        self.installed()
+            .get(&component.name)
+            .and_then(|r| r.backup.as_ref())
+            .map(|b| b.version.clone())
+    }
+
+    fn has_backup(&self, component: &Component) -> bool {
+        match &component.kind {
+            Kind::Dir { path } | Kind::File { path } => fs::exists(&slots(path).1),
+            Kind::Command { .. } => self.backup_version(component).is_some(),
+        }
+    }
+
+    /// The versions of every configured component that has one, and of
+    /// the agent: what heartbeats and update checks report.
+    pub(super) fn component_versions(&self) -> std::collections::BTreeMap<String, String> {
+        let mut versions: std::collections::BTreeMap<String, String> = self
+            .config
+            .software
+            .components
+            .values()
+            .filter_map(|c| Some((c.name.clone(), self.running_version(c)?)))
+            .collect();
+        versions.insert(AGENT.to_owned(), self.agent_version());
+        versions
+    }
+
+    /// An `in_progress` report of the job at its step.
+    fn progress_report(&self, job: &Job, bytes: Option<(u64, u64)>) -> Report {
+        let mut report = Report::status(ReportStatus::InProgress);
+        let mut detail = self.detail(job, false);
+        detail["phase"] = json!(job.step.phase());
+        if let Some((bytes, total)) = bytes {
+            detail["bytes"] = json!(bytes);
+            detail["total"] = json!(total);
+        }
+        report.detail = Some(detail);
+        report
+    }
+
+    fn final_report(
+        &self,
+        job: &Job,
+        status: ReportStatus,
+        rolled_back: bool,
+        error: Option<String>,
+        output: Option<String>,
+    ) -> Report {
+        let mut detail = self.detail(job, rolled_back);
+        detail["phase"] = json!("done");
+        Report {
+            status,
+            output,
+            error,
+            detail: Some(detail),
+        }
+    }
+
+    fn detail(&self, job: &Job, rolled_back: bool) -> Value {
+        let running = if job.component == AGENT && rolled_back {
+            // The process writing this is the new agent about to hand over
+            // to the previous binary, which is what runs from now on.
+            job.from_version.clone()
+        } else {
+            self.component(&job.component)
+                .and_then(|c| self.running_version(&c))
+        };
+        let mut detail = json!({
+            "component": job.component,
+            "from_version": job.from_version,
+            "to_version": job.to_version,
+            "running_version": running,
+            "rolled_back": rolled_back,
+        });
+        if let Some(source) = job.source.restore_source() {
+            detail["source"] = json!(source);
+        }
+        if let Some(a) = &job.artifact {
+            detail["total"] = json!(a.size);
+        }
+        detail
+    }
+
+    /// A configured component, or the agent itself: a `file` component
+    /// whose path is the running executable, with no commands of its own
+    /// (the new binary proves itself instead of a health check).
+    fn component(&self, name: &str) -> Option<Component> {
+        if name != AGENT {
+            return self.config.software.components.get(name).cloned();
+        }
+        let (exe, _) = self.exe.as_ref()?;
+        Some(Component {
+            name: AGENT.to_owned(),
+            kind: Kind::File { path: exe.clone() },
+            version_file: None,
+            health_check: None,
+            health_timeout: self.config.software.agent_proof,
+            before: None,
+            after: None,
+        })
+    }
+
+    /// The agent's version: the one recorded when the agent installed the
+    /// executable that runs now, else the one it was built as.
+    pub(super) fn agent_version(&self) -> String {
+        let installed = self.installed();
+        match (installed.get(AGENT), &self.exe) {
+            (Some(record), Some((_, inode))) if record.inode == Some(*inode) => {
+                record.current.version.clone()
+            }
+            _ => AGENT_VERSION.to_owned(),
+        }
+    }
+
+    /// Seed 004's separate upgrade of the upgrader: the new binary must
+    /// start with this device's configuration, authenticate and heartbeat
+    /// (`tend-agent --prove`) before it replaces the running one. One that
+    /// cannot never replaces it.
+    async fn try_new_agent(&self, entry: &Entry, job: &Job) -> Next {
+        let Some(Kind::File { path }) = self.component(AGENT).map(|c| c.kind) else {
+            return Next::Done(self.final_report(
+                job,
+                ReportStatus::Failed,
+                false,
+                Some("the agent does not know its own executable".into()),
+                None,
+            ));
+        };
+        let (staged, _) = slots(&path);
+        let Some(config) = &self.config.path else {
+            return Next::Go(
+                job.rolling_back(
+                    "the new agent cannot be tried: the agent's configuration file is not known"
+                        .into(),
+                ),
+                None,
+            );
+        };
+        let argv = vec![
+            staged.display().to_string(),
+            "--config".to_owned(),
+            config.display().to_string(),
+            "--prove".to_owned(),
+        ];
+        let result = executor::run_with(
+            &argv,
+            entry.id,
+            &self.output_dir(),
+            self.config.software.agent_proof,
+            &self.step_env(job),
+            "during_health_check",
+        )
+        .await;
+        match judge("the new agent's trial run", &argv, &result) {
+            Ok(()) => Next::Go(
+                job.at(Step::Installing),
+                Some((
+                    "new_agent_proved",
+                    json!({"duration_ms": result.duration.as_millis() as u64}),
+                )),
+            ),
+            Err(e) => {
+                self.log_step(entry, "health_check_failed", &json!({"error": e}));
+                Next::Go(
+                    job.rolling_back(format!("the new agent did not prove itself: {e}")),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// The new binary is in place (the previous one kept as the backup):
+    /// journal that the next start must prove it, and restart as it.
+    fn restart_into_new_agent(&self, entry: &Entry, job: &Job) -> Next {
+        let Some(entry) = self.journal_job(
+            entry,
+            job.at(Step::Restarting),
+            Some(("installed", json!({"version": job.to_version}))),
+        ) else {
+            return Next::Wait;
+        };
+        info!(instruction.id = %entry.id, "instruction {}: restarting as the new agent {}", entry.id, job.to_version.as_deref().unwrap_or(""));
+        if let Some((exe, _)) = &self.exe {
+            *self
+                .restart
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(exe.clone());
+        }
+        self.shutdown.cancel();
+        Next::Wait
+    }
+
+    /// Run by the new agent after the restart: it has this long to get a
+    /// heartbeat through, or the previous binary is put back. A binary
+    /// that keeps dying before that is put back after a few starts.
+    async fn prove_new_agent(&self, entry: &Entry, job: &Job, component: &Component) -> Next {
+        const MAX_STARTS: u32 = 3;
+        if job.health_attempts >= MAX_STARTS {
+            return Next::Go(
+                job.rolling_back(format!(
+                    "the new agent stopped {} times before it proved itself",
+                    job.health_attempts
+                )),
+                None,
+            );
+        }
+        let attempt = Job {
+            health_attempts: job.health_attempts + 1,
+            ..job.clone()
+        };
+        let Some(entry) = self.journal_job(entry, attempt.clone(), None) else {
+            return Next::Wait;
+        };
+        let mut heartbeats = self.heartbeats.subscribe();
+        let proof = component.health_timeout;
+        let proved = tokio::time::timeout(proof, heartbeats.wait_for(|n| *n > 0)).await;
+        if !matches!(proved, Ok(Ok(_))) {
+            return Next::Go(
+                attempt.rolling_back(format!(
+                    "the new agent did not get a heartbeat through within {} s",
+                    proof.as_secs()
+                )),
+                None,
+            );
+        }
+        self.log_step(&entry, "health_check_passed", &json!({"heartbeat": true}));
+        if let Err(e) = self.commit(&attempt, component) {
+            return Next::Go(attempt.rolling_back(e), None);
+        }
+        self.log_step(&entry, "committed", &json!({"version": attempt.to_version}));
+        Next::Done(self.final_report(&attempt, ReportStatus::Succeeded, false, None, None))
+    }
+
+    /// After the agent's own job ends: when the executable on disk is no
+    /// longer the one running (a rollback put the previous one back),
+    /// restart as it.
+    fn restart_if_replaced(&self) {
+        let Some((exe, inode)) = &self.exe else {
+            return;
+        };
+        if fs::inode(exe).is_ok_and(|now| now != *inode) {
+            info!(
+                "the agent's executable was replaced; restarting as {}",
+                exe.display()
+            );
+            *self
+                .restart
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(exe.clone());
+            self.shutdown.cancel();
+        }
+    }
+
+    fn downloads_dir(&self) -> PathBuf {
+        self.config.state_dir.join("software").join("downloads")
+    }
+
+    fn output_dir(&self) -> PathBuf {
+        executor::output_dir(&self.config.state_dir)
+    }
+}
+
+/// The staging and backup names beside a component's `path`.
+fn slots(path: &Path) -> (PathBuf, PathBuf) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    (
+        parent.join(format!(".{name}.tend-staged")),
+        parent.join(format!(".{name}.tend-backup")),
+    )
+}
+
+/// `Ok` when the command exited 0; otherwise what happened, in one line.
+fn judge(what: &str, argv: &[String], result: &executor::ActionResult) -> Result<(), String> {
+    let command = argv.join(" ");
+    let last_line = |text: &str| {
+        text.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default()
+    };
+    match &result.end {
+        End::Exited(status) if status.success() => Ok(()),
+        End::Exited(status) => Err(format!(
+            "{what} (`{command}`) ended with {status}{}",
+            last_line(&result.stderr)
+        )),
+        End::Error(e) => Err(format!("{what} (`{command}`) could not run: {e}")),
+        End::TimedOut(after) => Err(format!(
+            "{what} (`{command}`) did not finish within {} s and was killed",
+            after.as_secs()
+        )),
+    }
+}
+
+fn rejected(error: String) -> Report {
+    Report {
+        status: ReportStatus::Rejected,
+        output: None,
+        error: Some(error),
+        detail: None,
+    }
+}
+
+fn bytes_text(bytes: u64) -> String {
+    const MB: f64 = 1_000_000.0;
+    format!("{:.1} MB", bytes as f64 / MB)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use tend_proto::device::Instruction;
+    use tokio_util::sync::CancellationToken;
+    use uuid::Uuid;
+
+    use super::super::testing::*;
+    use super::*;
+
+    /// A `dir` component `app` at version `running`, with a backup at
+    /// `backup` when given; its health check passes while `healthy` exists.
+    fn app(device: &Device, running: &str, backup: Option<&str>) -> (PathBuf, String) {
+        let path = device.root().join("app");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("VERSION"), format!("{running}\n")).unwrap();
+        if let Some(version) = backup {
+            let (_, slot) = slots(&path);
+            std::fs::create_dir_all(&slot).unwrap();
+            std::fs::write(slot.join("VERSION"), format!("{version}\n")).unwrap();
+        }
+        let healthy = device.root().join("healthy");
+        std::fs::write(&healthy, "").unwrap();
+        let table = format!(
+            "[components.app]\nkind = \"dir\"\npath = {:?}\n\
+             health_check = [\"test\", \"-e\", {:?}]\nhealth_timeout_s = 5\n",
+            path.display().to_string(),
+            healthy.display().to_string(),
+        );
+        (path, table)
+    }
+
+    fn agent_with(device: &Device, server: &str, tables: &str) -> Arc<Agent> {
+        let mut agent =
+            Agent::start(device.config_with(server, tables), CancellationToken::new()).unwrap();
+        Arc::get_mut(&mut agent.client).unwrap().retry =
+            crate::backoff::Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
+        Arc::new(agent)
+    }
+
+    fn restore(params: Value) -> Instruction {
+        Instruction {
+            params,
+            ..instruction("restore")
+        }
+    }
+
+    fn upgrade_to(version: &str, size: u64) -> Instruction {
+        let id = Uuid::new_v4();
+        Instruction {
+            params: json!({"artifact_id": id, "artifact": {
+                "id": id, "component": "app", "version": version, "size": size,
+                "sha256": "a".repeat(64),
+            }}),
+            ..instruction("upgrade")
+        }
+    }
+
+    fn version_of(path: &Path) -> Option<String> {
+        fs::read_version(&path.join("VERSION"))
+    }
+
+    #[tokio::test]
+    async fn a_restore_from_the_backup_swaps_it_in_and_keeps_what_ran_as_the_backup() {
+        let server = accepting_server().await;
+        let device = Device::new("boot-1");
+        let (path, table) = app(&device, "2.0.0", Some("1.0.0"));
+        let agent = agent_with(&device, &server.uri(), &table);
+        let instruction = restore(json!({"component": "app", "source": "backup"}));
+        agent.clone().handle_batch(vec![instruction.clone()]).await;
+
+        let entry = agent.journal().get(instruction.id).cloned().unwrap();
+        assert_eq!(entry.state, State::Finished);
+        assert_eq!(
+            entry.report.status,
+            ReportStatus::Succeeded,
+            "{:?}",
+            entry.report
+        );
+        let detail = entry.report.detail.unwrap();
+        assert_eq!(detail["from_version"], "2.0.0");
+        assert_eq!(detail["to_version"], "1.0.0");
+        assert_eq!(detail["running_version"], "1.0.0");
+        assert_eq!(detail["source"], "backup");
+        assert_eq!(detail["rolled_back"], false);
+        assert_eq!(version_of(&path).as_deref(), Some("1.0.0"));
+        assert_eq!(version_of(&slots(&path).1).as_deref(), Some("2.0.0"));
+        let steps: Vec<String> = device
+            .operations()
+            .iter()
+            .filter_map(|op| op["step"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            steps,
+            ["prepared", "installed", "health_check_passed", "committed"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restore_whose_health_check_fails_is_swapped_back() {
+        let server = accepting_server().await;
+        let device = Device::new("boot-1");
+        let (path, table) = app(&device, "2.0.0", Some("1.0.0"));
+        std::fs::remove_file(device.root().join("healthy")).unwrap();
+        let agent = agent_with(&device, &server.uri(), &table);
+        let instruction = restore(json!({"component": "app"}));
+        agent.clone().handle_batch(vec![instruction.clone()]).await;
+
+        let report = agent.journal().get(instruction.id).unwrap().report.clone();
+        assert_eq!(report.status, ReportStatus::Failed);
+        assert!(
+            report.error.as_deref().unwrap().contains("health check"),
+            "{report:?}"
+        );
+        let detail = report.detail.unwrap();
+        assert_eq!(detail["rolled_back"], true);
+        assert_eq!(detail["running_version"], "2.0.0");
+        assert_eq!(version_of(&path).as_deref(), Some("2.0.0"));
+        assert_eq!(
+            version_of(&slots(&path).1).as_deref(),
+            Some("1.0.0"),
+            "the backup is still the backup"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_the_device_cannot_or_need_not_do_ends_before_anything_is_fetched() {
+        let server = accepting_server().await;
+        let device = Device::new("boot-1");
+        let (path, table) = app(&device, "2.0.0", None);
+        let agent = agent_with(&device, &server.uri(), &table);
+        let other = Instruction {
+            params: json!({"component": "kiosk", "source": "backup"}),
+            ..instruction("restore")
+        };
+        let peer = restore(json!({"component": "app", "source": "peer"}));
+        let no_backup = restore(json!({"component": "app"}));
+        let same = upgrade_to("2.0.0", 10);
+        let huge = upgrade_to("3.0.0", u64::MAX / 8);
+        agent
+            .clone()
+            .handle_batch(vec![
+                other.clone(),
+                peer.clone(),
+                no_backup.clone(),
+                same.clone(),
+                huge.clone(),
+            ])
+            .await;
+
+        let report = |i: &Instruction| agent.journal().get(i.id).unwrap().report.clone();
+        let r = report(&other);
+        assert_eq!(r.status, ReportStatus::Rejected);
+        assert!(r.error.unwrap().contains("no component kiosk"));
+        let r = report(&peer);
+        assert_eq!(r.status, ReportStatus::Rejected);
+        assert!(r.error.unwrap().contains("peer"));
+        let r = report(&no_backup);
+        assert_eq!(r.status, ReportStatus::Failed);
+        assert!(r.error.unwrap().contains("no backup"));
+        let r = report(&same);
+        assert_eq!(r.status, ReportStatus::Succeeded);
+        assert!(r.output.unwrap().contains("already runs 2.0.0"));
+        assert_eq!(r.detail.unwrap()["running_version"], "2.0.0");
+        let r = report(&huge);
+        assert_eq!(r.status, ReportStatus::Failed);
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap()
+                .contains("not enough free space"),
+            "{r:?}"
+        );
+        assert_eq!(r.detail.unwrap()["rolled_back"], false);
+
+        assert_eq!(version_of(&path).as_deref(), Some("2.0.0"));
+        let fetched = server.received_requests().await.unwrap();
+        assert!(
+            fetched
+                .iter()
+                .all(|r| !r.url.path().contains("/artifacts/")),
+            "nothing was downloaded"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_install_cut_short_after_the_swap_is_rolled_back_at_the_next_start() {
+        let server = accepting_server().await;
+        let device = Device::new("boot-1");
+        // The swap happened: `path` holds the new version, the staging
+        // name the old one, when the power went.
+        let (path, table) = app(&device, "2.0.0", Some("0.9.0"));
+        let (staged, backup) = slots(&path);
+        std::fs::create_dir_all(&staged).unwrap();
+        std::fs::write(staged.join("VERSION"), "1.0.0\n").unwrap();
+        let instruction = upgrade_to("2.0.0", 10);
+        let job = Job {
+            component: "app".into(),
+            source: Source::Upgrade,
+            artifact: None,
+            from_version: Some("1.0.0".into()),
+            to_version: Some("2.0.0".into()),
+            step: Step::Installing,
+            deadline: Utc::now() + TimeDelta::hours(1),
+            staged_inode: Some(fs::inode(&path).unwrap()),
+            boot_id: None,
+            health_attempts: 0,
+            failure: None,
+        };
+        let entry = Entry {
+            state: State::Running,
+            job: Some(job),
+            params: instruction.params.clone(),
+            ..started("upgrade", "boot-1")
+        };
+        write_journal(&device.state_dir(), &[entry.clone()]);
+
+        let agent = agent_with(&device, &server.uri(), &table);
+        let resumable = std::mem::take(&mut *agent.resumable.lock().unwrap());
+        assert_eq!(
+            resumable.len(),
+            1,
+            "the job is taken up again, not failed blind"
+        );
+        agent.resume_job(resumable[0].clone()).await;
+
+        let report = agent.journal().get(entry.id).unwrap().report.clone();
+        assert_eq!(report.status, ReportStatus::Failed);
+        assert!(
+            report
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("during the install")
+        );
+        assert_eq!(report.detail.as_ref().unwrap()["rolled_back"], true);
+        assert_eq!(report.detail.unwrap()["running_version"], "1.0.0");
+        assert_eq!(version_of(&path).as_deref(), Some("1.0.0"));
+        assert!(!fs::exists(&staged), "the failed version is gone");
+        assert_eq!(version_of(&backup).as_deref(), Some("0.9.0"));
+    }
+}
