@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RANGE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use tend_proto::device::{
@@ -61,7 +61,7 @@ impl ClientError {
 
 /// reqwest's own message hides the cause ("error sending request");
 /// logs need the whole chain on one line.
-fn chain(e: &reqwest::Error) -> String {
+pub(crate) fn chain(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
@@ -93,13 +93,16 @@ pub struct Client {
     device_id: Uuid,
     secret: String,
     token: Mutex<Option<Token>>,
-    /// Delays between report attempts.
+    /// Delays between report attempts, and between the requests of a
+    /// download that failed.
     pub(crate) retry: Backoff,
 }
 
 impl Client {
     pub fn new(config: &Config) -> anyhow::Result<Client> {
         let timeout = Duration::from_secs(config.request_timeout_s);
+        // reqwest's default redirect policy (up to 10 hops) stays: an
+        // artifact download may be sent on to the object store.
         let http = reqwest::Client::builder()
             .user_agent(format!("tend-agent/{AGENT_VERSION}"))
             .timeout(timeout)
@@ -233,6 +236,32 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Asks for bytes `start..=end` of an artifact. The answer is returned
+    /// whatever its status, body unread: the caller streams it. The
+    /// client's timeout bounds the whole exchange, body included, so a
+    /// range must be small enough to arrive in it.
+    ///
+    /// No `If-Range`: an artifact's bytes never change (the whole download
+    /// is checked against its SHA-256 at the end), and an object store
+    /// compares `If-Range` with its own ETag, not tend's digest, and would
+    /// answer every range with the whole object.
+    ///
+    /// The server may answer 302 with a presigned object-store URL; reqwest
+    /// follows it with `Range` but drops `Authorization`, as it does on any
+    /// redirect to another host, port or scheme, so the device token never
+    /// reaches the store.
+    pub async fn artifact_range(
+        &self,
+        artifact_id: Uuid,
+        start: u64,
+        end: u64,
+    ) -> Result<Response, ClientError> {
+        let url = format!("{}/device/v1/artifacts/{artifact_id}", self.base);
+        let range = format!("bytes={start}-{end}");
+        self.send_authed(|token| self.http.get(&url).bearer_auth(token).header(RANGE, &range))
+            .await
     }
 
     /// Sends a request with the current token; on a 401, fetches a new

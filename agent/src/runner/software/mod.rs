@@ -11,6 +11,8 @@
 //! step ends in the new version committed and healthy, or the old one
 //! back, and always in one final report.
 
+mod agent;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -35,7 +37,6 @@ use crate::software::fs;
 use crate::software::installed::{Record, Version};
 use crate::software::job::{Job, Source, Step};
 use crate::software::settings::{AGENT, Component, Kind};
-use crate::system::AGENT_VERSION;
 
 /// At most one download progress report per this long.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -49,7 +50,11 @@ const MAX_HEALTH_ATTEMPTS: u32 = 2;
 /// the archive is at hand (then its own gzip trailer says).
 const UNPACK_FACTOR: u64 = 3;
 
-/// What a step leads to.
+/// What a step leads to (a short-lived value, one per step).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per step; boxing buys nothing"
+)]
 enum Next {
     /// Journal the job at its new step and go on; `event` goes to the
     /// operation log.
@@ -159,9 +164,8 @@ impl Agent {
             _ => job,
         };
         info!(instruction.id = %id, "resuming instruction {id} ({} of {}) at {:?}", entry.kind, job.component, job.step);
-        match self.journal_job(&entry, job, None) {
-            Some(entry) => self.run_job(entry).await,
-            None => {}
+        if let Some(entry) = self.journal_job(&entry, job, None) {
+            self.run_job(entry).await;
         }
     }
 
@@ -487,7 +491,12 @@ impl Agent {
                     job.at(Step::Verified),
                     Some((
                         "verified",
-                        json!({"sha256": artifact.sha256, "bytes": artifact.size, "resumed_from": fetched.resumed_from}),
+                        json!({
+                            "sha256": artifact.sha256,
+                            "bytes": artifact.size,
+                            "resumed_from": fetched.resumed_from,
+                            "file": fetched.path,
+                        }),
                     )),
                 )
             }
@@ -504,13 +513,21 @@ impl Agent {
                 )),
                 None => Next::Wait,
             },
-            Err(e) => Next::Done(self.final_report(
-                job,
-                ReportStatus::Failed,
-                false,
-                Some(format!("the download failed: {e}; nothing was installed")),
-                None,
-            )),
+            Err(e) => {
+                // A partial download the server will not complete is of no
+                // use; one cut short by the deadline is kept, so the next
+                // upgrade to the same artifact goes on from where it was.
+                if !matches!(e, DownloadError::TimedOut { .. }) {
+                    download::remove(&dir, &artifact.sha256);
+                }
+                Next::Done(self.final_report(
+                    job,
+                    ReportStatus::Failed,
+                    false,
+                    Some(format!("the download failed: {e}; nothing was installed")),
+                    None,
+                ))
+            }
         }
     }
 
@@ -1114,157 +1131,6 @@ impl Agent {
         })
     }
 
-    /// The agent's version: the one recorded when the agent installed the
-    /// executable that runs now, else the one it was built as.
-    pub(super) fn agent_version(&self) -> String {
-        let installed = self.installed();
-        match (installed.get(AGENT), &self.exe) {
-            (Some(record), Some((_, inode))) if record.inode == Some(*inode) => {
-                record.current.version.clone()
-            }
-            _ => AGENT_VERSION.to_owned(),
-        }
-    }
-
-    /// Seed 004's separate upgrade of the upgrader: the new binary must
-    /// start with this device's configuration, authenticate and heartbeat
-    /// (`tend-agent --prove`) before it replaces the running one. One that
-    /// cannot never replaces it.
-    async fn try_new_agent(&self, entry: &Entry, job: &Job) -> Next {
-        let Some(Kind::File { path }) = self.component(AGENT).map(|c| c.kind) else {
-            return Next::Done(self.final_report(
-                job,
-                ReportStatus::Failed,
-                false,
-                Some("the agent does not know its own executable".into()),
-                None,
-            ));
-        };
-        let (staged, _) = slots(&path);
-        let Some(config) = &self.config.path else {
-            return Next::Go(
-                job.rolling_back(
-                    "the new agent cannot be tried: the agent's configuration file is not known"
-                        .into(),
-                ),
-                None,
-            );
-        };
-        let argv = vec![
-            staged.display().to_string(),
-            "--config".to_owned(),
-            config.display().to_string(),
-            "--prove".to_owned(),
-        ];
-        let result = executor::run_with(
-            &argv,
-            entry.id,
-            &self.output_dir(),
-            self.config.software.agent_proof,
-            &self.step_env(job),
-            "during_health_check",
-        )
-        .await;
-        match judge("the new agent's trial run", &argv, &result) {
-            Ok(()) => Next::Go(
-                job.at(Step::Installing),
-                Some((
-                    "new_agent_proved",
-                    json!({"duration_ms": result.duration.as_millis() as u64}),
-                )),
-            ),
-            Err(e) => {
-                self.log_step(entry, "health_check_failed", &json!({"error": e}));
-                Next::Go(
-                    job.rolling_back(format!("the new agent did not prove itself: {e}")),
-                    None,
-                )
-            }
-        }
-    }
-
-    /// The new binary is in place (the previous one kept as the backup):
-    /// journal that the next start must prove it, and restart as it.
-    fn restart_into_new_agent(&self, entry: &Entry, job: &Job) -> Next {
-        let Some(entry) = self.journal_job(
-            entry,
-            job.at(Step::Restarting),
-            Some(("installed", json!({"version": job.to_version}))),
-        ) else {
-            return Next::Wait;
-        };
-        info!(instruction.id = %entry.id, "instruction {}: restarting as the new agent {}", entry.id, job.to_version.as_deref().unwrap_or(""));
-        if let Some((exe, _)) = &self.exe {
-            *self
-                .restart
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(exe.clone());
-        }
-        self.shutdown.cancel();
-        Next::Wait
-    }
-
-    /// Run by the new agent after the restart: it has this long to get a
-    /// heartbeat through, or the previous binary is put back. A binary
-    /// that keeps dying before that is put back after a few starts.
-    async fn prove_new_agent(&self, entry: &Entry, job: &Job, component: &Component) -> Next {
-        const MAX_STARTS: u32 = 3;
-        if job.health_attempts >= MAX_STARTS {
-            return Next::Go(
-                job.rolling_back(format!(
-                    "the new agent stopped {} times before it proved itself",
-                    job.health_attempts
-                )),
-                None,
-            );
-        }
-        let attempt = Job {
-            health_attempts: job.health_attempts + 1,
-            ..job.clone()
-        };
-        let Some(entry) = self.journal_job(entry, attempt.clone(), None) else {
-            return Next::Wait;
-        };
-        let mut heartbeats = self.heartbeats.subscribe();
-        let proof = component.health_timeout;
-        let proved = tokio::time::timeout(proof, heartbeats.wait_for(|n| *n > 0)).await;
-        if !matches!(proved, Ok(Ok(_))) {
-            return Next::Go(
-                attempt.rolling_back(format!(
-                    "the new agent did not get a heartbeat through within {} s",
-                    proof.as_secs()
-                )),
-                None,
-            );
-        }
-        self.log_step(&entry, "health_check_passed", &json!({"heartbeat": true}));
-        if let Err(e) = self.commit(&attempt, component) {
-            return Next::Go(attempt.rolling_back(e), None);
-        }
-        self.log_step(&entry, "committed", &json!({"version": attempt.to_version}));
-        Next::Done(self.final_report(&attempt, ReportStatus::Succeeded, false, None, None))
-    }
-
-    /// After the agent's own job ends: when the executable on disk is no
-    /// longer the one running (a rollback put the previous one back),
-    /// restart as it.
-    fn restart_if_replaced(&self) {
-        let Some((exe, inode)) = &self.exe else {
-            return;
-        };
-        if fs::inode(exe).is_ok_and(|now| now != *inode) {
-            info!(
-                "the agent's executable was replaced; restarting as {}",
-                exe.display()
-            );
-            *self
-                .restart
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(exe.clone());
-            self.shutdown.cancel();
-        }
-    }
-
     fn downloads_dir(&self) -> PathBuf {
         self.config.state_dir.join("software").join("downloads")
     }
@@ -1326,246 +1192,4 @@ fn bytes_text(bytes: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use serde_json::json;
-    use tend_proto::device::Instruction;
-    use tokio_util::sync::CancellationToken;
-    use uuid::Uuid;
-
-    use super::super::testing::*;
-    use super::*;
-
-    /// A `dir` component `app` at version `running`, with a backup at
-    /// `backup` when given; its health check passes while `healthy` exists.
-    fn app(device: &Device, running: &str, backup: Option<&str>) -> (PathBuf, String) {
-        let path = device.root().join("app");
-        std::fs::create_dir_all(&path).unwrap();
-        std::fs::write(path.join("VERSION"), format!("{running}\n")).unwrap();
-        if let Some(version) = backup {
-            let (_, slot) = slots(&path);
-            std::fs::create_dir_all(&slot).unwrap();
-            std::fs::write(slot.join("VERSION"), format!("{version}\n")).unwrap();
-        }
-        let healthy = device.root().join("healthy");
-        std::fs::write(&healthy, "").unwrap();
-        let table = format!(
-            "[components.app]\nkind = \"dir\"\npath = {:?}\n\
-             health_check = [\"test\", \"-e\", {:?}]\nhealth_timeout_s = 5\n",
-            path.display().to_string(),
-            healthy.display().to_string(),
-        );
-        (path, table)
-    }
-
-    fn agent_with(device: &Device, server: &str, tables: &str) -> Arc<Agent> {
-        let mut agent =
-            Agent::start(device.config_with(server, tables), CancellationToken::new()).unwrap();
-        Arc::get_mut(&mut agent.client).unwrap().retry =
-            crate::backoff::Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
-        Arc::new(agent)
-    }
-
-    fn restore(params: Value) -> Instruction {
-        Instruction {
-            params,
-            ..instruction("restore")
-        }
-    }
-
-    fn upgrade_to(version: &str, size: u64) -> Instruction {
-        let id = Uuid::new_v4();
-        Instruction {
-            params: json!({"artifact_id": id, "artifact": {
-                "id": id, "component": "app", "version": version, "size": size,
-                "sha256": "a".repeat(64),
-            }}),
-            ..instruction("upgrade")
-        }
-    }
-
-    fn version_of(path: &Path) -> Option<String> {
-        fs::read_version(&path.join("VERSION"))
-    }
-
-    #[tokio::test]
-    async fn a_restore_from_the_backup_swaps_it_in_and_keeps_what_ran_as_the_backup() {
-        let server = accepting_server().await;
-        let device = Device::new("boot-1");
-        let (path, table) = app(&device, "2.0.0", Some("1.0.0"));
-        let agent = agent_with(&device, &server.uri(), &table);
-        let instruction = restore(json!({"component": "app", "source": "backup"}));
-        agent.clone().handle_batch(vec![instruction.clone()]).await;
-
-        let entry = agent.journal().get(instruction.id).cloned().unwrap();
-        assert_eq!(entry.state, State::Finished);
-        assert_eq!(
-            entry.report.status,
-            ReportStatus::Succeeded,
-            "{:?}",
-            entry.report
-        );
-        let detail = entry.report.detail.unwrap();
-        assert_eq!(detail["from_version"], "2.0.0");
-        assert_eq!(detail["to_version"], "1.0.0");
-        assert_eq!(detail["running_version"], "1.0.0");
-        assert_eq!(detail["source"], "backup");
-        assert_eq!(detail["rolled_back"], false);
-        assert_eq!(version_of(&path).as_deref(), Some("1.0.0"));
-        assert_eq!(version_of(&slots(&path).1).as_deref(), Some("2.0.0"));
-        let steps: Vec<String> = device
-            .operations()
-            .iter()
-            .filter_map(|op| op["step"].as_str().map(str::to_owned))
-            .collect();
-        assert_eq!(
-            steps,
-            ["prepared", "installed", "health_check_passed", "committed"]
-        );
-    }
-
-    #[tokio::test]
-    async fn a_restore_whose_health_check_fails_is_swapped_back() {
-        let server = accepting_server().await;
-        let device = Device::new("boot-1");
-        let (path, table) = app(&device, "2.0.0", Some("1.0.0"));
-        std::fs::remove_file(device.root().join("healthy")).unwrap();
-        let agent = agent_with(&device, &server.uri(), &table);
-        let instruction = restore(json!({"component": "app"}));
-        agent.clone().handle_batch(vec![instruction.clone()]).await;
-
-        let report = agent.journal().get(instruction.id).unwrap().report.clone();
-        assert_eq!(report.status, ReportStatus::Failed);
-        assert!(
-            report.error.as_deref().unwrap().contains("health check"),
-            "{report:?}"
-        );
-        let detail = report.detail.unwrap();
-        assert_eq!(detail["rolled_back"], true);
-        assert_eq!(detail["running_version"], "2.0.0");
-        assert_eq!(version_of(&path).as_deref(), Some("2.0.0"));
-        assert_eq!(
-            version_of(&slots(&path).1).as_deref(),
-            Some("1.0.0"),
-            "the backup is still the backup"
-        );
-    }
-
-    #[tokio::test]
-    async fn what_the_device_cannot_or_need_not_do_ends_before_anything_is_fetched() {
-        let server = accepting_server().await;
-        let device = Device::new("boot-1");
-        let (path, table) = app(&device, "2.0.0", None);
-        let agent = agent_with(&device, &server.uri(), &table);
-        let other = Instruction {
-            params: json!({"component": "kiosk", "source": "backup"}),
-            ..instruction("restore")
-        };
-        let peer = restore(json!({"component": "app", "source": "peer"}));
-        let no_backup = restore(json!({"component": "app"}));
-        let same = upgrade_to("2.0.0", 10);
-        let huge = upgrade_to("3.0.0", u64::MAX / 8);
-        agent
-            .clone()
-            .handle_batch(vec![
-                other.clone(),
-                peer.clone(),
-                no_backup.clone(),
-                same.clone(),
-                huge.clone(),
-            ])
-            .await;
-
-        let report = |i: &Instruction| agent.journal().get(i.id).unwrap().report.clone();
-        let r = report(&other);
-        assert_eq!(r.status, ReportStatus::Rejected);
-        assert!(r.error.unwrap().contains("no component kiosk"));
-        let r = report(&peer);
-        assert_eq!(r.status, ReportStatus::Rejected);
-        assert!(r.error.unwrap().contains("peer"));
-        let r = report(&no_backup);
-        assert_eq!(r.status, ReportStatus::Failed);
-        assert!(r.error.unwrap().contains("no backup"));
-        let r = report(&same);
-        assert_eq!(r.status, ReportStatus::Succeeded);
-        assert!(r.output.unwrap().contains("already runs 2.0.0"));
-        assert_eq!(r.detail.unwrap()["running_version"], "2.0.0");
-        let r = report(&huge);
-        assert_eq!(r.status, ReportStatus::Failed);
-        assert!(
-            r.error
-                .as_deref()
-                .unwrap()
-                .contains("not enough free space"),
-            "{r:?}"
-        );
-        assert_eq!(r.detail.unwrap()["rolled_back"], false);
-
-        assert_eq!(version_of(&path).as_deref(), Some("2.0.0"));
-        let fetched = server.received_requests().await.unwrap();
-        assert!(
-            fetched
-                .iter()
-                .all(|r| !r.url.path().contains("/artifacts/")),
-            "nothing was downloaded"
-        );
-    }
-
-    #[tokio::test]
-    async fn an_install_cut_short_after_the_swap_is_rolled_back_at_the_next_start() {
-        let server = accepting_server().await;
-        let device = Device::new("boot-1");
-        // The swap happened: `path` holds the new version, the staging
-        // name the old one, when the power went.
-        let (path, table) = app(&device, "2.0.0", Some("0.9.0"));
-        let (staged, backup) = slots(&path);
-        std::fs::create_dir_all(&staged).unwrap();
-        std::fs::write(staged.join("VERSION"), "1.0.0\n").unwrap();
-        let instruction = upgrade_to("2.0.0", 10);
-        let job = Job {
-            component: "app".into(),
-            source: Source::Upgrade,
-            artifact: None,
-            from_version: Some("1.0.0".into()),
-            to_version: Some("2.0.0".into()),
-            step: Step::Installing,
-            deadline: Utc::now() + TimeDelta::hours(1),
-            staged_inode: Some(fs::inode(&path).unwrap()),
-            boot_id: None,
-            health_attempts: 0,
-            failure: None,
-        };
-        let entry = Entry {
-            state: State::Running,
-            job: Some(job),
-            params: instruction.params.clone(),
-            ..started("upgrade", "boot-1")
-        };
-        write_journal(&device.state_dir(), &[entry.clone()]);
-
-        let agent = agent_with(&device, &server.uri(), &table);
-        let resumable = std::mem::take(&mut *agent.resumable.lock().unwrap());
-        assert_eq!(
-            resumable.len(),
-            1,
-            "the job is taken up again, not failed blind"
-        );
-        agent.resume_job(resumable[0].clone()).await;
-
-        let report = agent.journal().get(entry.id).unwrap().report.clone();
-        assert_eq!(report.status, ReportStatus::Failed);
-        assert!(
-            report
-                .error
-                .as_deref()
-                .unwrap()
-                .contains("during the install")
-        );
-        assert_eq!(report.detail.as_ref().unwrap()["rolled_back"], true);
-        assert_eq!(report.detail.unwrap()["running_version"], "1.0.0");
-        assert_eq!(version_of(&path).as_deref(), Some("1.0.0"));
-        assert!(!fs::exists(&staged), "the failed version is gone");
-        assert_eq!(version_of(&backup).as_deref(), Some("0.9.0"));
-    }
-}
+mod tests;
