@@ -391,6 +391,9 @@ impl Partial {
             .map_err(io_at(&self.offset_path))?;
         self.synced = self.offset;
         self.synced_at = Instant::now();
+        if self.offset > 0 {
+            crate::fault::hit("during_download", self.offset);
+        }
         Ok(())
     }
 

@@ -197,7 +197,14 @@ impl Agent {
             };
             match next {
                 Next::Go(next, event) => match self.journal_job(&entry, next, event) {
-                    Some(journaled) => entry = journaled,
+                    Some(journaled) => {
+                        match journaled.job.as_ref().map(|j| j.step) {
+                            Some(Step::Verified) => fault::hit("after_verify", entry.id),
+                            Some(Step::Prepared) => fault::hit("after_backup", entry.id),
+                            _ => {}
+                        }
+                        entry = journaled;
+                    }
                     None => return,
                 },
                 Next::Done(report) => {
@@ -486,7 +493,6 @@ impl Agent {
         };
         match result {
             Ok(fetched) => {
-                fault::hit("after_verify", entry.id);
                 Next::Go(
                     job.at(Step::Verified),
                     Some((
@@ -605,7 +611,6 @@ impl Agent {
         };
         match staging() {
             Ok(inode) => {
-                fault::hit("after_backup", &job.component);
                 Next::Go(
                     Job {
                         staged_inode: Some(inode),
