@@ -6,7 +6,10 @@
 #      background (stopping those of a previous run first),
 #   4. a demo device "demo-kiosk" provisioned through the admin API and its
 #      tend-agent running under deploy/demo/supervise.sh, with harmless fake
-#      reboot/shutdown actions (deploy/demo/fake-*.sh),
+#      reboot/shutdown actions (deploy/demo/fake-*.sh) and a harmless
+#      component "app" to upgrade (.tend-local/device/app, version 1.0.0,
+#      health-checked by its selftest.sh); the sources of a good 2.0.0 and a
+#      broken 3.0.0 go to .tend-local/demo-app/ (README: "Upgrading software"),
 #   5. a reboot command queued and followed until it succeeds,
 #   6. how to use the system and how to stop it (deploy/local/down.sh).
 # Everything it creates lives in .tend-local/ at the repository root (logs,
@@ -142,7 +145,7 @@ RESET=0
 for arg in "$@"; do
     case "$arg" in
         --reset) RESET=1 ;;
-        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $arg (see --help)" ;;
     esac
 done
@@ -271,7 +274,8 @@ if [ -z "$DEVICE_ID" ]; then
     [ -z "$CRED_ID" ] || [ "$CRED_ID" = "$DEVICE_ID" ] \
         || die "device answer: credentials.device_id $CRED_ID differs from id $DEVICE_ID"
     (umask 077; printf '%s' "$CRED_SECRET" >"$RUN/device_secret")
-    rm -rf "$RUN/agent-state"; mkdir -p "$RUN/agent-state"   # a new device starts with a fresh journal
+    # A new device starts with a fresh journal, and its app at 1.0.0.
+    rm -rf "$RUN/agent-state" "$RUN/device"; mkdir -p "$RUN/agent-state"
     info "device demo-kiosk provisioned: $DEVICE_ID"
 fi
 chmod 600 "$RUN/device_secret"
@@ -283,8 +287,53 @@ fi
 [ -f "$RUN/demo-app.log" ] || : >"$RUN/demo-app.log"
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) demo app: up.sh started the demo system" >>"$RUN/demo-app.log"
 
+# The demo device's component "app": a directory with a VERSION file, a
+# MARKER file and selftest.sh, the health check the agent runs after each
+# install. Created at 1.0.0 once; upgrades and restores change it from then on.
+# demo_app DIR VERSION [broken]: write the app's files at VERSION into DIR;
+# "broken" leaves MARKER out, so that version's self-test fails.
+demo_app() {
+    local dir="$1" version="$2" broken="${3-}"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    printf '%s\n' "$version" >"$dir/VERSION"
+    printf '<h1>demo kiosk app %s</h1>\n' "$version" >"$dir/index.html"
+    if [ "$broken" != broken ]; then
+        printf 'healthy\n' >"$dir/MARKER"
+    fi
+    cat >"$dir/selftest.sh" <<'SELFTEST'
+#!/bin/sh
+# The demo app's self-test: tend-agent runs it as the component's health
+# check after an install (TEND_VERSION: the version under check) and rolls
+# the install back when it fails.
+here="$(cd "$(dirname "$0")" && pwd)"
+if [ ! -f "$here/MARKER" ]; then
+    echo "selftest: $here/MARKER is missing: this build is broken" >&2
+    exit 1
+fi
+running="$(cat "$here/VERSION")"
+if [ -n "${TEND_VERSION:-}" ] && [ "$running" != "$TEND_VERSION" ]; then
+    echo "selftest: VERSION says $running, expected $TEND_VERSION" >&2
+    exit 1
+fi
+echo "selftest: demo app $running is healthy"
+SELFTEST
+    chmod 755 "$dir/selftest.sh"
+}
+APP="$RUN/device/app"
+if [ ! -f "$APP/VERSION" ]; then
+    mkdir -p "$RUN/device"
+    demo_app "$APP" 1.0.0
+    info "demo component app 1.0.0 in $APP"
+fi
+# The sources of the versions the README upgrades to (rewritten every run).
+demo_app "$RUN/demo-app/2.0.0" 2.0.0
+demo_app "$RUN/demo-app/3.0.0-broken" 3.0.0 broken
+
 cat >"$RUN/agent.toml" <<EOF
 # Written by deploy/local/up.sh (regenerated on every run).
+# Ask for updates every 30 s, so that a released version arrives quickly.
+update_check_s = 30
 server_url = $(toml_str "$SYNC_URL")
 device_id = $(toml_str "$DEVICE_ID")
 device_secret_file = $(toml_str "$RUN/device_secret")
@@ -297,6 +346,12 @@ shutdown = [$(toml_str "$ROOT/deploy/demo/fake-shutdown.sh"), $(toml_str "$RUN/f
 
 [log_sources]
 demo = $(toml_str "$RUN/demo-app.log")
+
+[components.app]
+kind = "dir"
+path = $(toml_str "$APP")
+health_check = ["sh", $(toml_str "$APP/selftest.sh")]
+health_timeout_s = 30
 EOF
 
 rotate_log agent
@@ -370,6 +425,9 @@ cat <<EOF
     admin login  username: $ADMIN_USER   password: $ADMIN_PASSWORD
                  (kept in $RUN/admin_password)
     demo device  demo-kiosk $DEVICE_ID (agent config $RUN/agent.toml)
+    demo app     $APP at version $(cat "$APP/VERSION");
+                 a good 2.0.0 and a broken 3.0.0 to upgrade to in $RUN/demo-app/
+                 (README.md, "Upgrading software")
 
     Try it:
       TOKEN=\$(curl -s -X POST $PLATFORM_URL/api/v1/auth/login -H 'Content-Type: application/json' \\

@@ -1,5 +1,7 @@
 //! The real `tend-agent` binary with harmless actions: each records the
-//! instruction it runs in `executed`, so tests count executions.
+//! instruction it runs in `executed`, so tests count executions. Tests of
+//! the software lifecycle add components to its configuration and may run
+//! it from a copy of the binary that an upgrade is allowed to replace.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,9 @@ pub struct Agent {
     config: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// The executable started: the workspace's `tend-agent`, or a copy of
+    /// it in `dir` ([`Agent::use_own_binary_copy`]).
+    binary: PathBuf,
 }
 
 impl Agent {
@@ -90,6 +95,7 @@ impl Agent {
             config,
             child: None,
             env: Vec::new(),
+            binary: bin("tend-agent"),
         };
         agent.new_boot_id();
         agent
@@ -102,11 +108,14 @@ impl Agent {
             .append(true)
             .open(self.dir.join("agent.log"))
             .expect("agent log");
-        let binary = bin("tend-agent");
-        if self.env.iter().any(|(k, _)| k == FAULTS_VAR) {
-            assert_has_fault_points(&binary);
+        if self
+            .env
+            .iter()
+            .any(|(k, v)| k == FAULTS_VAR && !v.is_empty())
+        {
+            assert_has_fault_points(&bin("tend-agent"));
         }
-        let child = Command::new(binary)
+        let child = Command::new(&self.binary)
             .arg("--config")
             .arg(&self.config)
             .env(
@@ -129,20 +138,44 @@ impl Agent {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
+    /// Forgets a variable set with [`Agent::set_env`] (a fault point that
+    /// fired once and must not fire again); takes effect at the next start.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
+    /// Whether the agent was started and not stopped or killed by the test
+    /// since; a process that died on its own still counts until
+    /// [`Agent::has_exited`] or [`Agent::restart_if_exited`] notices.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
 
-    /// What a supervisor (systemd's `Restart=always`) does: if the agent
-    /// died (a fault point, a simulated reboot), start it again. Returns
-    /// whether it had died.
-    pub fn restart_if_exited(&mut self) -> bool {
+    /// Whether the agent process has ended (a fault point, a fake reboot);
+    /// once it has, the agent counts as stopped and [`Agent::start`] may
+    /// run it again.
+    pub fn has_exited(&mut self) -> bool {
         let exited = self
             .child
             .as_mut()
             .is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
         if exited {
             self.child = None;
+        }
+        exited
+    }
+
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// What a supervisor (systemd's `Restart=always`) does: if the agent
+    /// died (a fault point, a simulated reboot), start it again. Returns
+    /// whether it had died.
+    pub fn restart_if_exited(&mut self) -> bool {
+        let exited = self.has_exited();
+        if exited {
             self.start();
         }
         exited
@@ -203,6 +236,67 @@ impl Agent {
         std::fs::write(&self.config, text.join("\n") + "\n").expect("agent config");
     }
 
+    /// Sets a top-level key of the configuration (`update_check_s = 2`),
+    /// replacing an earlier value; `value` is TOML. Takes effect at the
+    /// next start.
+    pub fn set_config_line(&mut self, key: &str, value: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("agent config");
+        let prefix = format!("{key} =");
+        let kept: Vec<&str> = text.lines().filter(|l| !l.starts_with(&prefix)).collect();
+        // Top-level keys go first: after a `[table]` header they would
+        // belong to that table.
+        let text = format!("{key} = {value}\n{}\n", kept.join("\n"));
+        std::fs::write(&self.config, text).expect("agent config");
+    }
+
+    /// Appends a `[components.NAME]` table with `body` (TOML lines: `kind`,
+    /// `path`, `health_check`…); takes effect at the next start.
+    pub fn add_component(&mut self, name: &str, body: &str) {
+        self.add_table(&format!("components.{name}"), body);
+    }
+
+    /// `[download] segment_bytes`: the size of each Range request; takes
+    /// effect at the next start.
+    pub fn set_segment_bytes(&mut self, bytes: u64) {
+        self.add_table("download", &format!("segment_bytes = {bytes}"));
+    }
+
+    fn add_table(&mut self, header: &str, body: &str) {
+        let mut text = std::fs::read_to_string(&self.config).expect("agent config");
+        let header = format!("[{header}]");
+        assert!(
+            !text.lines().any(|l| l.trim() == header),
+            "{header} is already in the agent's configuration"
+        );
+        text.push_str(&format!("\n{header}\n{}\n", body.trim_end()));
+        std::fs::write(&self.config, text).expect("agent config");
+    }
+
+    /// The configuration file as it stands, for failure messages.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config).unwrap_or_default()
+    }
+
+    /// Runs the agent from a copy of the workspace's `tend-agent` in its
+    /// own directory, so an upgrade of the component `agent` replaces the
+    /// copy and never the binary every other test runs. Returns the copy's
+    /// path; takes effect at the next start.
+    pub fn use_own_binary_copy(&mut self) -> PathBuf {
+        let copy = self.dir.join("bin").join("tend-agent");
+        std::fs::create_dir_all(copy.parent().expect("bin directory")).expect("bin directory");
+        std::fs::copy(bin("tend-agent"), &copy).expect("copying tend-agent");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+            .expect("making the copy executable");
+        self.binary = copy.clone();
+        copy
+    }
+
+    /// The executable [`Agent::start`] runs.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// Writes a new boot id, as a real reboot would.
     pub fn new_boot_id(&self) {
         std::fs::write(self.dir.join("boot_id"), format!("{}\n", Uuid::new_v4()))
@@ -255,7 +349,8 @@ fn assert_has_fault_points(binary: &Path) {
     );
 }
 
-fn toml_array(items: &[&str]) -> String {
+/// A TOML array of strings (an argv in the agent's configuration).
+pub fn toml_array(items: &[&str]) -> String {
     let quoted: Vec<String> = items
         .iter()
         .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))

@@ -14,18 +14,23 @@
 //! [`s3::S3Bucket`] gives a test a bucket on a real S3-protocol server of
 //! the test process's own, for the artifact store.
 //!
+//! [`Recorder`] stands between an agent and tend-sync and records each
+//! request: which artifact bytes were served, which reports were sent.
+//!
 //! [`fleet`] is the fleet simulator behind the `tend-fleet` binary: many
 //! simulated agents over real HTTP, for load and latency figures.
 
 mod agent;
 pub mod fleet;
 pub mod proxy;
+pub mod recorder;
 pub mod redis_server;
 pub mod s3;
 mod stack;
 
-pub use agent::Agent;
+pub use agent::{Agent, toml_array};
 pub use proxy::{Mode, Proxy};
+pub use recorder::Recorder;
 pub use stack::{ADMIN_PASSWORD, ADMIN_USER, Device, Faults, Options, Service, Stack, bin};
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with

@@ -252,6 +252,78 @@ impl Stack {
         self.dir.path().join("artifacts")
     }
 
+    /// Every object of the stack's file artifact store (the files below
+    /// [`Stack::artifact_dir`]).
+    pub fn artifact_objects(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut todo = vec![self.artifact_dir()];
+        while let Some(d) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    found.push(p);
+                }
+            }
+        }
+        found
+    }
+
+    /// Creates an artifact and uploads `body`; answers the artifact as the
+    /// upload returned it (`ready`, with its size and SHA-256).
+    pub async fn upload_artifact(
+        &self,
+        token: &str,
+        component: &str,
+        version: &str,
+        device_types: &[&str],
+        body: Vec<u8>,
+    ) -> Value {
+        let (status, a) = self
+            .post(
+                token,
+                "/artifacts",
+                json!({ "component": component, "version": version,
+                        "device_types": device_types }),
+            )
+            .await;
+        assert_eq!(status, 201, "creating artifact {component} {version}: {a}");
+        let id = a["id"].as_str().expect("artifact id");
+        let r = self
+            .http
+            .put(self.api(&format!("/artifacts/{id}/content")))
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .expect("artifact upload");
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "uploading artifact {component} {version}: {v}");
+        v
+    }
+
+    /// Releases an artifact: update checks offer it to the devices of its
+    /// types that run an older version.
+    pub async fn release_artifact(&self, token: &str, id: &str) {
+        let r = self
+            .http
+            .patch(self.api(&format!("/artifacts/{id}")))
+            .bearer_auth(token)
+            .json(&json!({ "released": true }))
+            .send()
+            .await
+            .expect("artifact release");
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "releasing artifact {id}: {v}");
+    }
+
     pub fn database_url(&self) -> String {
         let base = self
             .admin_url

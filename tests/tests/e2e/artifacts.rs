@@ -1,31 +1,9 @@
 //! Artifacts in the admin API: created, uploaded as a stream and hashed,
 //! released, denied to devices, deleted; scoped by tenant and role.
 
-use std::path::Path;
-
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tend_tests::Stack;
-
-/// Every file below `dir` (the file store's objects).
-fn objects(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                found.push(p);
-            }
-        }
-    }
-    found
-}
 
 /// `len` bytes that are not all alike, so that a misplaced range shows.
 fn bytes(len: usize) -> Vec<u8> {
@@ -93,7 +71,7 @@ async fn an_upload_is_streamed_hashed_and_listed_and_a_second_one_is_refused() {
     assert_eq!(v["status"], "ready");
     assert_eq!(v["sha256"], sha);
     assert_eq!(v["size"], body.len());
-    let stored = objects(&stack.artifact_dir());
+    let stored = stack.artifact_objects();
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(std::fs::read(&stored[0]).unwrap(), body);
 
@@ -108,7 +86,7 @@ async fn an_upload_is_streamed_hashed_and_listed_and_a_second_one_is_refused() {
 
     let (status, v) = upload(&stack, &admin, &id, b"other bytes".to_vec()).await;
     assert_eq!(status, 409, "{v}");
-    assert_eq!(objects(&stack.artifact_dir()).len(), 1, "nothing new kept");
+    assert_eq!(stack.artifact_objects().len(), 1, "nothing new kept");
 }
 
 #[tokio::test]
@@ -133,7 +111,7 @@ async fn bytes_that_do_not_match_what_was_declared_are_refused_and_nothing_remai
         let (_, shown) = stack.get(&admin, &format!("/artifacts/{id}")).await;
         assert_eq!(shown["status"], "pending_upload", "{declared}");
         assert!(
-            objects(&stack.artifact_dir()).is_empty(),
+            stack.artifact_objects().is_empty(),
             "{declared}: an object remains"
         );
     }
@@ -180,7 +158,7 @@ async fn an_upload_cut_halfway_leaves_no_ready_artifact_and_no_object() {
     assert!(sent.is_err() || !sent.unwrap().status().is_success());
     let shown = tend_tests::eventually(std::time::Duration::from_secs(10), "cleanup", || async {
         let (_, shown) = stack.get(&admin, &format!("/artifacts/{id}")).await;
-        objects(&stack.artifact_dir()).is_empty().then_some(shown)
+        stack.artifact_objects().is_empty().then_some(shown)
     })
     .await;
     assert_eq!(shown["status"], "pending_upload");
@@ -294,7 +272,7 @@ async fn release_denylist_and_delete_follow_the_artifacts_state() {
     );
     assert_eq!(stack.get(&admin, &entry).await.0, 404);
 
-    assert_eq!(objects(&stack.artifact_dir()).len(), 1);
+    assert_eq!(stack.artifact_objects().len(), 1);
     assert_eq!(
         send(&stack, reqwest::Method::DELETE, &admin, &path, None)
             .await
@@ -303,7 +281,7 @@ async fn release_denylist_and_delete_follow_the_artifacts_state() {
     );
     assert_eq!(stack.get(&admin, &path).await.0, 404);
     assert!(
-        objects(&stack.artifact_dir()).is_empty(),
+        stack.artifact_objects().is_empty(),
         "its bytes are gone too"
     );
 }

@@ -29,6 +29,18 @@ async fn raw(
     (status, ct, r.json().await.unwrap_or(Value::Null))
 }
 
+/// One bad request: what it is, method, URL, token, content type, body,
+/// and the status it must get.
+type Case<'a> = (
+    &'a str,
+    reqwest::Method,
+    String,
+    Option<&'a str>,
+    Option<&'a str>,
+    Vec<u8>,
+    u16,
+);
+
 #[tokio::test]
 async fn bad_requests_get_problem_json_with_the_right_status() {
     let stack = Stack::start().await;
@@ -38,7 +50,7 @@ async fn bad_requests_get_problem_json_with_the_right_status() {
     let json_ct = Some("application/json");
     use reqwest::Method as M;
 
-    let cases: Vec<(&str, M, String, Option<&str>, Option<&str>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             M::POST,

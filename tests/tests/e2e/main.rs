@@ -11,6 +11,7 @@ mod log_query;
 mod longpoll;
 mod observability;
 mod resilience;
+mod software;
 mod store;
 mod tendctl;
 mod updates;

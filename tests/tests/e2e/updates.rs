@@ -25,34 +25,12 @@ async fn artifact(
     body: &[u8],
     release: bool,
 ) -> String {
-    let (status, a) = stack
-        .post(
-            admin,
-            "/artifacts",
-            json!({ "component": component, "version": version, "device_types": types }),
-        )
+    let a = stack
+        .upload_artifact(admin, component, version, types, body.to_vec())
         .await;
-    assert_eq!(status, 201, "{a}");
     let id = a["id"].as_str().unwrap().to_owned();
-    let r = stack
-        .http
-        .put(stack.api(&format!("/artifacts/{id}/content")))
-        .bearer_auth(admin)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
     if release {
-        let r = stack
-            .http
-            .patch(stack.api(&format!("/artifacts/{id}")))
-            .bearer_auth(admin)
-            .json(&json!({ "released": true }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        stack.release_artifact(admin, &id).await;
     }
     id
 }
