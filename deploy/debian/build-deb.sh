@@ -198,6 +198,11 @@ if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
         systemctl stop tend-agent.service >/dev/null || true
     fi
 fi
+# The agent's own upgrades keep the previous binary beside it, and stage the
+# next one there: neither belongs to the package.
+if [ "$1" = remove ]; then
+    rm -f /usr/bin/.tend-agent.tend-backup /usr/bin/.tend-agent.tend-staged
+fi
 exit 0
 EOF
 

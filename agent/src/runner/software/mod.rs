@@ -472,7 +472,14 @@ impl Agent {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = loop {
             tokio::select! {
-                result = &mut fetch => break result,
+                result = &mut fetch => {
+                    let offset = first.load(Ordering::Relaxed);
+                    if !logged_start && offset != u64::MAX {
+                        let step = if offset > 0 { "download_resumed" } else { "download_started" };
+                        self.log_step(entry, step, &json!({"offset": offset, "total": artifact.size}));
+                    }
+                    break result;
+                }
                 _ = ticker.tick() => {
                     let offset = first.load(Ordering::Relaxed);
                     if !logged_start && offset != u64::MAX {
@@ -610,15 +617,13 @@ impl Agent {
             fs::inode(&staged).map_err(|e| format!("cannot read {}: {e}", staged.display()))
         };
         match staging() {
-            Ok(inode) => {
-                Next::Go(
-                    Job {
-                        staged_inode: Some(inode),
-                        ..job.at(Step::Prepared)
-                    },
-                    Some(("prepared", json!({"staged": staged}))),
-                )
-            }
+            Ok(inode) => Next::Go(
+                Job {
+                    staged_inode: Some(inode),
+                    ..job.at(Step::Prepared)
+                },
+                Some(("prepared", json!({"staged": staged}))),
+            ),
             Err(e) => failed(e),
         }
     }
@@ -660,14 +665,12 @@ impl Agent {
                         None,
                     );
                 }
+                // The old version now sits under the staging name (or the
+                // backup name, for a restore from the backup): it is the
+                // way back until the new one is committed, and the last
+                // committed backup stays where it is until then.
+                self.log_step(entry, "backed_up", &json!({"kept_at": from}));
                 fault::hit("during_install", entry.id);
-                if job.source != Source::Backup && fs::exists(&staged) {
-                    // The old version becomes the backup.
-                    let kept = fs::remove(&backup).and_then(|()| fs::rename(&staged, &backup));
-                    if let Err(e) = kept {
-                        warn!(instruction.id = %entry.id, "cannot keep the previous version as the backup: {e}");
-                    }
-                }
             }
             Kind::Command {
                 install, reboot, ..
@@ -828,6 +831,17 @@ impl Agent {
             fs::write_atomic(file, format!("{version}\n").as_bytes())
                 .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
         }
+        if let Kind::Dir { path } | Kind::File { path } = &component.kind
+            && job.source != Source::Backup
+        {
+            // What ran before becomes the backup, replacing the older one.
+            let (staged, kept) = slots(path);
+            if fs::exists(&staged) {
+                fs::remove(&kept)
+                    .and_then(|()| fs::rename(&staged, &kept))
+                    .map_err(|e| format!("cannot keep the previous version as the backup: {e}"))?;
+            }
+        }
         let keep: Vec<String> = [
             &current.sha256,
             &backup.as_ref().and_then(|b| b.sha256.clone()),
@@ -945,16 +959,18 @@ impl Agent {
             // swap them back; the backup stays the backup.
             return fs::exchange(&backup, path).map_err(|e| format!("cannot swap back: {e}"));
         }
-        // The old version is under the staging name, or already moved to
-        // the backup slot.
-        let old = if fs::exists(&staged) { staged } else { backup };
+        // The old version is under the staging name; the backup is the
+        // last committed one, untouched. (Only a commit cut short after it
+        // moved the old version to the backup name leaves it there.)
+        let in_backup = !fs::exists(&staged);
+        let old = if in_backup { backup } else { staged };
         if !fs::exists(&old) {
             // A first install had nothing to swap with: remove it.
             return fs::remove(path).map_err(|e| format!("cannot remove {}: {e}", path.display()));
         }
         fs::exchange(&old, path).map_err(|e| format!("cannot swap back: {e}"))?;
         fs::remove(&old).map_err(|e| format!("cannot remove the failed version: {e}"))?;
-        if let Err(e) = self.installed().set_backup(&job.component, None) {
+        if in_backup && let Err(e) = self.installed().set_backup(&job.component, None) {
             warn!("cannot record that {} has no backup: {e}", job.component);
         }
         Ok(())

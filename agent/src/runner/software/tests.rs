@@ -93,7 +93,13 @@ async fn a_restore_from_the_backup_swaps_it_in_and_keeps_what_ran_as_the_backup(
         .collect();
     assert_eq!(
         steps,
-        ["prepared", "installed", "health_check_passed", "committed"]
+        [
+            "prepared",
+            "backed_up",
+            "installed",
+            "health_check_passed",
+            "committed"
+        ]
     );
 }
 
