@@ -163,67 +163,6 @@ mkdir -p "$STORE" "$DATA"
 
 # --- helpers -------------------------------------------------------------------
 
-# machine_busy_cores SECONDS: CPU in use on the whole machine (in cores).
-machine_busy_cores() {
-    local a b
-    a="$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat)"
-    sleep "$1"
-    b="$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat)"
-    calc "round(($b - $a) / $CLK_TCK / $1, 2)"
-}
-
-# machine_ticks: CPU ticks used on the whole machine so far (all cores).
-machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-
-# wait_quiet: waits, bounded, until other work on the machine (a build, a
-# test run) nearly stops; sets BACKGROUND_CORES to what was left.
-wait_quiet() {
-    local deadline=$((SECONDS + QUIET_WAIT_S))
-    while :; do
-        BACKGROUND_CORES="$(machine_busy_cores 3)"
-        [ "$(calc "int($BACKGROUND_CORES <= $QUIET_CORES)")" = 0 ] || break
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            log "WARNING: the machine is still busy ($BACKGROUND_CORES cores in use by other work) after ${QUIET_WAIT_S}s: measuring anyway"
-            break
-        fi
-        log "waiting for other work to calm down ($BACKGROUND_CORES cores busy)"
-    done
-}
-
-# The admin's credentials and token go to curl through files (-d @, -H @),
-# never on a command line that `ps` shows.
-admin_login() {
-    (umask 077
-     jq -n --arg u "$BENCH_ADMIN_USER" --arg p "$(cat "$BENCH_RUN/admin_password")" \
-         '{username: $u, password: $p}' >"$BENCH_RUN/login.json")
-    local token
-    token="$(curl -fsS --max-time 30 -H 'Content-Type: application/json' \
-        -d @"$BENCH_RUN/login.json" "$PLATFORM_URL/api/v1/auth/login" | jq -r .access_token)" \
-        || die "admin login failed"
-    (umask 077; printf 'Authorization: Bearer %s\n' "$token" >"$BENCH_RUN/admin.header")
-}
-
-# api METHOD PATH [CURL ARGS...]: a platform call as the admin; the body of
-# the answer on stdout, and a non-zero exit on an HTTP error.
-api() {
-    local method="$1" path="$2"; shift 2
-    curl -fsS --max-time 30 -X "$method" -H @"$BENCH_RUN/admin.header" "$@" "$PLATFORM_URL$path"
-}
-
-# start_artifact_stack: lib.sh's start_stack with the artifact store set
-# (platform and sync must name the same store).
-start_artifact_stack() {
-    local env=()
-    mapfile -t env < <(service_env 30)
-    env+=("TEND_ARTIFACT_STORE=file://$STORE")
-    create_db
-    start_service tend-platform "$BENCH_BIN/tend-platform" "" "${env[@]}"
-    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL"
-    start_service tend-monitor "$BENCH_BIN/tend-monitor" "" "${env[@]}"
-    start_service tend-sync "$BENCH_BIN/tend-sync" "" "${env[@]}"
-    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL"
-}
-
 # start_nginx FILE_DIR: Debian's nginx with a config of its own on a free
 # loopback port, serving FILE_DIR; sets NGINX_PID and NGINX_URL. As many
 # workers as cores, like actix-web; sendfile, as any nginx serving files.
@@ -306,7 +245,7 @@ pg_log_errors() {
 }
 
 # --- stack, artifact, nginx, fleet -----------------------------------------------
-start_artifact_stack
+start_artifact_stack "$STORE"
 admin_login
 
 SIZE=$((ARTIFACT_MB * 1048576))

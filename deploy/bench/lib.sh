@@ -260,6 +260,74 @@ machine_md() {
         "$(uname -r | cut -d- -f1)" "$(rustc --version 2>/dev/null | cut -d' ' -f1-2)" "$rev" "$dirty"
 }
 
+# machine_busy_cores SECONDS: CPU in use on the whole machine (in cores).
+machine_busy_cores() {
+    local a b
+    a="$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat)"
+    sleep "$1"
+    b="$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat)"
+    calc "round(($b - $a) / $CLK_TCK / $1, 2)"
+}
+
+# machine_ticks: CPU ticks used on the whole machine so far (all cores).
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+
+# wait_quiet: waits, bounded, until other work on the machine (a build, a
+# test run) nearly stops; sets BACKGROUND_CORES to what was left. The
+# calling script sets QUIET_WAIT_S (the bound) and QUIET_CORES (the CPU
+# other work may still use).
+wait_quiet() {
+    local deadline=$((SECONDS + QUIET_WAIT_S))
+    while :; do
+        BACKGROUND_CORES="$(machine_busy_cores 3)"
+        [ "$(calc "int($BACKGROUND_CORES <= $QUIET_CORES)")" = 0 ] || break
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "WARNING: the machine is still busy ($BACKGROUND_CORES cores in use by other work) after ${QUIET_WAIT_S}s: measuring anyway"
+            break
+        fi
+        log "waiting for other work to calm down ($BACKGROUND_CORES cores busy)"
+    done
+}
+
+# start_artifact_stack STORE: start_stack (30 s heartbeats) with the
+# artifact store in directory STORE (platform and sync must name the same
+# store).
+start_artifact_stack() {
+    local env=()
+    mapfile -t env < <(service_env 30)
+    env+=("TEND_ARTIFACT_STORE=file://$1")
+    create_db
+    start_service tend-platform "$BENCH_BIN/tend-platform" "" "${env[@]}"
+    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL"
+    start_service tend-monitor "$BENCH_BIN/tend-monitor" "" "${env[@]}"
+    MONITOR_PID="$STARTED_PID" MONITOR_URL="$STARTED_URL"
+    start_service tend-sync "$BENCH_BIN/tend-sync" "" "${env[@]}"
+    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL"
+}
+
+# admin_login: the admin's access token into $BENCH_RUN/admin.header. The
+# admin's credentials and token go to curl through files (-d @, -H @),
+# never on a command line that `ps` shows. Tokens live 15 minutes: log in
+# again before a step that comes later than that.
+admin_login() {
+    (umask 077
+     jq -n --arg u "$BENCH_ADMIN_USER" --arg p "$(cat "$BENCH_RUN/admin_password")" \
+         '{username: $u, password: $p}' >"$BENCH_RUN/login.json")
+    local token
+    token="$(curl -fsS --max-time 30 -H 'Content-Type: application/json' \
+        -d @"$BENCH_RUN/login.json" "$PLATFORM_URL/api/v1/auth/login" | jq -r .access_token)" \
+        || die "admin login failed"
+    (umask 077; printf 'Authorization: Bearer %s\n' "$token" >"$BENCH_RUN/admin.header")
+}
+
+# api METHOD PATH [CURL ARGS...]: a platform call as the admin (after
+# admin_login); the body of the answer on stdout, and a non-zero exit on an
+# HTTP error. A later --max-time in ARGS overrides the 30 s.
+api() {
+    local method="$1" path="$2"; shift 2
+    curl -fsS --max-time 30 -X "$method" -H @"$BENCH_RUN/admin.header" "$@" "$PLATFORM_URL$path"
+}
+
 # stop_pid PID: SIGTERM, up to 15 s, then SIGKILL; only if it still runs
 # the binary this run started.
 stop_pid() {
