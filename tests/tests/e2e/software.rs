@@ -690,6 +690,16 @@ async fn upgrade_with_the_agent_killed(killed: Killed) -> (Rig, Uuid, String, us
             .contains(&format!("fault point {}", killed.point)),
         "the agent died at its fault point, not of something else"
     );
+    // Where the upgrade stopped shows in the command: each in_progress
+    // report replaced its detail.
+    let stopped = rig.stack.command(&rig.admin, id).await;
+    assert_eq!(stopped["status"], "in_progress", "{stopped}");
+    let phase = &stopped["result"]["detail"]["phase"];
+    assert!(phase.is_string(), "the command shows its phase: {stopped}");
+    if killed.point == "during_download" {
+        assert_eq!(phase, "downloading", "{stopped}");
+        assert_eq!(stopped["result"]["detail"]["to_version"], "2.0.0");
+    }
     let downloads_before = rig.recorder.downloads(&v2).len();
     rig.agent.remove_env("TEND_AGENT_FAULTS");
     rig.agent.start();

@@ -365,14 +365,18 @@ pub async fn apply_report(
 
     if cmd.status.accepts_reports() {
         let cmd = if report.status == ReportStatus::InProgress {
+            // Each in_progress report with a detail (an upgrade's phase and
+            // bytes) replaces the last one, so admins see where it is.
+            let progress = report.detail.as_ref().map(|_| result_json(report));
             let stmt = c
                 .prepare_cached(&format!(
                     "UPDATE commands SET status = 'in_progress',
-                            started_at = COALESCE(started_at, now())
+                            started_at = COALESCE(started_at, now()),
+                            result = COALESCE($2::jsonb, result)
                      WHERE id = $1 RETURNING {COLUMNS}"
                 ))
                 .await?;
-            from_row(&c.query_one(&stmt, &[&id]).await?)?
+            from_row(&c.query_one(&stmt, &[&id, &progress]).await?)?
         } else {
             let stmt = c
                 .prepare_cached(&format!(
