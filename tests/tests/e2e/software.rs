@@ -200,7 +200,10 @@ impl Rig {
     }
 
     async fn with_agent(make: impl FnOnce(&Stack, &Device) -> Agent) -> Rig {
-        let stack = Stack::start().await;
+        Rig::with_stack(Stack::start().await, make).await
+    }
+
+    async fn with_stack(stack: Stack, make: impl FnOnce(&Stack, &Device) -> Agent) -> Rig {
         let admin = stack.admin().await;
         let device = stack.new_device(&admin).await;
         let recorder = Recorder::start(&stack.url(Service::Sync)).await;
@@ -1177,5 +1180,43 @@ async fn a_released_version_reaches_a_running_agent_without_an_admin_command() {
             .any(|e| e.path == "/device/v1/update-check"),
         "the agent asked"
     );
+    rig.assert_one_final_report(&done).await;
+}
+
+#[tokio::test]
+async fn with_an_s3_store_the_agent_fetches_its_segments_from_the_store_itself() {
+    let bucket = tend_tests::s3::S3Bucket::create().await;
+    let stack = Stack::start_with(tend_tests::Options {
+        s3: Some(bucket.clone()),
+        ..Default::default()
+    })
+    .await;
+    let mut rig = Rig::with_stack(stack, Agent::new).await;
+    const SEGMENT: u64 = 64 * 1024;
+    let old = app_with_payload("1.0.0", 256 * 1024);
+    let new = app_with_payload("2.0.0", 256 * 1024);
+    let path = rig.dir_component(&old, &version_check(&rig.root().join("opt/app")));
+    rig.agent.set_segment_bytes(SEGMENT);
+    rig.agent.start();
+    let body = tar_gz(&new);
+    let size = body.len() as u64;
+    let v2 = rig.artifact("app", "2.0.0", body).await;
+    let id = rig.upgrade(&v2).await;
+    let done = rig.settle_as(id, "succeeded").await;
+    assert_eq!(detail(&done)["running_version"], "2.0.0", "{done}");
+    assert_eq!(describe(&read_tree(&path)), describe(&new));
+
+    // tend-sync answered every segment with a redirect: the bytes came
+    // from the store, in ranges, and none of them through tend-sync.
+    let asked = rig.recorder.downloads(&v2);
+    assert_eq!(
+        asked.len() as u64,
+        size.div_ceil(SEGMENT),
+        "one request per segment: {asked:?}"
+    );
+    for e in &asked {
+        assert_eq!(e.status, 302, "sent to the store: {e:?}");
+        assert!(e.range.is_some() && e.served.is_none(), "{e:?}");
+    }
     rig.assert_one_final_report(&done).await;
 }
