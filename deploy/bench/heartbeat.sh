@@ -120,16 +120,7 @@ provision "$DEVICES" "$TOKENS"
 
 # Other work on the machine (a build, a test run) distorts every figure:
 # wait, bounded, until it is nearly idle, and report what was left.
-deadline=$((SECONDS + QUIET_WAIT_S))
-while :; do
-    BACKGROUND_CORES="$(machine_busy_cores 3)"
-    [ "$(calc "int($BACKGROUND_CORES <= $QUIET_CORES)")" = 0 ] || break
-    if [ "$SECONDS" -ge "$deadline" ]; then
-        log "WARNING: the machine is still busy ($BACKGROUND_CORES cores in use by other work) after ${QUIET_WAIT_S}s: measuring anyway"
-        break
-    fi
-    log "waiting for other work to calm down ($BACKGROUND_CORES cores busy)"
-done
+wait_quiet
 log "CPU in use before measuring (other work and the idle stack): $BACKGROUND_CORES cores"
 
 REDIS_PID="$(redis-cli -u "$BENCH_REDIS" info server 2>/dev/null | tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')"

@@ -743,16 +743,7 @@ impl Agent {
         ) else {
             return Next::Wait;
         };
-        match self
-            .run_step(
-                &entry,
-                &waiting,
-                "reboot",
-                &self.config.actions.reboot,
-                None,
-            )
-            .await
-        {
+        match self.reboot(&entry, &waiting).await {
             Ok(()) => {
                 info!(instruction.id = %entry.id, "instruction {}: rebooting into the new version", entry.id);
                 Next::Wait
@@ -915,16 +906,7 @@ impl Agent {
             let Some(entry) = self.journal_job(entry, waiting.clone(), None) else {
                 return Next::Wait;
             };
-            return match self
-                .run_step(
-                    &entry,
-                    &waiting,
-                    "reboot",
-                    &self.config.actions.reboot,
-                    None,
-                )
-                .await
-            {
+            return match self.reboot(&entry, &waiting).await {
                 Ok(()) => Next::Wait,
                 Err(e) => Next::Done(self.final_report(
                     job,
@@ -985,6 +967,13 @@ impl Agent {
                 warn!("cannot remove {}: {e}", staged.display());
             }
         }
+    }
+
+    /// Runs the device's reboot action for a job that waits for the next
+    /// boot (journaled before this runs).
+    async fn reboot(&self, entry: &Entry, job: &Job) -> Result<(), String> {
+        self.run_step(entry, job, "reboot", &self.config.actions.reboot, None)
+            .await
     }
 
     /// Runs one of the component's commands; `Err` says what went wrong.
