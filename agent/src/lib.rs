@@ -19,6 +19,7 @@ mod journal;
 mod lock;
 pub mod logquery;
 mod oplog;
+pub mod peer;
 mod outcome;
 mod runner;
 mod sanitize;
