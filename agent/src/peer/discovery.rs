@@ -599,7 +599,7 @@ mod tests {
         .await;
         let started = Instant::now();
 
-        let found = search(at.port(), &[at], &query(None), Duration::from_secs(3))
+        let found = super::search(at.port(), &[at], &query(None), Duration::from_secs(3))
             .await
             .unwrap();
 
@@ -658,7 +658,7 @@ mod tests {
 
     #[test]
     fn a_search_goes_to_the_group_and_the_broadcast_address_of_each_interface() {
-        let interfaces = [
+        let listed = [
             Interface {
                 name: "eth0".into(),
                 ip: Ipv4Addr::new(192, 168, 1, 10),
@@ -672,7 +672,7 @@ mod tests {
         ];
         let configured = ["10.0.0.5:7717".parse().unwrap()];
 
-        let all = destinations(&interfaces, 7717, &configured);
+        let all = destinations(&listed, 7717, &configured);
 
         let group = SocketAddrV4::new(GROUP, 7717);
         assert_eq!(

@@ -32,6 +32,8 @@ mod discovery;
 mod fetch;
 mod server;
 pub mod settings;
+#[cfg(test)]
+mod testing;
 mod wire;
 
 pub use crate::software::download::Progress;

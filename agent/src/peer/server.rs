@@ -490,3 +490,290 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::super::testing::{Held, content, settings, start, start_bound};
+    use super::*;
+
+    /// Sends `head` as it is (no client rewrites `..` or the method) and
+    /// returns the status line and headers of the answer.
+    async fn raw(addr: SocketAddr, head: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    fn get(path: &str, device_type: Option<&str>) -> String {
+        let mut head = format!("GET {path} HTTP/1.1\r\nhost: peer\r\nconnection: close\r\n");
+        if let Some(t) = device_type {
+            head.push_str(&format!("tend-device-type: {t}\r\n"));
+        }
+        head + "\r\n"
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    async fn ask(
+        addr: SocketAddr,
+        sha256: &str,
+        range: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = client()
+            .get(format!("http://{addr}/v1/images/{sha256}"))
+            .header(DEVICE_TYPE_HEADER, "kiosk");
+        if let Some(range) = range {
+            request = request.header(RANGE, range);
+        }
+        request.send().await.unwrap()
+    }
+
+    fn text(response: &reqwest::Response, name: &str) -> String {
+        response.headers()[name].to_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn ranges_are_served_as_206_and_no_range_as_the_whole_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = content(100_000);
+        let mut held = Held::default();
+        let sha = held.add(dir.path(), "app", &bytes);
+        let peer = start(&settings(), "kiosk", held).await;
+
+        let part = ask(peer.addr, &sha, Some("bytes=1000-1999")).await;
+        assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(text(&part, "content-range"), "bytes 1000-1999/100000");
+        assert_eq!(text(&part, "content-length"), "1000");
+        assert_eq!(text(&part, "etag"), format!("\"{sha}\""));
+        assert_eq!(text(&part, "accept-ranges"), "bytes");
+        assert_eq!(part.bytes().await.unwrap(), bytes[1000..2000]);
+
+        let tail = ask(peer.addr, &sha, Some("bytes=99000-")).await;
+        assert_eq!(tail.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(text(&tail, "content-range"), "bytes 99000-99999/100000");
+        assert_eq!(tail.bytes().await.unwrap(), bytes[99_000..]);
+
+        let past = ask(peer.addr, &sha, Some("bytes=99990-200000")).await;
+        assert_eq!(text(&past, "content-range"), "bytes 99990-99999/100000");
+        assert_eq!(past.bytes().await.unwrap(), bytes[99_990..]);
+
+        let whole = ask(peer.addr, &sha, None).await;
+        assert_eq!(whole.status(), StatusCode::OK);
+        assert_eq!(text(&whole, "content-length"), "100000");
+        assert!(whole.headers().get("content-range").is_none());
+        assert_eq!(whole.bytes().await.unwrap(), bytes);
+
+        let head = client()
+            .head(format!("http://{}/v1/images/{sha}", peer.addr))
+            .header(DEVICE_TYPE_HEADER, "kiosk")
+            .header(RANGE, "bytes=10-19")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(text(&head, "content-length"), "10");
+        assert_eq!(text(&head, "content-range"), "bytes 10-19/100000");
+        assert!(head.bytes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_range_past_the_end_is_416_with_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = Held::default();
+        let sha = held.add(dir.path(), "app", &content(5000));
+        let peer = start(&settings(), "kiosk", held).await;
+
+        for range in ["bytes=5000-5999", "bytes=7000-"] {
+            let answer = ask(peer.addr, &sha, Some(range)).await;
+            assert_eq!(answer.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+            assert_eq!(text(&answer, "content-range"), "bytes */5000");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_digests_other_types_and_other_paths_all_get_the_same_404() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = Held::default();
+        let sha = held.add(dir.path(), "app", &content(5000));
+        // Held, but its file is no longer what was verified.
+        let changed = super::super::testing::sha256(b"changed");
+        let path = dir.path().join("changed.img");
+        std::fs::write(&path, b"changed since").unwrap();
+        held.insert(
+            &changed,
+            super::super::Image {
+                component: "app".into(),
+                path,
+                size: 7,
+            },
+        );
+        let peer = start(&settings(), "kiosk", held).await;
+        let unknown = super::super::testing::sha256(b"not held");
+
+        assert!(raw(peer.addr, &get(&format!("/v1/images/{sha}"), Some("kiosk")))
+            .await
+            .starts_with("HTTP/1.1 200"));
+        let refused = [
+            get(&format!("/v1/images/{unknown}"), Some("kiosk")),
+            get(&format!("/v1/images/{sha}"), Some("camera")),
+            get(&format!("/v1/images/{sha}"), None),
+            get(&format!("/v1/images/{changed}"), Some("kiosk")),
+            get(&format!("/v1/images/{}", sha.to_uppercase()), Some("kiosk")),
+            get(&format!("/v1/images/{sha}/"), Some("kiosk")),
+            get(&format!("/v1/images/{sha}?x=1"), Some("kiosk")),
+            get(&format!("/v1/images/../images/{sha}"), Some("kiosk")),
+            get(&format!("/v1/images/{sha}/../{sha}"), Some("kiosk")),
+            get("/v1/images/../../../etc/passwd", Some("kiosk")),
+            get("/v1/images/", Some("kiosk")),
+            get("/", Some("kiosk")),
+            format!(
+                "DELETE /v1/images/{sha} HTTP/1.1\r\nhost: peer\r\nconnection: close\r\n\
+                 tend-device-type: kiosk\r\n\r\n"
+            ),
+        ];
+        for request in refused {
+            let answer = raw(peer.addr, &request).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 404 Not Found\r\n"),
+                "{request}: {answer}"
+            );
+            assert!(answer.contains("content-length: 0\r\n"), "{answer}");
+        }
+    }
+
+    #[tokio::test]
+    async fn one_transfer_more_than_max_transfers_is_told_to_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // Larger than what the sockets buffer, so a transfer nobody reads
+        // stays under way; sparse, so it costs no disk.
+        let size = 256 * 1024 * 1024;
+        let path = dir.path().join("big.img");
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        let sha = super::super::testing::sha256(b"big");
+        let mut held = Held::default();
+        held.insert(
+            &sha,
+            super::super::Image {
+                component: "os".into(),
+                path,
+                size,
+            },
+        );
+        let mut settings = settings();
+        settings.max_transfers = 1;
+        let peer = start(&settings, "kiosk", held).await;
+
+        let mut stalled = TcpStream::connect(peer.addr).await.unwrap();
+        stalled
+            .write_all(get(&format!("/v1/images/{sha}"), Some("kiosk")).as_bytes())
+            .await
+            .unwrap();
+        let mut first = [0; 12];
+        stalled.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+
+        let busy = ask(peer.addr, &sha, Some("bytes=0-9")).await;
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(text(&busy, "retry-after"), "1");
+        // Only transfers count: a HEAD is still answered.
+        let head = client()
+            .head(format!("http://{}/v1/images/{sha}", peer.addr))
+            .header(DEVICE_TYPE_HEADER, "kiosk")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), StatusCode::OK);
+
+        // The slot is free again once that transfer's peer goes away.
+        drop(stalled);
+        let mut answered = StatusCode::SERVICE_UNAVAILABLE;
+        for _ in 0..50 {
+            answered = ask(peer.addr, &sha, Some("bytes=0-9")).await.status();
+            if answered == StatusCode::PARTIAL_CONTENT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(answered, StatusCode::PARTIAL_CONTENT);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_loses_its_slot_after_the_idle_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 256 * 1024 * 1024;
+        let path = dir.path().join("big.img");
+        std::fs::File::create(&path).unwrap().set_len(size).unwrap();
+        let sha = super::super::testing::sha256(b"big");
+        let mut held = Held::default();
+        held.insert(
+            &sha,
+            super::super::Image {
+                component: "os".into(),
+                path,
+                size,
+            },
+        );
+        let mut settings = settings();
+        settings.max_transfers = 1;
+        let (server, addr) = Server::bind(&settings, "kiosk".into(), Arc::new(held))
+            .await
+            .unwrap();
+        let _peer = start_bound(server.with_idle(Duration::from_millis(300)), addr);
+
+        let mut stalled = TcpStream::connect(addr).await.unwrap();
+        stalled
+            .write_all(get(&format!("/v1/images/{sha}"), Some("kiosk")).as_bytes())
+            .await
+            .unwrap();
+        let mut first = [0; 12];
+        stalled.read_exact(&mut first).await.unwrap();
+        assert_eq!(
+            ask(addr, &sha, Some("bytes=0-9")).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+
+        tokio::time::sleep(Duration::from_millis(800)).await;
+
+        assert_eq!(
+            ask(addr, &sha, Some("bytes=0-9")).await.status(),
+            StatusCode::PARTIAL_CONTENT
+        );
+        drop(stalled);
+    }
+
+    #[test]
+    fn range_headers_are_read_as_http_says() {
+        let at = |v: &str| selection(Some(&HeaderValue::from_str(v).unwrap()), 1000);
+        assert_eq!(selection(None, 1000), Selection::Whole);
+        assert_eq!(at("bytes=0-99"), Selection::Part(0, 99));
+        assert_eq!(at("bytes=900-"), Selection::Part(900, 999));
+        assert_eq!(at("bytes=900-5000"), Selection::Part(900, 999));
+        assert_eq!(at("bytes=-100"), Selection::Part(900, 999));
+        assert_eq!(at("bytes=-5000"), Selection::Part(0, 999));
+        assert_eq!(at("bytes=1000-"), Selection::Unsatisfiable);
+        assert_eq!(at("bytes=-0"), Selection::Unsatisfiable);
+        for ignored in [
+            "bytes=5-1",
+            "bytes=0-1,5-9",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=+1-2",
+            "bytes",
+        ] {
+            assert_eq!(at(ignored), Selection::Whole, "{ignored}");
+        }
+    }
+}
