@@ -475,3 +475,424 @@ impl Fetch<'_> {
         on_event(PeerEvent::PeerFailed { peer, error });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+
+    use super::super::testing::{
+        Behaviour, FakePeer, Held, content, settings, sha256, start,
+    };
+    use super::*;
+
+    const SEGMENT: u64 = 1024;
+
+    /// What a fetch reported, in order.
+    #[derive(Default)]
+    struct Seen {
+        events: Mutex<Vec<PeerEvent>>,
+        progress: Mutex<Vec<Progress>>,
+    }
+
+    impl Seen {
+        fn events(&self) -> Vec<PeerEvent> {
+            self.events.lock().unwrap().clone()
+        }
+    }
+
+    fn want<'a>(sha256: &'a str, size: Option<u64>) -> Want<'a> {
+        Want {
+            device_type: "kiosk",
+            component: "app",
+            sha256,
+            size,
+            max_size: 1024 * 1024,
+        }
+    }
+
+    async fn run(
+        settings: &PeerSettings,
+        want: &Want<'_>,
+        dir: &Path,
+        within: Duration,
+        seen: &Seen,
+    ) -> Result<PeerFetched, PeerError> {
+        fetch(
+            settings,
+            want,
+            dir,
+            SEGMENT,
+            Instant::now() + within,
+            |p| seen.progress.lock().unwrap().push(p),
+            |e| seen.events.lock().unwrap().push(e),
+            &CancellationToken::new(),
+        )
+        .await
+    }
+
+    fn failed_peers(events: &[PeerEvent]) -> Vec<SocketAddr> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                PeerEvent::PeerFailed { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A port nothing listens on.
+    async fn closed_port() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_image_is_fetched_from_a_configured_peer_of_the_same_type_end_to_end() {
+        let images = tempfile::tempdir().unwrap();
+        let bytes = content(10 * 1024 + 300);
+        let mut camera_held = Held::default();
+        let sha = camera_held.add(images.path(), "app", &bytes);
+        let mut kiosk_held = Held::default();
+        kiosk_held.add(images.path(), "app", &bytes);
+        // Both hold the image; only the kiosk is of this device's type.
+        let camera = start(&settings(), "camera", camera_held).await;
+        let kiosk = start(&settings(), "kiosk", kiosk_held).await;
+        let mut settings = settings();
+        settings.peers = vec![camera.addr, kiosk.addr];
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+
+        let fetched = run(&settings, &want(&sha, None), dir.path(), Duration::from_secs(10), &seen)
+            .await
+            .unwrap();
+
+        assert_eq!(fetched.path, dir.path().join(&sha));
+        assert_eq!(fetched.peer, kiosk.addr);
+        assert_eq!(fetched.resumed_from, 0);
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
+        // The kiosk answered the search sent to the configured peers; the
+        // camera stayed silent and was never needed.
+        assert_eq!(
+            seen.events(),
+            [
+                PeerEvent::Searching { round: 1 },
+                PeerEvent::Found {
+                    peers: vec![kiosk.addr]
+                },
+                PeerEvent::Trying {
+                    peer: kiosk.addr,
+                    offset: 0
+                },
+            ]
+        );
+        let progress = seen.progress.lock().unwrap();
+        assert_eq!(
+            progress.last(),
+            Some(&Progress {
+                bytes: 10_540,
+                total: 10_540
+            })
+        );
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, [sha.clone()]);
+    }
+
+    #[tokio::test]
+    async fn a_transfer_cut_halfway_resumes_from_the_next_peer_at_the_same_offset() {
+        let bytes = content(8000);
+        let sha = sha256(&bytes);
+        let dying = FakePeer::start(bytes.clone(), Behaviour::DiesAfter(2500)).await;
+        let honest = FakePeer::start(bytes.clone(), Behaviour::Honest).await;
+        let mut settings = settings();
+        settings.peers = vec![dying.addr, honest.addr];
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+
+        let fetched = run(&settings, &want(&sha, Some(8000)), dir.path(), Duration::from_secs(10), &seen)
+            .await
+            .unwrap();
+
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
+        assert_eq!(fetched.peer, honest.addr);
+        assert_eq!(fetched.resumed_from, 2500);
+        assert_eq!(
+            dying.ranges(),
+            ["bytes=0-1023", "bytes=1024-2047", "bytes=2048-3071"]
+        );
+        assert_eq!(honest.ranges()[0], "bytes=2500-3523");
+        assert_eq!(honest.ranges().len(), 6);
+        let events = seen.events();
+        assert!(events.contains(&PeerEvent::Trying {
+            peer: dying.addr,
+            offset: 0
+        }));
+        assert!(events.contains(&PeerEvent::Trying {
+            peer: honest.addr,
+            offset: 2500
+        }));
+        assert_eq!(failed_peers(&events), [dying.addr]);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_sends_altered_bytes_is_left_out_and_an_honest_one_provides_the_image() {
+        let bytes = content(6000);
+        let sha = sha256(&bytes);
+        let liar = FakePeer::start(bytes.clone(), Behaviour::Altered).await;
+        let honest = FakePeer::start(bytes.clone(), Behaviour::Honest).await;
+        let mut settings = settings();
+        settings.peers = vec![liar.addr, honest.addr];
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+
+        let fetched = run(&settings, &want(&sha, Some(6000)), dir.path(), Duration::from_secs(10), &seen)
+            .await
+            .unwrap();
+
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
+        assert_eq!(fetched.peer, honest.addr);
+        assert_eq!(fetched.resumed_from, 0, "the altered bytes were thrown away");
+        assert_eq!(honest.ranges()[0], "bytes=0-1023");
+        assert_eq!(liar.ranges().len(), 6, "asked once, never again");
+        assert!(seen.events().contains(&PeerEvent::Corrupt {
+            peers: vec![liar.addr]
+        }));
+    }
+
+    #[tokio::test]
+    async fn peers_that_together_sent_a_corrupt_image_are_all_left_out() {
+        let bytes = content(6000);
+        let sha = sha256(&bytes);
+        // The first sends honest bytes and dies; the second alters a byte
+        // in what it sends after; the hash cannot tell whose it was.
+        let dying = FakePeer::start(bytes.clone(), Behaviour::DiesAfter(1000)).await;
+        let liar = FakePeer::start(bytes.clone(), Behaviour::Altered).await;
+        let honest = FakePeer::start(bytes.clone(), Behaviour::Honest).await;
+        let mut settings = settings();
+        settings.peers = vec![dying.addr, liar.addr, honest.addr];
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+
+        let fetched = run(&settings, &want(&sha, Some(6000)), dir.path(), Duration::from_secs(10), &seen)
+            .await
+            .unwrap();
+
+        assert_eq!(fetched.peer, honest.addr);
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
+        assert!(seen.events().contains(&PeerEvent::Corrupt {
+            peers: vec![dying.addr, liar.addr]
+        }));
+        assert_eq!(honest.ranges()[0], "bytes=0-1023");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_accepts_but_never_sends_is_left_after_the_connect_timeout() {
+        let bytes = content(3000);
+        let sha = sha256(&bytes);
+        let silent = FakePeer::start(bytes.clone(), Behaviour::Silent).await;
+        let honest = FakePeer::start(bytes.clone(), Behaviour::Honest).await;
+        let mut settings = settings();
+        settings.peers = vec![silent.addr, honest.addr];
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+        let started = Instant::now();
+
+        let fetched = run(&settings, &want(&sha, Some(3000)), dir.path(), Duration::from_secs(10), &seen)
+            .await
+            .unwrap();
+
+        assert_eq!(fetched.peer, honest.addr);
+        let took = started.elapsed();
+        assert!(
+            took >= settings.connect_timeout && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        let failed: Vec<String> = seen
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                PeerEvent::PeerFailed { peer, error } if peer == silent.addr => Some(error),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].contains("nothing arrived for 300 ms"), "{}", failed[0]);
+    }
+
+    #[tokio::test]
+    async fn without_any_peer_the_fetch_ends_with_what_it_tried_after_its_rounds() {
+        let bytes = content(3000);
+        let sha = sha256(&bytes);
+        let gone = closed_port().await;
+        let mut settings = settings();
+        settings.peers = vec![gone];
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+        let started = Instant::now();
+
+        let error = run(&settings, &want(&sha, Some(3000)), dir.path(), Duration::from_secs(10), &seen)
+            .await
+            .unwrap_err();
+
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "{took:?}");
+        match &error {
+            PeerError::Exhausted {
+                rounds,
+                deadline_passed,
+                tried,
+                ..
+            } => {
+                assert_eq!(*rounds, ROUNDS);
+                assert!(!deadline_passed);
+                assert_eq!(tried.len(), 3);
+                assert!(tried.iter().all(|t| t.peer == gone));
+            }
+            other => panic!("{other:?}"),
+        }
+        let text = error.to_string();
+        assert!(
+            text.contains(&sha) && text.contains(&gone.to_string()) && text.contains("cannot reach"),
+            "{text}"
+        );
+        let searches = seen
+            .events()
+            .iter()
+            .filter(|e| matches!(e, PeerEvent::Searching { .. }))
+            .count();
+        assert_eq!(searches, 3);
+
+        let error = run(
+            &super::super::testing::settings(),
+            &want(&sha, Some(3000)),
+            dir.path(),
+            Duration::from_secs(10),
+            &Seen::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("no peer offered it and none is configured"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fetch_never_runs_past_its_deadline() {
+        let bytes = content(3000);
+        let sha = sha256(&bytes);
+        let silent = FakePeer::start(bytes.clone(), Behaviour::Silent).await;
+        let mut settings = settings();
+        settings.peers = vec![silent.addr];
+        settings.connect_timeout = Duration::from_secs(30);
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+
+        let error = run(&settings, &want(&sha, Some(3000)), dir.path(), Duration::from_millis(400), &Seen::default())
+            .await
+            .unwrap_err();
+
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(700), "{took:?}");
+        assert!(
+            matches!(error, PeerError::Exhausted { deadline_passed: true, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("deadline"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn without_a_trusted_size_a_configured_peer_is_asked_and_held_to_max_size() {
+        let bytes = content(5000);
+        let sha = sha256(&bytes);
+        let honest = FakePeer::start(bytes.clone(), Behaviour::Honest).await;
+        let mut settings = settings();
+        settings.peers = vec![honest.addr];
+        let dir = tempfile::tempdir().unwrap();
+        let mut small = want(&sha, None);
+        small.max_size = 4999;
+        let seen = Seen::default();
+
+        let error = run(&settings, &small, dir.path(), Duration::from_secs(10), &seen)
+            .await
+            .unwrap_err();
+
+        assert!(error.to_string().contains("more than the 4999 allowed"), "{error}");
+        assert!(honest.ranges().is_empty(), "nothing was downloaded");
+
+        let fetched = run(&settings, &want(&sha, None), dir.path(), Duration::from_secs(10), &Seen::default())
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
+    }
+
+    #[tokio::test]
+    async fn a_peer_with_another_size_than_the_trusted_one_is_passed_over() {
+        let bytes = content(5000);
+        let sha = sha256(&bytes);
+        let longer = FakePeer::start(content(6000), Behaviour::Honest).await;
+        let honest = FakePeer::start(bytes.clone(), Behaviour::Honest).await;
+        let mut settings = settings();
+        settings.peers = vec![longer.addr, honest.addr];
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Seen::default();
+
+        let fetched = run(&settings, &want(&sha, Some(5000)), dir.path(), Duration::from_secs(10), &seen)
+            .await
+            .unwrap();
+
+        assert_eq!(fetched.peer, honest.addr);
+        assert_eq!(failed_peers(&seen.events()), [longer.addr]);
+        assert_eq!(honest.ranges()[0], "bytes=0-1023");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_request_is_refused_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let upper = "A".repeat(64);
+        for bad in [
+            want(&upper, None),
+            Want {
+                device_type: "",
+                ..want(&"a".repeat(64), None)
+            },
+            Want {
+                component: "../x",
+                ..want(&"a".repeat(64), None)
+            },
+        ] {
+            let error = run(&settings(), &bad, dir.path(), Duration::from_secs(1), &Seen::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(error, PeerError::Invalid(_)), "{error:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_fetch_stops_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sha = sha256(b"x");
+        let stop = CancellationToken::new();
+        stop.cancel();
+
+        let error = fetch(
+            &settings(),
+            &want(&sha, Some(1)),
+            dir.path(),
+            SEGMENT,
+            Instant::now() + Duration::from_secs(10),
+            |_| {},
+            |_| {},
+            &stop,
+        )
+        .await
+        .unwrap_err();
+
+        assert!(matches!(error, PeerError::Cancelled), "{error:?}");
+    }
+}
