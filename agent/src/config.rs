@@ -507,8 +507,14 @@ mod tests {
         assert!(!defaults.serve);
         assert_eq!(defaults.listen, "0.0.0.0:7717".parse().unwrap());
         assert!(defaults.peers.is_empty());
-        assert_eq!(defaults.search_timeout, std::time::Duration::from_millis(2000));
-        assert_eq!(defaults.connect_timeout, std::time::Duration::from_millis(3000));
+        assert_eq!(
+            defaults.search_timeout,
+            std::time::Duration::from_millis(2000)
+        );
+        assert_eq!(
+            defaults.connect_timeout,
+            std::time::Duration::from_millis(3000)
+        );
         assert_eq!(defaults.max_transfers, 4);
 
         let peer = Config::from_toml_str(&format!(

@@ -133,10 +133,10 @@ impl Responder {
                 _ = rejoin.tick() => self.join(),
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((n, from)) => {
-                        if let Some(offer) = self.answer(&buf[..n], from) {
-                            if let Err(e) = self.socket.send_to(&offer, from).await {
-                                debug!(peer = %from, "cannot answer the search of {from}: {e}");
-                            }
+                        if let Some(offer) = self.answer(&buf[..n], from)
+                            && let Err(e) = self.socket.send_to(&offer, from).await
+                        {
+                            debug!(peer = %from, "cannot answer the search of {from}: {e}");
                         }
                     }
                     // An ICMP error from an earlier answer surfaces here on

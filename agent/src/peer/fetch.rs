@@ -481,9 +481,7 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::sync::Mutex;
 
-    use super::super::testing::{
-        Behaviour, FakePeer, Held, content, settings, sha256, start,
-    };
+    use super::super::testing::{Behaviour, FakePeer, Held, content, settings, sha256, start};
     use super::*;
 
     const SEGMENT: u64 = 1024;
@@ -565,9 +563,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seen = Seen::default();
 
-        let fetched = run(&settings, &want(&sha, None), dir.path(), Duration::from_secs(10), &seen)
-            .await
-            .unwrap();
+        let fetched = run(
+            &settings,
+            &want(&sha, None),
+            dir.path(),
+            Duration::from_secs(10),
+            &seen,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(fetched.path, dir.path().join(&sha));
         assert_eq!(fetched.peer, kiosk.addr);
@@ -600,7 +604,7 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, [sha.clone()]);
+        assert_eq!(names, [sha]);
     }
 
     #[tokio::test]
@@ -614,9 +618,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seen = Seen::default();
 
-        let fetched = run(&settings, &want(&sha, Some(8000)), dir.path(), Duration::from_secs(10), &seen)
-            .await
-            .unwrap();
+        let fetched = run(
+            &settings,
+            &want(&sha, Some(8000)),
+            dir.path(),
+            Duration::from_secs(10),
+            &seen,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
         assert_eq!(fetched.peer, honest.addr);
@@ -650,13 +660,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seen = Seen::default();
 
-        let fetched = run(&settings, &want(&sha, Some(6000)), dir.path(), Duration::from_secs(10), &seen)
-            .await
-            .unwrap();
+        let fetched = run(
+            &settings,
+            &want(&sha, Some(6000)),
+            dir.path(),
+            Duration::from_secs(10),
+            &seen,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
         assert_eq!(fetched.peer, honest.addr);
-        assert_eq!(fetched.resumed_from, 0, "the altered bytes were thrown away");
+        assert_eq!(
+            fetched.resumed_from, 0,
+            "the altered bytes were thrown away"
+        );
         assert_eq!(honest.ranges()[0], "bytes=0-1023");
         assert_eq!(liar.ranges().len(), 6, "asked once, never again");
         assert!(seen.events().contains(&PeerEvent::Corrupt {
@@ -678,9 +697,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seen = Seen::default();
 
-        let fetched = run(&settings, &want(&sha, Some(6000)), dir.path(), Duration::from_secs(10), &seen)
-            .await
-            .unwrap();
+        let fetched = run(
+            &settings,
+            &want(&sha, Some(6000)),
+            dir.path(),
+            Duration::from_secs(10),
+            &seen,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(fetched.peer, honest.addr);
         assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
@@ -702,9 +727,15 @@ mod tests {
         let seen = Seen::default();
         let started = Instant::now();
 
-        let fetched = run(&settings, &want(&sha, Some(3000)), dir.path(), Duration::from_secs(10), &seen)
-            .await
-            .unwrap();
+        let fetched = run(
+            &settings,
+            &want(&sha, Some(3000)),
+            dir.path(),
+            Duration::from_secs(10),
+            &seen,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(fetched.peer, honest.addr);
         let took = started.elapsed();
@@ -721,7 +752,11 @@ mod tests {
             })
             .collect();
         assert_eq!(failed.len(), 1);
-        assert!(failed[0].contains("nothing arrived for 300 ms"), "{}", failed[0]);
+        assert!(
+            failed[0].contains("nothing arrived for 300 ms"),
+            "{}",
+            failed[0]
+        );
     }
 
     #[tokio::test]
@@ -735,9 +770,15 @@ mod tests {
         let seen = Seen::default();
         let started = Instant::now();
 
-        let error = run(&settings, &want(&sha, Some(3000)), dir.path(), Duration::from_secs(10), &seen)
-            .await
-            .unwrap_err();
+        let error = run(
+            &settings,
+            &want(&sha, Some(3000)),
+            dir.path(),
+            Duration::from_secs(10),
+            &seen,
+        )
+        .await
+        .unwrap_err();
 
         let took = started.elapsed();
         assert!(took < Duration::from_secs(2), "{took:?}");
@@ -757,7 +798,9 @@ mod tests {
         }
         let text = error.to_string();
         assert!(
-            text.contains(&sha) && text.contains(&gone.to_string()) && text.contains("cannot reach"),
+            text.contains(&sha)
+                && text.contains(&gone.to_string())
+                && text.contains("cannot reach"),
             "{text}"
         );
         let searches = seen
@@ -777,7 +820,9 @@ mod tests {
         .await
         .unwrap_err();
         assert!(
-            error.to_string().contains("no peer offered it and none is configured"),
+            error
+                .to_string()
+                .contains("no peer offered it and none is configured"),
             "{error}"
         );
     }
@@ -793,14 +838,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
 
-        let error = run(&settings, &want(&sha, Some(3000)), dir.path(), Duration::from_millis(400), &Seen::default())
-            .await
-            .unwrap_err();
+        let error = run(
+            &settings,
+            &want(&sha, Some(3000)),
+            dir.path(),
+            Duration::from_millis(400),
+            &Seen::default(),
+        )
+        .await
+        .unwrap_err();
 
         let took = started.elapsed();
         assert!(took < Duration::from_millis(700), "{took:?}");
         assert!(
-            matches!(error, PeerError::Exhausted { deadline_passed: true, .. }),
+            matches!(
+                error,
+                PeerError::Exhausted {
+                    deadline_passed: true,
+                    ..
+                }
+            ),
             "{error:?}"
         );
         assert!(error.to_string().contains("deadline"), "{error}");
@@ -818,16 +875,31 @@ mod tests {
         small.max_size = 4999;
         let seen = Seen::default();
 
-        let error = run(&settings, &small, dir.path(), Duration::from_secs(10), &seen)
-            .await
-            .unwrap_err();
+        let error = run(
+            &settings,
+            &small,
+            dir.path(),
+            Duration::from_secs(10),
+            &seen,
+        )
+        .await
+        .unwrap_err();
 
-        assert!(error.to_string().contains("more than the 4999 allowed"), "{error}");
+        assert!(
+            error.to_string().contains("more than the 4999 allowed"),
+            "{error}"
+        );
         assert!(honest.ranges().is_empty(), "nothing was downloaded");
 
-        let fetched = run(&settings, &want(&sha, None), dir.path(), Duration::from_secs(10), &Seen::default())
-            .await
-            .unwrap();
+        let fetched = run(
+            &settings,
+            &want(&sha, None),
+            dir.path(),
+            Duration::from_secs(10),
+            &Seen::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
     }
 
@@ -842,9 +914,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seen = Seen::default();
 
-        let fetched = run(&settings, &want(&sha, Some(5000)), dir.path(), Duration::from_secs(10), &seen)
-            .await
-            .unwrap();
+        let fetched = run(
+            &settings,
+            &want(&sha, Some(5000)),
+            dir.path(),
+            Duration::from_secs(10),
+            &seen,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(fetched.peer, honest.addr);
         assert_eq!(failed_peers(&seen.events()), [longer.addr]);
@@ -866,9 +944,15 @@ mod tests {
                 ..want(&"a".repeat(64), None)
             },
         ] {
-            let error = run(&settings(), &bad, dir.path(), Duration::from_secs(1), &Seen::default())
-                .await
-                .unwrap_err();
+            let error = run(
+                &settings(),
+                &bad,
+                dir.path(),
+                Duration::from_secs(1),
+                &Seen::default(),
+            )
+            .await
+            .unwrap_err();
             assert!(matches!(error, PeerError::Invalid(_)), "{error:?}");
         }
     }

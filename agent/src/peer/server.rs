@@ -101,8 +101,13 @@ impl Server {
         let addr = listener
             .local_addr()
             .context("while reading the peer server's address")?;
-        let responder = Responder::bind(addr.port(), addr.port(), device_type.clone(), images.clone())
-            .with_context(|| format!("cannot answer peer searches on UDP port {}", addr.port()))?;
+        let responder = Responder::bind(
+            addr.port(),
+            addr.port(),
+            device_type.clone(),
+            images.clone(),
+        )
+        .with_context(|| format!("cannot answer peer searches on UDP port {}", addr.port()))?;
         let state = Arc::new(State {
             device_type,
             images,
@@ -149,7 +154,13 @@ impl Server {
                 debug!(peer = %from, "closing the connection of {from}: too many connections");
                 continue;
             };
-            tasks.spawn(connection(state.clone(), stream, from, permit, stop.clone()));
+            tasks.spawn(connection(
+                state.clone(),
+                stream,
+                from,
+                permit,
+                stop.clone(),
+            ));
         }
         tasks.close();
         tasks.wait().await;
@@ -320,9 +331,8 @@ impl State {
 /// The body that reads `len` bytes of `file` as the peer takes them, and
 /// frees its transfer slot when it ends or the connection drops.
 fn stream(file: tokio::fs::File, len: u64, slot: OwnedSemaphorePermit) -> Body {
-    let chunks = futures_util::stream::try_unfold(
-        (file, len, slot),
-        |(mut file, left, slot)| async move {
+    let chunks =
+        futures_util::stream::try_unfold((file, len, slot), |(mut file, left, slot)| async move {
             if left == 0 {
                 return Ok(None);
             }
@@ -335,9 +345,11 @@ fn stream(file: tokio::fs::File, len: u64, slot: OwnedSemaphorePermit) -> Body {
                 ));
             }
             buf.truncate(n);
-            Ok(Some((Frame::data(Bytes::from(buf)), (file, left - n as u64, slot))))
-        },
-    );
+            Ok(Some((
+                Frame::data(Bytes::from(buf)),
+                (file, left - n as u64, slot),
+            )))
+        });
     StreamBody::new(chunks).boxed_unsync()
 }
 
@@ -527,11 +539,7 @@ mod tests {
         reqwest::Client::builder().no_proxy().build().unwrap()
     }
 
-    async fn ask(
-        addr: SocketAddr,
-        sha256: &str,
-        range: Option<&str>,
-    ) -> reqwest::Response {
+    async fn ask(addr: SocketAddr, sha256: &str, range: Option<&str>) -> reqwest::Response {
         let mut request = client()
             .get(format!("http://{addr}/v1/images/{sha256}"))
             .header(DEVICE_TYPE_HEADER, "kiosk");
@@ -598,7 +606,11 @@ mod tests {
 
         for range in ["bytes=5000-5999", "bytes=7000-"] {
             let answer = ask(peer.addr, &sha, Some(range)).await;
-            assert_eq!(answer.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+            assert_eq!(
+                answer.status(),
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "{range}"
+            );
             assert_eq!(text(&answer, "content-range"), "bytes */5000");
         }
     }
@@ -623,9 +635,11 @@ mod tests {
         let peer = start(&settings(), "kiosk", held).await;
         let unknown = super::super::testing::sha256(b"not held");
 
-        assert!(raw(peer.addr, &get(&format!("/v1/images/{sha}"), Some("kiosk")))
-            .await
-            .starts_with("HTTP/1.1 200"));
+        assert!(
+            raw(peer.addr, &get(&format!("/v1/images/{sha}"), Some("kiosk")))
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
         let refused = [
             get(&format!("/v1/images/{unknown}"), Some("kiosk")),
             get(&format!("/v1/images/{sha}"), Some("camera")),

@@ -188,7 +188,8 @@ async fn answer(
         return;
     }
     if head.starts_with("head ") {
-        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n");
+        let answer =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n");
         let _ = stream.write_all(answer.as_bytes()).await;
         return;
     }

@@ -61,7 +61,10 @@ impl Message {
     /// The message in `datagram`, if it is a well-formed one of ours.
     pub(crate) fn decode(datagram: &[u8]) -> Result<Message, String> {
         if datagram.len() > MAX_DATAGRAM {
-            return Err(format!("{} bytes, more than {MAX_DATAGRAM}", datagram.len()));
+            return Err(format!(
+                "{} bytes, more than {MAX_DATAGRAM}",
+                datagram.len()
+            ));
         }
         let message: Message =
             serde_json::from_slice(datagram).map_err(|e| format!("not a message: {e}"))?;

@@ -85,7 +85,10 @@ pub enum Source<'a> {
     /// tend-sync's artifact route, with the device token. The server is
     /// the only source, so setbacks are retried with the client's backoff
     /// until the deadline.
-    Server { client: &'a Client, artifact_id: Uuid },
+    Server {
+        client: &'a Client,
+        artifact_id: Uuid,
+    },
     /// A peer's image route. A peer is one source among several: any
     /// setback ends the download with [`DownloadError::Interrupted`] (what
     /// arrived is kept), so the caller moves on to the next peer instead
@@ -235,9 +238,8 @@ pub async fn fetch_from(
     stop: &CancellationToken,
 ) -> Result<Fetched, DownloadError> {
     let total = target.size;
-    let files = Files::new(target.dir, target.sha256).ok_or_else(|| {
-        DownloadError::Unusable(format!("{:?} is not a SHA-256", target.sha256))
-    })?;
+    let files = Files::new(target.dir, target.sha256)
+        .ok_or_else(|| DownloadError::Unusable(format!("{:?} is not a SHA-256", target.sha256)))?;
     tokio::fs::create_dir_all(target.dir)
         .await
         .map_err(io_at(target.dir))?;
@@ -911,10 +913,7 @@ impl<P: FnMut(Progress)> Transfer<'_, P> {
         work: impl Future<Output = T>,
     ) -> Result<Option<T>, DownloadError> {
         match self.source.stall() {
-            Some(stall) => Ok(self
-                .watch(tokio::time::timeout(stall, work))
-                .await?
-                .ok()),
+            Some(stall) => Ok(self.watch(tokio::time::timeout(stall, work)).await?.ok()),
             None => self.watch(work).await.map(Some),
         }
     }
