@@ -1,5 +1,6 @@
-//! Fetching an image from peers: search, try each peer that offered it,
-//! fall back to the configured peers, search again; a bounded number of
+//! Fetching an image from peers: search (the LAN, and the configured
+//! peers directly), try each peer that offered it, fall back to asking
+//! the configured peers over HTTP, search again; a bounded number of
 //! rounds, never past the caller's deadline.
 //!
 //! Peers are sources of bytes, never of trust: the digest (and the size,

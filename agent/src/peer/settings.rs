@@ -31,8 +31,10 @@ pub struct PeerSettings {
     /// Where the image server listens; its port is also the UDP port of
     /// discovery, for searching and for answering.
     pub listen: SocketAddr,
-    /// Asked in turn when a search finds nobody (multicast and broadcast
-    /// dropped, or peers on another subnet).
+    /// Asked in turn, over HTTP, when a search finds nobody (multicast and
+    /// broadcast dropped, or peers on another subnet). Each search is also
+    /// sent to them directly, so one that answers it is tried like a
+    /// neighbour that did.
     pub peers: Vec<SocketAddr>,
     /// How long a search waits for offers.
     pub search_timeout: Duration,
