@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::logquery::{self, NaiveZone};
 use crate::oplog;
+use crate::peer;
 use crate::software;
 
 /// Everything the agent needs to know, validated.
@@ -50,6 +51,9 @@ pub struct Config {
     /// `[components.NAME]`, `[download]`, `update_check_s`: the software
     /// the agent installs, rolls back and restores.
     pub software: software::Settings,
+    /// `[peer]`: LAN peer recovery (seed 000), serving this device's
+    /// images to peers of its type and fetching from them.
+    pub peer: peer::PeerSettings,
 }
 
 /// The argv that performs each action.
@@ -112,6 +116,8 @@ struct RawConfig {
     download: software::settings::RawDownload,
     update_check_s: Option<u64>,
     agent_proof_s: Option<u64>,
+    #[serde(default)]
+    peer: peer::settings::RawPeer,
 }
 
 #[derive(Default, Deserialize)]
@@ -254,6 +260,7 @@ impl Config {
             raw.update_check_s,
             raw.agent_proof_s,
         )?;
+        let peer = peer::PeerSettings::parse(raw.peer)?;
 
         Ok(Config {
             path: None,
@@ -270,6 +277,7 @@ impl Config {
             log_query,
             operations_log,
             software,
+            peer,
         })
     }
 }
@@ -289,6 +297,7 @@ impl fmt::Debug for Config {
             .field("log_query", &self.log_query)
             .field("operations_log", &self.operations_log)
             .field("software", &self.software)
+            .field("peer", &self.peer)
             .finish()
     }
 }
@@ -489,6 +498,61 @@ mod tests {
         assert_eq!(example.log_query, defaults.log_query);
         assert_eq!(example.operations_log, defaults.operations_log);
         assert_eq!(example.software, defaults.software);
+        assert_eq!(example.peer, defaults.peer);
+    }
+
+    #[test]
+    fn the_peer_table_is_read_with_its_defaults_and_bounds() {
+        let defaults = Config::from_toml_str(&minimal()).unwrap().peer;
+        assert!(!defaults.serve);
+        assert_eq!(defaults.listen, "0.0.0.0:7717".parse().unwrap());
+        assert!(defaults.peers.is_empty());
+        assert_eq!(
+            defaults.search_timeout,
+            std::time::Duration::from_millis(2000)
+        );
+        assert_eq!(
+            defaults.connect_timeout,
+            std::time::Duration::from_millis(3000)
+        );
+        assert_eq!(defaults.max_transfers, 4);
+
+        let peer = Config::from_toml_str(&format!(
+            "{}[peer]\nserve = true\nlisten = \"192.168.1.10:7800\"\n\
+             peers = [\"192.168.1.20:7717\", \"10.0.0.5:7800\"]\n\
+             search_timeout_ms = 500\nconnect_timeout_ms = 1500\nmax_transfers = 2\n",
+            minimal()
+        ))
+        .unwrap()
+        .peer;
+        assert!(peer.serve);
+        assert_eq!(peer.listen, "192.168.1.10:7800".parse().unwrap());
+        assert_eq!(peer.discovery_port(), 7800);
+        assert_eq!(
+            peer.peers,
+            [
+                "192.168.1.20:7717".parse().unwrap(),
+                "10.0.0.5:7800".parse().unwrap()
+            ]
+        );
+        assert_eq!(peer.search_timeout, std::time::Duration::from_millis(500));
+        assert_eq!(peer.connect_timeout, std::time::Duration::from_millis(1500));
+        assert_eq!(peer.max_transfers, 2);
+
+        for (rest, expected) in [
+            ("listen = \"7717\"\n", "peer.listen"),
+            ("listen = \"[::]:7717\"\n", "IPv4"),
+            ("peers = [\"camera-2\"]\n", "peer.peers"),
+            ("peers = [\"0.0.0.0:7717\"]\n", "peer.peers"),
+            ("search_timeout_ms = 10\n", "peer.search_timeout_ms"),
+            ("connect_timeout_ms = 600000\n", "peer.connect_timeout_ms"),
+            ("max_transfers = 0\n", "peer.max_transfers"),
+            ("serve = \"yes\"\n", "invalid type"),
+            ("port = 7717\n", "port"),
+        ] {
+            let e = error_of(&format!("{}[peer]\n{rest}", minimal()));
+            assert!(e.contains(expected), "{rest}: {e}");
+        }
     }
 
     #[test]

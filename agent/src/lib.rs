@@ -20,6 +20,7 @@ mod lock;
 pub mod logquery;
 mod oplog;
 mod outcome;
+pub mod peer;
 mod runner;
 mod sanitize;
 mod software;

@@ -9,15 +9,22 @@
 //! last recorded offset, never from zero. The file becomes `dir/<sha256>`
 //! only once its hash is the signed one.
 //!
+//! The bytes come from a [`Source`]: tend-sync (and the object store it
+//! may redirect to), or a peer on the LAN (seed 000). Both write the same
+//! files, so a transfer cut halfway goes on from another source at the
+//! offset reached; the hash at the end vouches for every byte, whoever
+//! sent it.
+//!
 //! Bodies go to disk chunk by chunk: no range and no file is ever held in
 //! memory, so what a download costs the agent does not grow with its size.
 
+use std::fmt;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_RANGE, RETRY_AFTER};
+use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
 use reqwest::{Response, StatusCode};
 use sha2::{Digest, Sha256};
 use tend_proto::params::ArtifactRef;
@@ -25,7 +32,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::client::{self, Client, ClientError};
 
 /// With small ranges, syncing after each one would cost more than the
@@ -41,6 +50,10 @@ const HASH_BUFFER: usize = 64 * 1024;
 /// said; the rest is never read.
 const ERROR_BODY_BYTES: usize = 1024;
 
+/// The header that tells a peer which device type asks; a peer serves
+/// only devices of its own type.
+pub const DEVICE_TYPE_HEADER: &str = "tend-device-type";
+
 /// What to download, where, and until when.
 pub struct Request<'a> {
     pub artifact: &'a ArtifactRef,
@@ -50,6 +63,78 @@ pub struct Request<'a> {
     pub segment_bytes: u64,
     /// When retrying stops and the download gives up.
     pub deadline: Instant,
+}
+
+/// What to download from any [`Source`]: the bytes whose SHA-256 the
+/// caller trusts, and how large they are.
+pub struct Target<'a> {
+    /// From a signed instruction or the device's own record, never from
+    /// the source.
+    pub sha256: &'a str,
+    pub size: u64,
+    /// Created if missing.
+    pub dir: &'a Path,
+    /// The size of each range asked for (the last one is shorter).
+    pub segment_bytes: u64,
+    /// When the download gives up.
+    pub deadline: Instant,
+}
+
+/// Where a download's bytes come from.
+pub enum Source<'a> {
+    /// tend-sync's artifact route, with the device token. The server is
+    /// the only source, so setbacks are retried with the client's backoff
+    /// until the deadline.
+    Server {
+        client: &'a Client,
+        artifact_id: Uuid,
+    },
+    /// A peer's image route. A peer is one source among several: any
+    /// setback ends the download with [`DownloadError::Interrupted`] (what
+    /// arrived is kept), so the caller moves on to the next peer instead
+    /// of waiting for this one.
+    Peer(Peer<'a>),
+}
+
+/// One peer's image, and how long to wait for it.
+pub struct Peer<'a> {
+    /// Without redirects: a peer serves its own bytes or nothing.
+    pub http: &'a reqwest::Client,
+    /// `http://<addr>/v1/images/<sha256>`.
+    pub url: &'a str,
+    /// This device's type, sent in [`DEVICE_TYPE_HEADER`].
+    pub device_type: &'a str,
+    /// A request answered, or a body that moves, within this; otherwise
+    /// the peer has stalled.
+    pub stall: Duration,
+}
+
+impl Source<'_> {
+    /// How setbacks are retried; `None`: they end the download.
+    fn retry(&self) -> Option<Backoff> {
+        match self {
+            Source::Server { client, .. } => Some(client.retry.clone()),
+            Source::Peer(_) => None,
+        }
+    }
+
+    /// How long the source may go without answering or sending a byte.
+    fn stall(&self) -> Option<Duration> {
+        match self {
+            Source::Server { .. } => None,
+            Source::Peer(peer) => Some(peer.stall),
+        }
+    }
+}
+
+/// How logs name a download.
+impl fmt::Display for Source<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Server { artifact_id, .. } => write!(f, "artifact {artifact_id}"),
+            Source::Peer(peer) => write!(f, "{}", peer.url),
+        }
+    }
 }
 
 /// How far a download is.
@@ -74,16 +159,17 @@ pub struct Fetched {
 /// clears what a caller no longer wants.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    /// The server will not serve the artifact: 404 once no open command of
-    /// this device names it (cancelled, timed out), 403, 410. Final.
-    #[error("the server refused the download ({status}): {body}")]
+    /// The source will not serve the artifact: from the server, 404 once
+    /// no open command of this device names it (cancelled, timed out),
+    /// 403, 410; from a peer, 404 for an image it does not hold. Final.
+    #[error("the download was refused ({status}): {body}")]
     Refused { status: StatusCode, body: String },
     /// The whole file's SHA-256 is not the signed one; the partial file
     /// was removed.
     #[error("the downloaded file's SHA-256 is {actual}, not the signed {expected}")]
     Corrupt { expected: String, actual: String },
-    /// The server's artifact is not as large as the signed reference says.
-    #[error("the server has {actual} bytes for this artifact, not the {expected} it should")]
+    /// The source's file is not as large as the trusted size says.
+    #[error("the source has {actual} bytes for this download, not the {expected} it should")]
     Size { expected: u64, actual: u64 },
     /// An answer no working server gives (another range than the one
     /// asked for, more bytes than announced, a malformed reference).
@@ -95,6 +181,10 @@ pub enum DownloadError {
     Io { path: PathBuf, source: io::Error },
     #[error("the download did not finish before its deadline{}", last_error.as_ref().map(|e| format!(" (last: {e})")).unwrap_or_default())]
     TimedOut { last_error: Option<String> },
+    /// A source that is not retried (a peer) could not be reached, was
+    /// busy, stalled or broke off; what arrived is kept for the next one.
+    #[error("{0}")]
+    Interrupted(String),
     #[error("the download was cancelled")]
     Cancelled,
 }
@@ -106,11 +196,12 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DownloadError + '_ {
     }
 }
 
-/// Downloads `request.artifact` into `request.dir`, resuming what an
-/// earlier call left, and returns the verified file.
+/// Downloads `request.artifact` from tend-sync into `request.dir`,
+/// resuming what an earlier call left, and returns the verified file.
 ///
 /// `on_progress` is called once at the start with the offset resumed
-/// from, then after each range (its caller decides how often to report).
+/// from, then after each range (its caller decides how often to report),
+/// and where a download that fails stopped.
 /// Connection errors, timeouts, 5xx, 401, 408 and 429 are retried with
 /// the client's backoff (at least the server's `Retry-After`) until
 /// `request.deadline`; `stop` ends the download at its next await. Either
@@ -118,17 +209,40 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DownloadError + '_ {
 pub async fn fetch(
     client: &Client,
     request: &Request<'_>,
-    mut on_progress: impl FnMut(Progress),
+    on_progress: impl FnMut(Progress),
     stop: &CancellationToken,
 ) -> Result<Fetched, DownloadError> {
     let artifact = request.artifact;
-    let total = artifact.size;
-    let files = Files::new(request.dir, &artifact.sha256).ok_or_else(|| {
-        DownloadError::Unusable(format!("{:?} is not a SHA-256", artifact.sha256))
-    })?;
-    tokio::fs::create_dir_all(request.dir)
+    let source = Source::Server {
+        client,
+        artifact_id: artifact.id,
+    };
+    let target = Target {
+        sha256: &artifact.sha256,
+        size: artifact.size,
+        dir: request.dir,
+        segment_bytes: request.segment_bytes,
+        deadline: request.deadline,
+    };
+    fetch_from(&source, &target, on_progress, stop).await
+}
+
+/// Downloads `target` from `source` into `target.dir`, resuming what an
+/// earlier call left (from this source or another), and returns the
+/// verified file. As [`fetch`], except that a source that is not retried
+/// ([`Source::Peer`]) ends the download at its first setback.
+pub async fn fetch_from(
+    source: &Source<'_>,
+    target: &Target<'_>,
+    mut on_progress: impl FnMut(Progress),
+    stop: &CancellationToken,
+) -> Result<Fetched, DownloadError> {
+    let total = target.size;
+    let files = Files::new(target.dir, target.sha256)
+        .ok_or_else(|| DownloadError::Unusable(format!("{:?} is not a SHA-256", target.sha256)))?;
+    tokio::fs::create_dir_all(target.dir)
         .await
-        .map_err(io_at(request.dir))?;
+        .map_err(io_at(target.dir))?;
 
     if already_complete(&files, total, stop).await? {
         on_progress(Progress {
@@ -141,18 +255,18 @@ pub async fn fetch(
         });
     }
 
-    let partial = Partial::open(&files, total, request.segment_bytes).await?;
+    let partial = Partial::open(&files, total, target.segment_bytes).await?;
     let resumed_from = partial.offset;
     if resumed_from > 0 {
-        info!(artifact.id = %artifact.id, "resuming the download of artifact {} at byte {resumed_from} of {total}", artifact.id);
+        info!(download = %source, "resuming the download of {source} at byte {resumed_from} of {total}");
     }
     on_progress(Progress {
         bytes: resumed_from,
         total,
     });
     let mut transfer = Transfer {
-        client,
-        request,
+        source,
+        target,
         partial,
         reported: resumed_from,
         on_progress,
@@ -160,10 +274,13 @@ pub async fn fetch(
         last_error: None,
     };
     let transferred = transfer.run().await;
+    if transferred.is_err() {
+        transfer.report_stop();
+    }
     let mut partial = transfer.partial;
     if let Err(e) = transferred {
         if let Err(sync) = partial.persist().await {
-            warn!(artifact.id = %artifact.id, "cannot record how far the download of artifact {} got: {sync}", artifact.id);
+            warn!(download = %source, "cannot record how far the download of {source} got: {sync}");
         }
         return Err(e);
     }
@@ -172,7 +289,7 @@ pub async fn fetch(
 
     let actual = sha256_of(&files.part, stop).await?;
     if actual != files.sha256 {
-        let (dir, sha256) = (request.dir.to_owned(), files.sha256.clone());
+        let (dir, sha256) = (target.dir.to_owned(), files.sha256.clone());
         // Unlinking a large file may take a while on some filesystems.
         let _ = tokio::task::spawn_blocking(move || remove(&dir, &sha256)).await;
         return Err(DownloadError::Corrupt {
@@ -184,7 +301,7 @@ pub async fn fetch(
         .await
         .map_err(io_at(&files.part))?;
     remove_if_there(&files.offset);
-    sync_dir(request.dir).await?;
+    sync_dir(target.dir).await?;
     Ok(Fetched {
         path: files.complete,
         resumed_from,
@@ -498,8 +615,8 @@ impl From<DownloadError> for Setback {
 
 /// One download under way.
 struct Transfer<'a, P> {
-    client: &'a Client,
-    request: &'a Request<'a>,
+    source: &'a Source<'a>,
+    target: &'a Target<'a>,
     partial: Partial,
     /// The offset last passed to `on_progress`.
     reported: u64,
@@ -512,32 +629,36 @@ struct Transfer<'a, P> {
 impl<P: FnMut(Progress)> Transfer<'_, P> {
     /// Asks for one range after another until the file is complete.
     async fn run(&mut self) -> Result<(), DownloadError> {
-        let artifact = self.request.artifact;
-        let mut backoff = self.client.retry.clone();
+        let (source, total) = (self.source, self.target.size);
+        let mut retry = source.retry();
         let mut restarted = false;
-        while self.partial.offset < artifact.size {
+        while self.partial.offset < total {
             let before = self.partial.offset;
             let setback = match self.range().await {
                 Ok(()) => {
-                    backoff.reset();
+                    if let Some(backoff) = &mut retry {
+                        backoff.reset();
+                    }
                     continue;
                 }
                 Err(setback) => setback,
             };
             match setback {
                 Setback::Fail(e) => return Err(e),
-                Setback::Restart(e) if restarted => return Err(e),
+                // Only the server may make the device drop what it has: a
+                // peer that claims the file is shorter is merely skipped.
+                Setback::Restart(e) if restarted || retry.is_none() => return Err(e),
                 Setback::Restart(e) => {
-                    warn!(artifact.id = %artifact.id, "downloading artifact {} again from its first byte: {e}", artifact.id);
+                    warn!(download = %source, "downloading {source} again from its first byte: {e}");
                     restarted = true;
                     self.partial.restart().await?;
                     self.reported = 0;
-                    (self.on_progress)(Progress {
-                        bytes: 0,
-                        total: artifact.size,
-                    });
+                    (self.on_progress)(Progress { bytes: 0, total });
                 }
                 Setback::Retry { error, after } => {
+                    let Some(backoff) = &mut retry else {
+                        return Err(DownloadError::Interrupted(error));
+                    };
                     // A link that drops now and then but moves the download
                     // on is not a server that is down.
                     if self.partial.offset > before {
@@ -547,13 +668,13 @@ impl<P: FnMut(Progress)> Transfer<'_, P> {
                         .next_delay()
                         .max(after.unwrap_or_default().min(backoff.cap()));
                     warn!(
-                        artifact.id = %artifact.id,
+                        download = %source,
                         retry_in_ms = delay.as_millis() as u64,
-                        "download of artifact {} stopped at byte {} of {}: {error}",
-                        artifact.id, self.partial.offset, artifact.size
+                        "download of {source} stopped at byte {} of {total}: {error}",
+                        self.partial.offset
                     );
                     self.last_error = Some(error);
-                    if Instant::now() + delay >= self.request.deadline {
+                    if Instant::now() + delay >= self.target.deadline {
                         return Err(self.timed_out());
                     }
                     // What arrived before the setback is recorded, so a
@@ -566,33 +687,54 @@ impl<P: FnMut(Progress)> Transfer<'_, P> {
         Ok(())
     }
 
-    /// Asks for the next range and writes what comes back.
-    async fn range(&mut self) -> Result<(), Setback> {
-        let artifact = self.request.artifact;
-        let total = artifact.size;
-        let start = self.partial.offset;
-        let end = start
-            .saturating_add(self.request.segment_bytes.max(1))
-            .min(total)
-            - 1;
-        let asked = self
-            .watch(self.client.artifact_range(artifact.id, start, end))
-            .await?;
-        let response = match asked {
-            Ok(response) => response,
-            Err(ClientError::AuthRefused) => {
-                return Err(Setback::Fail(DownloadError::Refused {
+    /// Asks the source for bytes `start..=end`.
+    async fn ask(&self, start: u64, end: u64) -> Result<Response, Setback> {
+        match self.source {
+            Source::Server {
+                client,
+                artifact_id,
+            } => match self
+                .watch(client.artifact_range(*artifact_id, start, end))
+                .await?
+            {
+                Ok(response) => Ok(response),
+                Err(ClientError::AuthRefused) => Err(Setback::Fail(DownloadError::Refused {
                     status: StatusCode::UNAUTHORIZED,
                     body: ClientError::AuthRefused.to_string(),
-                }));
-            }
-            Err(e) => {
-                return Err(Setback::Retry {
+                })),
+                Err(e) => Err(Setback::Retry {
                     error: e.to_string(),
                     after: None,
-                });
+                }),
+            },
+            Source::Peer(peer) => {
+                let asked = peer
+                    .http
+                    .get(peer.url)
+                    .header(RANGE, format!("bytes={start}-{end}"))
+                    .header(DEVICE_TYPE_HEADER, peer.device_type)
+                    .send();
+                match self.patiently(asked).await? {
+                    Some(Ok(response)) => Ok(response),
+                    Some(Err(e)) => Err(Setback::Retry {
+                        error: format!("cannot reach the peer: {}", client::chain(&e)),
+                        after: None,
+                    }),
+                    None => Err(self.stalled()),
+                }
             }
-        };
+        }
+    }
+
+    /// Asks for the next range and writes what comes back.
+    async fn range(&mut self) -> Result<(), Setback> {
+        let (source, total) = (self.source, self.target.size);
+        let start = self.partial.offset;
+        let end = start
+            .saturating_add(self.target.segment_bytes.max(1))
+            .min(total)
+            - 1;
+        let response = self.ask(start, end).await?;
         let status = response.status();
         match status {
             StatusCode::PARTIAL_CONTENT => {
@@ -625,7 +767,7 @@ impl<P: FnMut(Progress)> Transfer<'_, P> {
                     return Err(size_error(total, size));
                 }
                 if start > 0 {
-                    warn!(artifact.id = %artifact.id, "the server sent all of artifact {} instead of bytes {start}-{end}; skipping the first {start}", artifact.id);
+                    warn!(download = %source, "the source sent all of {source} instead of bytes {start}-{end}; skipping the first {start}");
                 }
                 self.body(response, start, total - start).await
             }
@@ -653,8 +795,12 @@ impl<P: FnMut(Progress)> Transfer<'_, P> {
                     .and_then(|s| s.trim().parse().ok())
                     .map(Duration::from_secs);
                 let body = self.error_body(response).await?;
+                let who = match source {
+                    Source::Server { .. } => "the server",
+                    Source::Peer(_) => "the peer",
+                };
                 Err(Setback::Retry {
-                    error: format!("the server answered {status}: {body}"),
+                    error: format!("{who} answered {status}: {body}"),
                     after,
                 })
             }
@@ -675,15 +821,16 @@ impl<P: FnMut(Progress)> Transfer<'_, P> {
     ) -> Result<(), Setback> {
         let mut left = len;
         loop {
-            let chunk = match self.watch(response.chunk()).await? {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(e) => {
+            let chunk = match self.patiently(response.chunk()).await? {
+                Some(Ok(Some(chunk))) => chunk,
+                Some(Ok(None)) => break,
+                Some(Err(e)) => {
                     return Err(Setback::Retry {
                         error: format!("the transfer broke off: {}", client::chain(&e)),
                         after: None,
                     });
                 }
+                None => return Err(self.stalled()),
             };
             let mut data = &chunk[..];
             if skip > 0 {
@@ -711,8 +858,8 @@ impl<P: FnMut(Progress)> Transfer<'_, P> {
 
     /// Calls `on_progress` once per range's worth of bytes, and at the end.
     fn report(&mut self) {
-        let (offset, total) = (self.partial.offset, self.request.artifact.size);
-        if offset - self.reported >= self.request.segment_bytes || offset == total {
+        let (offset, total) = (self.partial.offset, self.target.size);
+        if offset - self.reported >= self.target.segment_bytes || offset == total {
             self.reported = offset;
             (self.on_progress)(Progress {
                 bytes: offset,
@@ -721,11 +868,23 @@ impl<P: FnMut(Progress)> Transfer<'_, P> {
         }
     }
 
+    /// Tells `on_progress` where a download that failed stopped, so a
+    /// caller that moves to another source knows what this one brought.
+    fn report_stop(&mut self) {
+        if self.partial.offset != self.reported {
+            self.reported = self.partial.offset;
+            (self.on_progress)(Progress {
+                bytes: self.partial.offset,
+                total: self.target.size,
+            });
+        }
+    }
+
     /// The start of an error answer's body, as text.
     async fn error_body(&self, mut response: Response) -> Result<String, DownloadError> {
         let mut bytes = Vec::new();
         while bytes.len() < ERROR_BODY_BYTES
-            && let Ok(Some(chunk)) = self.watch(response.chunk()).await?
+            && let Some(Ok(Some(chunk))) = self.patiently(response.chunk()).await?
         {
             let take = chunk.len().min(ERROR_BODY_BYTES - bytes.len());
             bytes.extend_from_slice(&chunk[..take]);
@@ -742,8 +901,32 @@ impl<P: FnMut(Progress)> Transfer<'_, P> {
         tokio::select! {
             biased;
             _ = self.stop.cancelled() => Err(DownloadError::Cancelled),
-            _ = tokio::time::sleep_until(self.request.deadline) => Err(self.timed_out()),
+            _ = tokio::time::sleep_until(self.target.deadline) => Err(self.timed_out()),
             out = work => Ok(out),
+        }
+    }
+
+    /// As [`Transfer::watch`], and `None` when the source has a stall
+    /// limit and `work` takes longer.
+    async fn patiently<T>(
+        &self,
+        work: impl Future<Output = T>,
+    ) -> Result<Option<T>, DownloadError> {
+        match self.source.stall() {
+            Some(stall) => Ok(self.watch(tokio::time::timeout(stall, work)).await?.ok()),
+            None => self.watch(work).await.map(Some),
+        }
+    }
+
+    fn stalled(&self) -> Setback {
+        let stall = self.source.stall().unwrap_or_default();
+        Setback::Retry {
+            error: format!(
+                "nothing arrived for {} ms at byte {}",
+                stall.as_millis(),
+                self.partial.offset
+            ),
+            after: None,
         }
     }
 
@@ -788,7 +971,6 @@ mod tests {
     use wiremock::{Mock, MockServer, Respond, ResponseTemplate};
 
     use super::*;
-    use crate::backoff::Backoff;
     use crate::config::Config;
 
     /// Serves an artifact as tend-sync does: one range as 206 with its
