@@ -13,10 +13,10 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RANGE};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use tend_proto::device::{
-    AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instruction, Instructions, Report,
-    UpdateCheck, UpdateCheckResponse,
+    AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instruction, Instructions, Recovery,
+    Report, UpdateCheck, UpdateCheckResponse,
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
@@ -93,6 +93,9 @@ pub struct Client {
     device_id: Uuid,
     secret: String,
     token: Mutex<Option<Token>>,
+    /// The device's type, as the server last told it (peer recovery
+    /// searches for peers of this type only).
+    device_type: watch::Sender<Option<String>>,
     /// Delays between report attempts, and between the requests of a
     /// download that failed.
     pub(crate) retry: Backoff,
@@ -115,8 +118,28 @@ impl Client {
             device_id: config.device_id,
             secret: config.device_secret.clone(),
             token: Mutex::new(None),
+            device_type: watch::Sender::new(None),
             retry: Backoff::default(),
         })
+    }
+
+    /// The device's type: what the server told at the last authentication,
+    /// or what [`Client::assume_device_type`] set before it.
+    pub fn device_type(&self) -> watch::Receiver<Option<String>> {
+        self.device_type.subscribe()
+    }
+
+    /// Sets the device's type remembered from an earlier run, so a device
+    /// that starts without a link to the server can still find its peers.
+    /// What the server says at the next authentication replaces it.
+    pub fn assume_device_type(&self, device_type: String) {
+        self.device_type.send_if_modified(|known| {
+            if known.is_some() {
+                return false;
+            }
+            *known = Some(device_type);
+            true
+        });
     }
 
     /// Sends a heartbeat. One that asks to be held (`wait_s`) may take that
@@ -192,23 +215,21 @@ impl Client {
                 request.body(body.clone())
             })
             .await?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(Delivery::Accepted);
-        }
-        // 404 and 409 are the contract's final refusals. 400, 413 and 422
-        // judge the body itself, which the same bytes cannot fix either.
-        if matches!(
-            status,
-            StatusCode::NOT_FOUND
-                | StatusCode::CONFLICT
-                | StatusCode::BAD_REQUEST
-                | StatusCode::PAYLOAD_TOO_LARGE
-                | StatusCode::UNPROCESSABLE_ENTITY
-        ) {
-            return Ok(Delivery::Refused(status));
-        }
-        Err(status_error(response).await)
+        settle(response).await
+    }
+
+    /// Sends the record of a restore the agent ran on its own (no
+    /// instruction asked for it), for the device's command history.
+    pub async fn record_recovery(&self, recovery: &Recovery) -> Result<Delivery, ClientError> {
+        let url = format!("{}/device/v1/recoveries", self.base);
+        let recovery = Recovery {
+            report: sanitize::report(&recovery.report).into_owned(),
+            ..recovery.clone()
+        };
+        let response = self
+            .send_authed(|token| self.http.post(&url).bearer_auth(token).json(&recovery))
+            .await?;
+        settle(response).await
     }
 
     /// Sends a report until the server settles it. Never gives up on its
@@ -297,6 +318,13 @@ impl Client {
             return Ok(token.value.clone());
         }
         let auth = self.authenticate().await?;
+        if let Some(device_type) = auth.device_type.clone() {
+            self.device_type.send_if_modified(|known| {
+                let changed = known.as_ref() != Some(&device_type);
+                *known = Some(device_type);
+                changed
+            });
+        }
         // Renewing after three quarters of the lifetime leaves the last
         // quarter as margin for clock drift and slow requests.
         let lifetime = Duration::from_secs(auth.expires_in);
@@ -337,6 +365,28 @@ impl Client {
         }
         decode(response).await
     }
+}
+
+/// Whether the server settled a report: accepted it, or refused it for
+/// good. Anything else is an error worth another try.
+async fn settle(response: Response) -> Result<Delivery, ClientError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(Delivery::Accepted);
+    }
+    // 404 and 409 are the contract's final refusals. 400, 413 and 422
+    // judge the body itself, which the same bytes cannot fix either.
+    if matches!(
+        status,
+        StatusCode::NOT_FOUND
+            | StatusCode::CONFLICT
+            | StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNPROCESSABLE_ENTITY
+    ) {
+        return Ok(Delivery::Refused(status));
+    }
+    Err(status_error(response).await)
 }
 
 /// The JSON body of a report, gzip-compressed when over

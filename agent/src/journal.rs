@@ -94,6 +94,11 @@ pub struct Entry {
     /// An upgrade or restore: the step it is at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<Job>,
+    /// Started by the agent itself (a recovery of a broken component), not
+    /// by an instruction: the server learns of it from its final report,
+    /// sent as a recovery record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 impl Entry {
@@ -267,6 +272,7 @@ mod tests {
             format: FORMAT,
             trace_id: None,
             job: None,
+            local: false,
         }
     }
 

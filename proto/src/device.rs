@@ -21,6 +21,11 @@ pub struct AuthResponse {
     pub token: String,
     /// Seconds until the token expires.
     pub expires_in: u64,
+    /// The device's type as the platform records it: a device searches
+    /// its LAN for peers of this type only (seed 000). Absent from servers
+    /// older than peer recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<String>,
 }
 
 /// `POST /device/v1/heartbeat`: the device is alive; tells what it runs.
@@ -131,6 +136,23 @@ pub struct Report {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<serde_json::Value>,
+}
+
+/// `POST /device/v1/recoveries`: a restore the agent started on its own
+/// (a component found broken with no usable backup, seed 000), sent once
+/// it has ended and the server is reachable. The server records it in the
+/// device's command history as a finished `restore`; sending the same `id`
+/// again is accepted and changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    /// Chosen by the agent; the command's id.
+    pub id: Uuid,
+    /// The restore's params (`{component, source}`).
+    pub params: serde_json::Value,
+    pub started_at: DateTime<Utc>,
+    /// The final report: `succeeded` or `failed`.
+    pub report: Report,
 }
 
 impl Report {

@@ -26,6 +26,8 @@ pub struct Agent {
     /// The executable started: the workspace's `tend-agent`, or a copy of
     /// it in `dir` ([`Agent::use_own_binary_copy`]).
     binary: PathBuf,
+    /// The network namespace it runs in ([`Agent::in_netns`]).
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -96,6 +98,7 @@ impl Agent {
             child: None,
             env: Vec::new(),
             binary: bin("tend-agent"),
+            netns: None,
         };
         agent.new_boot_id();
         agent
@@ -115,7 +118,17 @@ impl Agent {
         {
             assert_has_fault_points(&bin("tend-agent"));
         }
-        let child = Command::new(&self.binary)
+        let mut command = match &self.netns {
+            // `ip netns exec` enters the namespace and executes the agent
+            // in its own place, so the child is the agent itself.
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .env(
@@ -129,6 +142,12 @@ impl Agent {
             .spawn()
             .expect("starting tend-agent");
         self.child = Some(child);
+    }
+
+    /// Runs the agent in network namespace `netns` from the next start
+    /// (a device on a test LAN, `crate::lan`).
+    pub fn in_netns(&mut self, netns: &str) {
+        self.netns = Some(netns.to_owned());
     }
 
     /// An environment variable for the agent (`TEND_AGENT_FAULTS`, say);
@@ -261,7 +280,9 @@ impl Agent {
         self.add_table("download", &format!("segment_bytes = {bytes}"));
     }
 
-    fn add_table(&mut self, header: &str, body: &str) {
+    /// Appends a `[HEADER]` table with `body` (TOML lines); takes effect at
+    /// the next start.
+    pub fn add_table(&mut self, header: &str, body: &str) {
         let mut text = std::fs::read_to_string(&self.config).expect("agent config");
         let header = format!("[{header}]");
         assert!(

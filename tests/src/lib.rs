@@ -22,6 +22,7 @@
 
 mod agent;
 pub mod fleet;
+pub mod lan;
 pub mod proxy;
 pub mod recorder;
 pub mod redis_server;

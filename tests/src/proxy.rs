@@ -96,9 +96,20 @@ impl Proxy {
     ///
     /// Panics if it cannot listen.
     pub async fn balance(name: &str, upstreams: Vec<SocketAddr>) -> Proxy {
-        let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        Proxy::listen_on(
+            name,
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            upstreams,
+        )
+        .await
+    }
+
+    /// Like [`balance`](Proxy::balance), listening on `listen` (an address
+    /// of a test LAN, say, that devices in network namespaces can reach).
+    pub async fn listen_on(name: &str, listen: SocketAddr, upstreams: Vec<SocketAddr>) -> Proxy {
+        let listener = TcpListener::bind(listen)
             .await
-            .unwrap_or_else(|e| panic!("proxy {name}: cannot listen on 127.0.0.1: {e}"));
+            .unwrap_or_else(|e| panic!("proxy {name}: cannot listen on {listen}: {e}"));
         let addr = listener
             .local_addr()
             .unwrap_or_else(|e| panic!("proxy {name}: no local address: {e}"));

@@ -537,11 +537,16 @@ impl Stack {
     }
 
     pub async fn new_device(&self, token: &str) -> Device {
+        self.new_device_of_type(token, "kiosk", "kiosk").await
+    }
+
+    /// A device named `name` of type `device_type`.
+    pub async fn new_device_of_type(&self, token: &str, name: &str, device_type: &str) -> Device {
         let (status, v) = self
             .post(
                 token,
                 "/devices",
-                json!({ "name": "kiosk", "device_type": "kiosk", "labels": { "site": "test" } }),
+                json!({ "name": name, "device_type": device_type, "labels": { "site": "test" } }),
             )
             .await;
         assert_eq!(status, 201, "device creation: {v}");

@@ -22,6 +22,13 @@ pub const TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 50..=60_000;
 pub const MAX_TRANSFERS_RANGE: std::ops::RangeInclusive<usize> = 1..=64;
 /// Each configured peer may cost a connect timeout per round.
 pub const MAX_PEERS: usize = 32;
+/// Ten minutes without the server: long enough that a brief outage never
+/// sets a recovery off, short enough that a kiosk broken at night is back
+/// before the doors open.
+pub const DEFAULT_OFFLINE_RECOVER_S: u64 = 600;
+/// 0 turns the offline trigger off; below 5 s every lost heartbeat would
+/// count as an outage.
+pub const OFFLINE_RECOVER_S_RANGE: std::ops::RangeInclusive<u64> = 5..=604_800;
 
 /// `[peer]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +51,13 @@ pub struct PeerSettings {
     /// How many peers this device serves at once; one more is told to
     /// come back later (503).
     pub max_transfers: usize,
+    /// Restore a broken component (its health check fails and it has no
+    /// backup) from a peer without waiting for an instruction: at start,
+    /// and once the server has been out of reach for `offline_recover`.
+    pub auto_recover: bool,
+    /// How long the server must be out of reach before the agent looks for
+    /// broken components on its own; `None` (0 in the file): only at start.
+    pub offline_recover: Option<Duration>,
 }
 
 impl Default for PeerSettings {
@@ -55,6 +69,8 @@ impl Default for PeerSettings {
             search_timeout: Duration::from_millis(DEFAULT_SEARCH_TIMEOUT_MS),
             connect_timeout: Duration::from_millis(DEFAULT_CONNECT_TIMEOUT_MS),
             max_transfers: DEFAULT_MAX_TRANSFERS,
+            auto_recover: true,
+            offline_recover: Some(Duration::from_secs(DEFAULT_OFFLINE_RECOVER_S)),
         }
     }
 }
@@ -76,6 +92,8 @@ pub(crate) struct RawPeer {
     search_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     max_transfers: Option<usize>,
+    auto_recover: Option<bool>,
+    offline_recover_s: Option<u64>,
 }
 
 impl PeerSettings {
@@ -128,8 +146,20 @@ impl PeerSettings {
                 MAX_TRANSFERS_RANGE.end()
             );
         }
+        let offline_recover = match raw.offline_recover_s {
+            None => defaults.offline_recover,
+            Some(0) => None,
+            Some(s) if OFFLINE_RECOVER_S_RANGE.contains(&s) => Some(Duration::from_secs(s)),
+            Some(_) => bail!(
+                "peer.offline_recover_s must be 0 (off) or between {} and {}",
+                OFFLINE_RECOVER_S_RANGE.start(),
+                OFFLINE_RECOVER_S_RANGE.end()
+            ),
+        };
         Ok(PeerSettings {
             serve: raw.serve.unwrap_or(defaults.serve),
+            auto_recover: raw.auto_recover.unwrap_or(defaults.auto_recover),
+            offline_recover,
             listen,
             peers,
             search_timeout: timeout(

@@ -72,6 +72,7 @@ pub fn settings() -> PeerSettings {
         search_timeout: Duration::from_millis(100),
         connect_timeout: Duration::from_millis(300),
         max_transfers: 4,
+        ..PeerSettings::default()
     }
 }
 

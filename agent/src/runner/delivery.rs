@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use reqwest::StatusCode;
-use tend_proto::device::Report;
+use tend_proto::device::{Recovery, Report};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 use uuid::Uuid;
@@ -121,11 +121,21 @@ async fn deliver_round(
             continue;
         }
         fault::hit("before_report", id);
-        match agent
-            .client
-            .report(id, &entry.report, entry.trace_id.as_deref())
-            .await
-        {
+        let sent = if entry.local {
+            let recovery = Recovery {
+                id,
+                params: entry.params.clone(),
+                started_at: entry.started_at,
+                report: entry.report.clone(),
+            };
+            agent.client.record_recovery(&recovery).await
+        } else {
+            agent
+                .client
+                .report(id, &entry.report, entry.trace_id.as_deref())
+                .await
+        };
+        match sent {
             Ok(Delivery::Refused(StatusCode::PAYLOAD_TOO_LARGE))
                 if entry.report.output.is_some() =>
             {

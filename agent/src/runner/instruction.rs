@@ -99,6 +99,7 @@ impl Agent {
                 .trace_id
                 .filter(|t| tend_proto::device::is_trace_id(t)),
             job: None,
+            local: false,
         }
     }
 

@@ -95,14 +95,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .lock()
             .unwrap_or_else(PoisonError::into_inner),
     );
-    let mut batch = (!resumable.is_empty()).then(|| {
+    // Then a component found broken with no backup is restored from a
+    // peer, before any new instruction runs.
+    let mut batch = Some({
         let agent = agent.clone();
         tokio::spawn(shutdown.clone().run_until_cancelled_owned(async move {
             for entry in resumable {
                 agent.resume_job(entry).await;
             }
+            agent
+                .recover_broken("found broken when the agent started")
+                .await;
         }))
     });
+    let peers = [
+        tokio::spawn(
+            shutdown
+                .clone()
+                .run_until_cancelled_owned(software::remember_device_type(agent.clone())),
+        ),
+        tokio::spawn(
+            shutdown
+                .clone()
+                .run_until_cancelled_owned(software::serve_peers(agent.clone())),
+        ),
+        tokio::spawn(
+            shutdown
+                .clone()
+                .run_until_cancelled_owned(software::offline_watch(agent.clone())),
+        ),
+    ];
     shutdown
         .run_until_cancelled(poll::heartbeat_loop(&agent, &shutdown, &mut batch))
         .await;
@@ -113,6 +135,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         batch.await.context("while stopping the instruction task")?;
     }
     reporter.await.context("while stopping the reporter")?;
+    for task in peers {
+        task.await.context("while stopping peer recovery")?;
+    }
     update_checks
         .await
         .context("while stopping the update checks")?;
@@ -176,6 +201,9 @@ struct Agent {
     /// Upgrades and restores that were under way at the last stop, taken
     /// up again by [`run`] once the agent is running.
     resumable: Mutex<Vec<Entry>>,
+    /// Held by each upgrade or restore while it runs: one at a time,
+    /// whether an instruction or the agent itself started it.
+    software: tokio::sync::Mutex<()>,
     /// Cancelled at shutdown; a running log query watches it from its
     /// blocking thread.
     shutdown: CancellationToken,
@@ -200,6 +228,7 @@ impl Agent {
             client: Arc::new(Client::new(&config).context("while building the HTTP client")?),
             installed: Mutex::new(Installed::load(&config.state_dir.join("software"))),
             resumable: Mutex::new(Vec::new()),
+            software: tokio::sync::Mutex::new(()),
             oplog: OpLog::new(&config.state_dir, config.operations_log),
             journal: Mutex::new(journal),
             boot_id,

@@ -208,6 +208,7 @@ pub(super) fn started(kind: &str, boot_id: &str) -> Entry {
         format: journal::FORMAT,
         trace_id: None,
         job: None,
+        local: false,
     }
 }
 

@@ -27,6 +27,10 @@ pub struct Version {
     /// The SHA-256 of the artifact it came from, when it came from one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// That artifact's size in bytes (absent in records of agents from
+    /// before peer recovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

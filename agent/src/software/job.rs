@@ -20,6 +20,9 @@ pub enum Source {
     Backup,
     /// `restore` from the cloud: the artifact of the wanted version.
     Cloud,
+    /// `restore` from a LAN peer of the same device type (seed 000): the
+    /// image whose digest the instruction signed or the device recorded.
+    Peer,
 }
 
 impl Source {
@@ -29,6 +32,7 @@ impl Source {
             Source::Upgrade => None,
             Source::Backup => Some("backup"),
             Source::Cloud => Some("cloud"),
+            Source::Peer => Some("peer"),
         }
     }
 }
@@ -103,6 +107,9 @@ pub struct Job {
     /// Why the job is rolling back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// A restore from a peer: the address and port the image came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 impl Job {

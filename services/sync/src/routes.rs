@@ -5,13 +5,16 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use tend_core::auth;
-use tend_core::db::commands::{self, ReportOutcome};
+use tend_core::db::commands::{self, RecoveryOutcome, ReportOutcome};
 use tend_core::db::{self, devices};
 use tend_core::error::ApiError;
 use tend_core::http;
+use tend_proto::command::{CommandKind, ReportStatus};
 use tend_proto::device::{
-    AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instruction, Instructions, Report,
+    AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instruction, Instructions, Recovery,
+    Report,
 };
+use tend_proto::params::{self, CommandParams};
 use uuid::Uuid;
 
 use crate::Shared;
@@ -50,7 +53,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/instructions", web::get().to(instructions))
                 .route("/update-check", web::post().to(software::update_check))
                 .route("/artifacts/{id}", web::get().to(software::download))
-                .route("/instructions/{id}/report", web::post().to(report)),
+                .route("/instructions/{id}/report", web::post().to(report))
+                .route("/recoveries", web::post().to(recovery)),
         );
 }
 
@@ -76,15 +80,21 @@ async fn authenticate(
         devices::find_secret(client, body.device_id).await
     })
     .await?;
-    let (tenant, stored) = found.ok_or_else(refused)?;
-    if !auth::device_secret_matches(&body.secret, &stored)
+    let credential = found.ok_or_else(refused)?;
+    if !auth::device_secret_matches(&body.secret, &credential.secret_sha256)
         || state.revocations.is_revoked(body.device_id)
     {
         tracing::info!(device.id = %body.device_id, "refused authentication of device {}", body.device_id);
         return Err(refused());
     }
-    let (token, expires_in) = state.tokens.issue_device(body.device_id, tenant);
-    Ok(HttpResponse::Ok().json(AuthResponse { token, expires_in }))
+    let (token, expires_in) = state
+        .tokens
+        .issue_device(body.device_id, credential.tenant_id);
+    Ok(HttpResponse::Ok().json(AuthResponse {
+        token,
+        expires_in,
+        device_type: Some(credential.device_type),
+    }))
 }
 
 /// `POST /device/v1/heartbeat`: the hot path, sent by every device every
@@ -200,18 +210,7 @@ async fn report(
     req: actix_web::HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let mut report = body.into_inner();
-    // PostgreSQL's jsonb and text refuse NUL; one would fail the report.
-    report.replace_nul();
-    if let Some(out) = report.output.as_mut()
-        && out.len() > MAX_OUTPUT_BYTES
-    {
-        keep_tail(out, MAX_OUTPUT_BYTES);
-        let detail = report.detail.get_or_insert_with(|| serde_json::json!({}));
-        if let Some(d) = detail.as_object_mut() {
-            d.insert("truncated".into(), true.into());
-            d.insert("stored_bytes".into(), out.len().into());
-        }
-    }
+    storable(&mut report);
     let outcome = db::in_tx(&state.pool, async |tx| {
         commands::apply_report(tx, device.id, *id, &report).await
     })
@@ -236,6 +235,73 @@ async fn report(
             "the command is {status}: it was not delivered to this device"
         ))),
         ReportOutcome::NotFound => Err(ApiError::NotFound("no such instruction".into())),
+    }
+}
+
+/// Makes a report fit its column: no NUL (PostgreSQL's jsonb and text
+/// refuse it, which would fail the report) and an output of at most
+/// [`MAX_OUTPUT_BYTES`], keeping its end.
+fn storable(report: &mut Report) {
+    report.replace_nul();
+    if let Some(out) = report.output.as_mut()
+        && out.len() > MAX_OUTPUT_BYTES
+    {
+        keep_tail(out, MAX_OUTPUT_BYTES);
+        let detail = report.detail.get_or_insert_with(|| serde_json::json!({}));
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("truncated".into(), true.into());
+            d.insert("stored_bytes".into(), out.len().into());
+        }
+    }
+}
+
+/// `POST /device/v1/recoveries`: a restore the device ran on its own,
+/// recorded in its command history once the link is back.
+///
+/// 201 when recorded, 200 for a repeat of the same id; 422 for params
+/// that are not a restore's or a report that is not final; 409 when the
+/// id is another command's.
+async fn recovery(
+    state: Shared,
+    device: DeviceCaller,
+    body: web::Json<Recovery>,
+) -> Result<HttpResponse, ApiError> {
+    let mut recovery = body.into_inner();
+    let component = match params::parse(CommandKind::Restore, &recovery.params) {
+        Ok(CommandParams::Restore(p)) => p.component,
+        Ok(_) => unreachable!("restore params parse as restore params"),
+        Err(e) => return Err(ApiError::Unprocessable(format!("params: {e}"))),
+    };
+    if !matches!(
+        recovery.report.status,
+        ReportStatus::Succeeded | ReportStatus::Failed
+    ) {
+        return Err(ApiError::Unprocessable(
+            "a recovery is recorded once it has ended: status must be succeeded or failed".into(),
+        ));
+    }
+    storable(&mut recovery.report);
+    let outcome = db::in_tx(&state.pool, async |tx| {
+        let Some((tenant, _)) = devices::identity(tx, device.id).await? else {
+            return Ok(None);
+        };
+        commands::record_recovery(tx, tenant, device.id, &recovery, &component)
+            .await
+            .map(Some)
+    })
+    .await?
+    .ok_or_else(|| ApiError::NotFound("no such device".into()))?;
+    match outcome {
+        RecoveryOutcome::Recorded(cmd) => {
+            tracing::info!(command.id = %cmd.id, device.id = %device.id, status = %cmd.status,
+                "device {} recorded its own restore of {component}: {}", device.id, cmd.status);
+            Ok(HttpResponse::Created()
+                .json(serde_json::json!({ "id": cmd.id, "status": cmd.status })))
+        }
+        RecoveryOutcome::Repeated(cmd) => {
+            Ok(HttpResponse::Ok().json(serde_json::json!({ "id": cmd.id, "status": cmd.status })))
+        }
+        RecoveryOutcome::Taken => Err(ApiError::Conflict("another command has this id".into())),
     }
 }
 

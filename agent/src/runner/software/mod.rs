@@ -12,6 +12,9 @@
 //! back, and always in one final report.
 
 mod agent;
+mod recovery;
+
+pub(super) use recovery::{offline_watch, remember_device_type, serve_peers};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +35,7 @@ use crate::fault;
 use crate::journal::{Entry, State};
 use crate::oplog::Operation;
 use crate::outcome;
+use crate::peer;
 use crate::software::download::{self, DownloadError};
 use crate::software::fs;
 use crate::software::installed::{Record, Version};
@@ -70,6 +74,7 @@ enum Next {
 impl Agent {
     /// Handles a new `upgrade` or `restore` instruction.
     pub(super) async fn change_software(&self, instruction: Instruction) {
+        let _one_at_a_time = self.software.lock().await;
         let id = instruction.id;
         let deadline = Utc::now() + TimeDelta::seconds(instruction.timeout_s.max(1).into());
         let entry = self.started(instruction);
@@ -93,10 +98,13 @@ impl Agent {
             }
         };
         let report = self.progress_report(&job, None);
-        if let Delivery::Refused(status) = self
-            .client
-            .report_until_settled(id, &report, entry.trace_id.as_deref())
-            .await
+        // A recovery the agent started itself has no command on the
+        // server until its final record is sent.
+        if !entry.local
+            && let Delivery::Refused(status) = self
+                .client
+                .report_until_settled(id, &report, entry.trace_id.as_deref())
+                .await
         {
             warn!(instruction.id = %id, "the server refused in_progress for instruction {id} with {status}; not running it");
             return self.finish_or_log(&entry, outcome::not_performed(status.as_u16()), None);
@@ -121,6 +129,7 @@ impl Agent {
 
     /// Continues a job that was under way when the agent last stopped.
     pub(super) async fn resume_job(&self, entry: Entry) {
+        let _one_at_a_time = self.software.lock().await;
         let id = entry.id;
         let Some(job) = entry.job.clone() else {
             // Journaled `started`, never planned: nothing was touched.
@@ -243,6 +252,9 @@ impl Agent {
     }
 
     fn send_progress(&self, entry: &Entry, report: &Report) {
+        if entry.local {
+            return;
+        }
         // Best effort: the final report is the one that must arrive.
         let client = self.client.clone();
         let (id, report, trace) = (entry.id, report.clone(), entry.trace_id.clone());
@@ -310,9 +322,19 @@ impl Agent {
             }
             CommandParams::Restore(p) => match p.source {
                 RestoreSource::Peer => {
-                    return Err(rejected(
-                        "restore from a LAN peer is not supported by this agent yet".into(),
-                    ));
+                    let artifact = match p.artifact {
+                        Some(artifact) if artifact.component == p.component => artifact,
+                        Some(artifact) => {
+                            return Err(rejected(format!(
+                                "the artifact is for {}, not {}",
+                                artifact.component, p.component
+                            )));
+                        }
+                        None => self
+                            .trusted_image(&p.component, p.version.as_deref())
+                            .map_err(rejected)?,
+                    };
+                    (p.component, Source::Peer, Some(artifact))
                 }
                 RestoreSource::Backup => (p.component, Source::Backup, None),
                 RestoreSource::Cloud => {
@@ -363,6 +385,7 @@ impl Agent {
             boot_id: None,
             health_attempts: 0,
             failure: None,
+            peer: None,
         };
         if source == Source::Upgrade && job.from_version == job.to_version {
             let version = job.to_version.clone().unwrap_or_default();
@@ -392,6 +415,48 @@ impl Agent {
             return Err(self.final_report(&job, ReportStatus::Failed, false, Some(e), None));
         }
         Ok(job)
+    }
+
+    /// The image a restore from a peer asks for, from this device's own
+    /// record (seed 000's trust rule: never from what a peer claims): the
+    /// version it last committed healthy, or the one named when the record
+    /// has it (current or backup).
+    fn trusted_image(&self, component: &str, version: Option<&str>) -> Result<ArtifactRef, String> {
+        let installed = self.installed();
+        let record = installed.get(component);
+        let candidates = record
+            .into_iter()
+            .flat_map(|r| std::iter::once(&r.current).chain(r.backup.as_ref()));
+        let found = match version {
+            Some(v) => candidates
+                .filter(|c| c.version == v)
+                .find(|c| c.sha256.is_some()),
+            None => record.map(|r| &r.current).filter(|c| c.sha256.is_some()),
+        };
+        let Some(found) = found else {
+            return Err(match version {
+                Some(v) => format!(
+                    "this device has no record of the digest of {component} {v}, and the \
+                     platform has no artifact of that version: there is nothing to check a \
+                     peer's image against"
+                ),
+                None => format!(
+                    "this device has no record of the digest of the {component} it last ran \
+                     healthy (it was not installed by tend): name a version the platform has \
+                     an artifact of"
+                ),
+            });
+        };
+        Ok(ArtifactRef {
+            // Not fetched from the server, so no artifact id is needed.
+            id: uuid::Uuid::nil(),
+            component: component.to_owned(),
+            version: found.version.clone(),
+            // 0: unknown (a record from before sizes were kept); the
+            // fetch then bounds what a peer may send by the free space.
+            size: found.size.unwrap_or(0),
+            sha256: found.sha256.clone().unwrap_or_default(),
+        })
     }
 
     /// Free space for the download and the staged copy beside the
@@ -439,93 +504,36 @@ impl Agent {
         let Some(artifact) = &job.artifact else {
             return Next::Go(job.at(Step::Verified), None);
         };
+        if job.source == Source::Peer {
+            return self.download_from_peer(entry, job, artifact).await;
+        }
         let dir = self.downloads_dir();
-        let deadline = Instant::now()
-            + (job.deadline - Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO);
         let request = download::Request {
             artifact,
             dir: &dir,
             segment_bytes: self.config.software.segment_bytes,
-            deadline,
+            deadline: job_deadline(job),
         };
-        // Where the download started (u64::MAX: not yet known) and where
-        // it is; the ticker below reads them to report progress.
-        let first = AtomicU64::new(u64::MAX);
-        let bytes = AtomicU64::new(0);
+        let progress = Progress::default();
         let stop = self.shutdown.child_token();
-        let mut ended_by_server = None;
-        let fetch = download::fetch(
-            &self.client,
-            &request,
-            |p| {
-                let _ =
-                    first.compare_exchange(u64::MAX, p.bytes, Ordering::Relaxed, Ordering::Relaxed);
-                bytes.store(p.bytes, Ordering::Relaxed);
-            },
-            &stop,
-        );
-        tokio::pin!(fetch);
-        let mut logged_start = false;
-        let mut ticker = tokio::time::interval(PROGRESS_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let result = loop {
-            tokio::select! {
-                result = &mut fetch => {
-                    let offset = first.load(Ordering::Relaxed);
-                    if !logged_start && offset != u64::MAX {
-                        let step = if offset > 0 { "download_resumed" } else { "download_started" };
-                        self.log_step(entry, step, &json!({"offset": offset, "total": artifact.size}));
-                    }
-                    break result;
-                }
-                _ = ticker.tick() => {
-                    let offset = first.load(Ordering::Relaxed);
-                    if !logged_start && offset != u64::MAX {
-                        logged_start = true;
-                        let step = if offset > 0 { "download_resumed" } else { "download_started" };
-                        self.log_step(entry, step, &json!({"offset": offset, "total": artifact.size}));
-                    }
-                    let done = (bytes.load(Ordering::Relaxed), artifact.size);
-                    let report = self.progress_report(job, Some(done));
-                    if let Ok(Delivery::Refused(status)) =
-                        self.client.report(entry.id, &report, entry.trace_id.as_deref()).await
-                    {
-                        ended_by_server = Some(status);
-                        stop.cancel();
-                    }
-                }
-            }
-        };
+        let fetch = download::fetch(&self.client, &request, |p| progress.set(p), &stop);
+        let (result, ended_by_server) = self
+            .reporting_progress(entry, job, &progress, &stop, fetch)
+            .await;
         match result {
-            Ok(fetched) => {
-                Next::Go(
-                    job.at(Step::Verified),
-                    Some((
-                        "verified",
-                        json!({
-                            "sha256": artifact.sha256,
-                            "bytes": artifact.size,
-                            "resumed_from": fetched.resumed_from,
-                            "file": fetched.path,
-                        }),
-                    )),
-                )
-            }
-            Err(DownloadError::Cancelled) => match ended_by_server {
-                Some(status) => Next::Done(self.final_report(
-                    job,
-                    ReportStatus::Failed,
-                    false,
-                    Some(format!(
-                        "the server ended the command during the download (HTTP {}); nothing was installed",
-                        status.as_u16()
-                    )),
-                    None,
+            Ok(fetched) => Next::Go(
+                job.at(Step::Verified),
+                Some((
+                    "verified",
+                    json!({
+                        "sha256": artifact.sha256,
+                        "bytes": artifact.size,
+                        "resumed_from": fetched.resumed_from,
+                        "file": fetched.path,
+                    }),
                 )),
-                None => Next::Wait,
-            },
+            ),
+            Err(DownloadError::Cancelled) => self.cancelled_download(job, ended_by_server),
             Err(e) => {
                 // A partial download the server will not complete is of no
                 // use; one cut short by the deadline is kept, so the next
@@ -541,6 +549,187 @@ impl Agent {
                     None,
                 ))
             }
+        }
+    }
+
+    /// Fetches the image from a LAN peer of this device's type (seed 000),
+    /// checked against the digest the job carries: signed by the platform
+    /// or recorded by this device, never a peer's claim.
+    async fn download_from_peer(&self, entry: &Entry, job: &Job, artifact: &ArtifactRef) -> Next {
+        let failed = |e: String| {
+            Next::Done(self.final_report(job, ReportStatus::Failed, false, Some(e), None))
+        };
+        let device_type = self.client.device_type().borrow().clone();
+        let Some(device_type) = device_type else {
+            return failed(
+                "this device does not know its device type yet (it has not reached the server \
+                 since it was installed), so it cannot tell which peers are of its type; \
+                 nothing was installed"
+                    .into(),
+            );
+        };
+        let dir = self.downloads_dir();
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return failed(format!("cannot create {}: {e}", dir.display()));
+        }
+        // Without a size from a trusted record, a peer's offer may claim
+        // at most what the disk can hold.
+        let max_size = fs::free_bytes(&dir).unwrap_or(0);
+        let want = peer::Want {
+            device_type: &device_type,
+            component: &job.component,
+            sha256: &artifact.sha256,
+            size: (artifact.size > 0).then_some(artifact.size),
+            max_size,
+        };
+        let progress = Progress::default();
+        let stop = self.shutdown.child_token();
+        let fetch = peer::fetch(
+            &self.config.peer,
+            &want,
+            &dir,
+            self.config.software.segment_bytes,
+            job_deadline(job),
+            |p| progress.set(p),
+            |event| self.log_peer_event(entry, event),
+            &stop,
+        );
+        let (result, ended_by_server) = self
+            .reporting_progress(entry, job, &progress, &stop, fetch)
+            .await;
+        match result {
+            Ok(fetched) => {
+                let size = std::fs::metadata(&fetched.path)
+                    .map(|m| m.len())
+                    .unwrap_or(artifact.size);
+                let next = Job {
+                    artifact: Some(ArtifactRef {
+                        size,
+                        ..artifact.clone()
+                    }),
+                    peer: Some(fetched.peer.to_string()),
+                    ..job.at(Step::Verified)
+                };
+                Next::Go(
+                    next,
+                    Some((
+                        "verified",
+                        json!({
+                            "sha256": artifact.sha256,
+                            "bytes": size,
+                            "resumed_from": fetched.resumed_from,
+                            "file": fetched.path,
+                            "peer": fetched.peer.to_string(),
+                        }),
+                    )),
+                )
+            }
+            Err(peer::PeerError::Cancelled) => self.cancelled_download(job, ended_by_server),
+            Err(e) => failed(format!(
+                "the restore from a peer failed: {e}; nothing was installed"
+            )),
+        }
+    }
+
+    fn log_peer_event(&self, entry: &Entry, event: peer::PeerEvent) {
+        use peer::PeerEvent;
+        let addrs = |peers: &[std::net::SocketAddr]| -> Vec<String> {
+            peers.iter().map(ToString::to_string).collect()
+        };
+        let (step, detail) = match event {
+            PeerEvent::Searching { round } => ("peer_search", json!({"round": round})),
+            PeerEvent::Found { peers } => ("peers_found", json!({"peers": addrs(&peers)})),
+            PeerEvent::Configured { peers } => {
+                ("peers_configured", json!({"peers": addrs(&peers)}))
+            }
+            PeerEvent::Trying { peer, offset } => (
+                "peer_transfer",
+                json!({"peer": peer.to_string(), "offset": offset}),
+            ),
+            PeerEvent::PeerFailed { peer, error } => (
+                "peer_failed",
+                json!({"peer": peer.to_string(), "error": error}),
+            ),
+            PeerEvent::Corrupt { peers } => ("peer_image_corrupt", json!({"peers": addrs(&peers)})),
+        };
+        info!(instruction.id = %entry.id, step, %detail, "instruction {}: {step}", entry.id);
+        self.log_step(entry, step, &detail);
+    }
+
+    /// Runs a download, reporting its progress to the server every
+    /// [`PROGRESS_EVERY`] and logging where it started. Returns its result
+    /// and, when the server refused a progress report (the command ended
+    /// there), that answer: the download was then stopped through `stop`.
+    async fn reporting_progress<T>(
+        &self,
+        entry: &Entry,
+        job: &Job,
+        progress: &Progress,
+        stop: &tokio_util::sync::CancellationToken,
+        fetch: impl Future<Output = T>,
+    ) -> (T, Option<reqwest::StatusCode>) {
+        tokio::pin!(fetch);
+        let mut logged_start = false;
+        let log_start = |logged: &mut bool| {
+            let Some(offset) = progress.first() else {
+                return;
+            };
+            if !*logged {
+                *logged = true;
+                let step = if offset > 0 {
+                    "download_resumed"
+                } else {
+                    "download_started"
+                };
+                self.log_step(
+                    entry,
+                    step,
+                    &json!({"offset": offset, "total": progress.total()}),
+                );
+            }
+        };
+        let mut ended_by_server = None;
+        let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                result = &mut fetch => {
+                    log_start(&mut logged_start);
+                    return (result, ended_by_server);
+                }
+                _ = ticker.tick() => {
+                    log_start(&mut logged_start);
+                    if entry.local {
+                        continue;
+                    }
+                    let report = self.progress_report(job, Some((progress.bytes(), progress.total())));
+                    if let Ok(Delivery::Refused(status)) =
+                        self.client.report(entry.id, &report, entry.trace_id.as_deref()).await
+                    {
+                        ended_by_server = Some(status);
+                        stop.cancel();
+                    }
+                }
+            }
+        }
+    }
+
+    /// A download stopped through its token: by the server's refusal of a
+    /// progress report (the command ended there), or by shutdown (the job
+    /// is journaled and resumes at the next start).
+    fn cancelled_download(&self, job: &Job, ended_by_server: Option<reqwest::StatusCode>) -> Next {
+        match ended_by_server {
+            Some(status) => Next::Done(self.final_report(
+                job,
+                ReportStatus::Failed,
+                false,
+                Some(format!(
+                    "the server ended the command during the download (HTTP {}); nothing was installed",
+                    status.as_u16()
+                )),
+                None,
+            )),
+            None => Next::Wait,
         }
     }
 
@@ -798,22 +987,42 @@ impl Agent {
             .installed()
             .get(&job.component)
             .map(|r| r.current.clone());
-        let backup = job.from_version.clone().map(|v| Version {
-            sha256: previous
-                .as_ref()
-                .filter(|p| p.version == v)
-                .and_then(|p| p.sha256.clone()),
-            version: v,
-        });
-        let current = Version {
-            version: version.clone(),
-            sha256: match job.source {
-                Source::Backup => self
+        // A restore of the version the component already had (a broken
+        // install repaired from the cloud or a peer) swapped out a broken
+        // copy: the backup it had stays, and the broken copy goes.
+        let repair = job.source != Source::Upgrade
+            && job.source != Source::Backup
+            && job.from_version == job.to_version;
+        let backup = if repair {
+            self.installed()
+                .get(&job.component)
+                .and_then(|r| r.backup.clone())
+        } else {
+            job.from_version.clone().map(|v| {
+                let same = previous.as_ref().filter(|p| p.version == v);
+                Version {
+                    sha256: same.and_then(|p| p.sha256.clone()),
+                    size: same.and_then(|p| p.size),
+                    version: v,
+                }
+            })
+        };
+        let current = match job.source {
+            Source::Backup => {
+                let kept = self
                     .installed()
                     .get(&job.component)
-                    .and_then(|r| r.backup.as_ref())
-                    .and_then(|b| b.sha256.clone()),
-                _ => job.artifact.as_ref().map(|a| a.sha256.clone()),
+                    .and_then(|r| r.backup.clone());
+                Version {
+                    version: version.clone(),
+                    sha256: kept.as_ref().and_then(|b| b.sha256.clone()),
+                    size: kept.as_ref().and_then(|b| b.size),
+                }
+            }
+            _ => Version {
+                version: version.clone(),
+                sha256: job.artifact.as_ref().map(|a| a.sha256.clone()),
+                size: job.artifact.as_ref().map(|a| a.size).filter(|&n| n > 0),
             },
         };
         if let Some(file) = &component.version_file
@@ -825,9 +1034,14 @@ impl Agent {
         if let Kind::Dir { path } | Kind::File { path } = &component.kind
             && job.source != Source::Backup
         {
-            // What ran before becomes the backup, replacing the older one.
+            // What ran before becomes the backup, replacing the older one
+            // (a repair throws the broken copy away instead).
             let (staged, kept) = slots(path);
-            if fs::exists(&staged) {
+            if repair {
+                fs::remove(&staged).map_err(|e| {
+                    format!("cannot remove the broken copy {}: {e}", staged.display())
+                })?;
+            } else if fs::exists(&staged) {
                 fs::remove(&kept)
                     .and_then(|()| fs::rename(&staged, &kept))
                     .map_err(|e| format!("cannot keep the previous version as the backup: {e}"))?;
@@ -1116,6 +1330,9 @@ impl Agent {
         if let Some(source) = job.source.restore_source() {
             detail["source"] = json!(source);
         }
+        if let Some(peer) = &job.peer {
+            detail["peer"] = json!(peer);
+        }
         if let Some(a) = &job.artifact {
             detail["total"] = json!(a.size);
         }
@@ -1147,6 +1364,55 @@ impl Agent {
 
     fn output_dir(&self) -> PathBuf {
         executor::output_dir(&self.config.state_dir)
+    }
+}
+
+/// When the server stops waiting for the job, as an instant.
+fn job_deadline(job: &Job) -> Instant {
+    Instant::now()
+        + (job.deadline - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+}
+
+/// How far a download is, shared with the task that reports it.
+#[derive(Debug)]
+struct Progress {
+    /// The byte the download started at; `u64::MAX` until known.
+    first: AtomicU64,
+    bytes: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            first: AtomicU64::new(u64::MAX),
+            bytes: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Progress {
+    fn set(&self, p: download::Progress) {
+        let _ =
+            self.first
+                .compare_exchange(u64::MAX, p.bytes, Ordering::Relaxed, Ordering::Relaxed);
+        self.bytes.store(p.bytes, Ordering::Relaxed);
+        self.total.store(p.total, Ordering::Relaxed);
+    }
+
+    fn first(&self) -> Option<u64> {
+        Some(self.first.load(Ordering::Relaxed)).filter(|&b| b != u64::MAX)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 }
 

@@ -159,9 +159,10 @@ async fn what_the_device_cannot_or_need_not_do_ends_before_anything_is_fetched()
     let r = report(&other);
     assert_eq!(r.status, ReportStatus::Rejected);
     assert!(r.error.unwrap().contains("no component kiosk"));
+    // Installed by other means: no digest to check a peer's image against.
     let r = report(&peer);
     assert_eq!(r.status, ReportStatus::Rejected);
-    assert!(r.error.unwrap().contains("peer"));
+    assert!(r.error.unwrap().contains("no record of the digest"));
     let r = report(&no_backup);
     assert_eq!(r.status, ReportStatus::Failed);
     assert!(r.error.unwrap().contains("no backup"));
@@ -213,6 +214,7 @@ async fn an_install_cut_short_after_the_swap_is_rolled_back_at_the_next_start() 
         boot_id: None,
         health_attempts: 0,
         failure: None,
+        peer: None,
     };
     let entry = Entry {
         state: State::Running,

@@ -415,6 +415,74 @@ pub async fn apply_report(
     Ok(ReportOutcome::Conflict(cmd.status))
 }
 
+/// What became of a device's own recovery record.
+#[derive(Debug)]
+pub enum RecoveryOutcome {
+    Recorded(Command),
+    /// Already recorded for this device (a retry after a lost answer).
+    Repeated(Command),
+    /// The id belongs to another command.
+    Taken,
+}
+
+/// Records a restore the device ran on its own as a finished `restore`
+/// command of its history, with its `command.finished` event. `params`
+/// must already be valid restore params and `report` final. Run it in a
+/// transaction.
+pub async fn record_recovery(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    device_id: Uuid,
+    recovery: &tend_proto::device::Recovery,
+    component: &str,
+) -> Result<RecoveryOutcome> {
+    // The device's clock may be off; the history never shows a start in
+    // the future.
+    let started = recovery.started_at.min(Utc::now());
+    let stmt = c
+        .prepare_cached(&format!(
+            "INSERT INTO commands (id, tenant_id, device_id, kind, params, status, created_at,
+                                   delivered_at, started_at, finished_at, timeout_s, expires_at,
+                                   result, component)
+             VALUES ($1, $2, $3, 'restore', $4, $5, $6, $6, $6, now(),
+                     GREATEST(1, LEAST(2147483647, ceil(extract(epoch FROM now() - $6))))::int,
+                     now(), $7, $8)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let status = recovery.report.status.as_status();
+    let inserted = c
+        .query_opt(
+            &stmt,
+            &[
+                &recovery.id,
+                &tenant_id,
+                &device_id,
+                &recovery.params,
+                &status.as_str(),
+                &started,
+                &result_json(&recovery.report),
+                &component,
+            ],
+        )
+        .await?;
+    if let Some(row) = inserted {
+        let cmd = from_row(&row)?;
+        outbox::insert(c, &finished_event(&cmd)).await?;
+        return Ok(RecoveryOutcome::Recorded(cmd));
+    }
+    let existing = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM commands WHERE id = $1 AND device_id = $2"
+        ))
+        .await?;
+    match c.query_opt(&existing, &[&recovery.id, &device_id]).await? {
+        Some(row) => Ok(RecoveryOutcome::Repeated(from_row(&row)?)),
+        None => Ok(RecoveryOutcome::Taken),
+    }
+}
+
 /// Whether a final report says an upgrade failed and the device put the
 /// previous version back (seed 004).
 fn rolled_back(cmd: &Command, report: &Report) -> bool {

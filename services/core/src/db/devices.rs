@@ -254,21 +254,31 @@ pub async fn identity(c: &impl GenericClient, id: Uuid) -> Result<Option<(Uuid, 
         .map(|r| (r.get(0), r.get(1))))
 }
 
-/// The tenant and secret hash of an active device credential.
-pub async fn find_secret(
-    c: &impl GenericClient,
-    device_id: Uuid,
-) -> Result<Option<(Uuid, Vec<u8>)>> {
+/// The tenant, secret hash and type of a device with an active credential.
+pub async fn find_secret(c: &impl GenericClient, device_id: Uuid) -> Result<Option<Credential>> {
     let stmt = c
         .prepare_cached(
-            "SELECT d.tenant_id, k.secret_sha256
+            "SELECT d.tenant_id, k.secret_sha256, d.device_type
              FROM device_credentials k JOIN devices d ON d.id = k.device_id
              WHERE k.device_id = $1 AND k.revoked_at IS NULL AND d.decommissioned_at IS NULL",
         )
         .await?;
     Ok(c.query_opt(&stmt, &[&device_id])
         .await?
-        .map(|r| (r.get(0), r.get(1))))
+        .map(|r| Credential {
+            tenant_id: r.get(0),
+            secret_sha256: r.get(1),
+            device_type: r.get(2),
+        }))
+}
+
+/// What a device's authentication is checked against, and what its answer
+/// tells the device about itself.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub tenant_id: Uuid,
+    pub secret_sha256: Vec<u8>,
+    pub device_type: String,
 }
 
 /// Decommissions a device: hides it, revokes its credential, cancels what it
