@@ -150,6 +150,12 @@ impl Server {
                     continue;
                 }
             };
+            // A range's headers and body go out in separate writes; with
+            // Nagle's algorithm the body would wait for the peer's delayed
+            // ACK of the headers, milliseconds per range.
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!(peer = %from, "cannot set TCP_NODELAY: {e}");
+            }
             let Ok(permit) = state.connections.clone().try_acquire_owned() else {
                 debug!(peer = %from, "closing the connection of {from}: too many connections");
                 continue;
