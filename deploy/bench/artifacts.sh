@@ -569,8 +569,8 @@ body \`{"components":{"app":"1.0.0"}}\`, "app" 2.0.0 released for their type.
 | first check of each device (queues its upgrade) | $DEVICES in $PASS_S s | **$PASS_RPS** | n/a | $PASS_ERR | an upgrade and its outbox event queued |
 | steady: the upgrade is already open (${CHECK_S} s, tend-sync at $STEADY_CORES cores, machine at $STEADY_MACHINE) | $STEADY_N | **$STEADY_RPS** | $STEADY_P50 / $STEADY_P99 | $STEADY_ERR | $STEADY_COMMITS / $STEADY_ROLLBACKS / $STEADY_INSERTS |
 
-A steady check's INSERT of the upgrade fails on the unique index of open commands and is rolled
-back (the row inserted is a dead tuple); PostgreSQL logged $PG_ERRORS unique-violation errors for
+A steady check finds the open upgrade in the read it makes anyway and writes nothing (the
+rollbacks and rows inserted above); PostgreSQL logged $PG_ERRORS unique-violation errors for
 this database during the steady window.
 EOF
 )"

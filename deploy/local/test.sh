@@ -24,6 +24,25 @@ step() { echo; echo "==> $*"; }
 step "backing services"
 bash "$ROOT/deploy/local/backing-services.sh"
 
+# The LAN tests (tests/tests/lan) build a private network of namespaces:
+# they need root, iproute2's `ip` and nftables' `nft`. They fail with what
+# is missing rather than skip themselves.
+step "LAN test tools"
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+if [ "${#need[@]}" -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "installing ${need[*]} (Debian packages)"
+    $SUDO apt-get update -qq >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "warning: not root: the LAN peer-recovery tests create network namespaces and will" >&2
+    echo "fail; run this command as root (sudo -E bash deploy/local/test.sh)" >&2
+fi
+
 step "cargo build --workspace --all-targets ${LOCKED[*]}"
 rc=0
 cargo build --workspace --all-targets "${LOCKED[@]}" || rc=$?

@@ -61,6 +61,10 @@ pub enum ApiError {
     /// 503: a backing service does not answer; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
+    /// 429: the caller sent more than its share; `Retry-After` says when
+    /// to try again.
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_s: u32 },
     /// 500: a bug or an unexpected failure; the cause is logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -87,6 +91,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -110,6 +115,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable(_) => {
                 res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            ApiError::TooManyRequests { retry_after_s, .. } => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(*retry_after_s)));
             }
             _ => {}
         }

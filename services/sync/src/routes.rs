@@ -25,6 +25,10 @@ use crate::software;
 /// output keeps its end, the newest lines, and says it was cut.
 pub const MAX_OUTPUT_BYTES: usize = 2 * 1024 * 1024;
 
+/// The recoveries one device may record in an hour (`POST
+/// /device/v1/recoveries`).
+const MAX_RECOVERIES_PER_HOUR: i64 = 20;
+
 /// Auth bodies hold an id and a secret.
 const AUTH_LIMIT: usize = 4 * 1024;
 /// A heartbeat's inventory is stored in Redis at every beat and read back
@@ -285,12 +289,23 @@ async fn recovery(
         let Some((tenant, _)) = devices::identity(tx, device.id).await? else {
             return Ok(None);
         };
+        // An honest agent recovers a component a few times a day at most;
+        // a device that sends more is not allowed to flood its history.
+        if commands::recent_recoveries(tx, device.id, 3600.0).await? >= MAX_RECOVERIES_PER_HOUR {
+            return Ok(Some(None));
+        }
         commands::record_recovery(tx, tenant, device.id, &recovery, &component)
             .await
-            .map(Some)
+            .map(|o| Some(Some(o)))
     })
     .await?
-    .ok_or_else(|| ApiError::NotFound("no such device".into()))?;
+    .ok_or_else(|| ApiError::NotFound("no such device".into()))?
+    .ok_or_else(|| ApiError::TooManyRequests {
+        detail: format!(
+            "this device recorded {MAX_RECOVERIES_PER_HOUR} recoveries in the last hour; try later"
+        ),
+        retry_after_s: 600,
+    })?;
     match outcome {
         RecoveryOutcome::Recorded(cmd) => {
             tracing::info!(command.id = %cmd.id, device.id = %device.id, status = %cmd.status,

@@ -1220,3 +1220,89 @@ async fn with_an_s3_store_the_agent_fetches_its_segments_from_the_store_itself()
     }
     rig.assert_one_final_report(&done).await;
 }
+
+#[tokio::test]
+async fn a_recovery_the_device_ran_itself_is_recorded_once_and_bad_records_are_refused() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+    let other = stack.new_device(&admin).await;
+    let token = stack.device_token(&device).await;
+    let send = |body: Value, token: String| {
+        let http = reqwest::Client::new();
+        let url = stack.device_api("/recoveries");
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .expect("recoveries");
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            (
+                status,
+                retry,
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let record = |id: Uuid, status: &str| {
+        json!({
+            "id": id,
+            "params": {"component": "app", "source": "peer"},
+            "started_at": "2026-01-01T00:00:00Z",
+            "report": {"status": status, "detail": {"source": "peer", "peer": "10.0.0.2:7717"}},
+        })
+    };
+
+    let id = Uuid::new_v4();
+    let (status, _, v) = send(record(id, "succeeded"), token.clone()).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, _, v) = send(record(id, "succeeded"), token.clone()).await;
+    assert_eq!(status, 200, "an identical repeat is accepted: {v}");
+    let shown = stack.command(&admin, id).await;
+    assert_eq!(shown["kind"], "restore", "{shown}");
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(shown["device_id"], json!(device.id), "{shown}");
+    assert_eq!(
+        shown["result"]["detail"]["peer"], "10.0.0.2:7717",
+        "{shown}"
+    );
+
+    // Another device cannot claim the id.
+    let other_token = stack.device_token(&other).await;
+    let (status, _, v) = send(record(id, "failed"), other_token).await;
+    assert_eq!(status, 409, "{v}");
+    // Not a restore's params, a report that has not ended, unknown fields.
+    let mut bad = record(Uuid::new_v4(), "succeeded");
+    bad["params"] = json!({"component": "app", "source": "usb"});
+    assert_eq!(send(bad, token.clone()).await.0, 422);
+    assert_eq!(
+        send(record(Uuid::new_v4(), "in_progress"), token.clone())
+            .await
+            .0,
+        422
+    );
+    let mut bad = record(Uuid::new_v4(), "succeeded");
+    bad["extra"] = json!(1);
+    let status = send(bad, token.clone()).await.0;
+    assert!(status == 400 || status == 422, "{status}");
+    let (status, _, _) = send(record(Uuid::new_v4(), "failed"), "forged".into()).await;
+    assert_eq!(status, 401);
+
+    // A device that floods its history is told to wait.
+    let mut last = (0, None, Value::Null);
+    for _ in 0..20 {
+        last = send(record(Uuid::new_v4(), "failed"), token.clone()).await;
+        if last.0 == 429 {
+            break;
+        }
+    }
+    assert_eq!(last.0, 429, "{:?}", last.2);
+    assert_eq!(last.1.as_deref(), Some("600"));
+}

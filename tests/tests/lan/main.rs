@@ -582,3 +582,127 @@ async fn a_device_cut_off_from_the_cloud_recovers_from_a_peer_on_its_own_and_rep
         "{recorded}"
     );
 }
+
+/// VmRSS of a process in kB.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Seconds between two RFC 3339 timestamps of the operation log.
+fn seconds_between(from: &Value, to: &Value) -> f64 {
+    let at = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().expect("a timestamp")).expect("RFC 3339")
+    };
+    (at(to) - at(from)).num_microseconds().unwrap_or(0) as f64 / 1e6
+}
+
+/// From the first search to the verified image, for instruction `id`.
+fn search_to_verified(node: &Node, id: Uuid) -> f64 {
+    let ops: Vec<Value> = node
+        .agent
+        .operations()
+        .into_iter()
+        .filter(|o| o["instruction_id"] == json!(id))
+        .collect();
+    let first = ops
+        .iter()
+        .find(|o| o["step"] == "peer_search")
+        .expect("a search");
+    let verified = ops
+        .iter()
+        .find(|o| o["step"] == "verified")
+        .expect("a verified image");
+    seconds_between(&first["at"], &verified["at"])
+}
+
+/// The figures of BENCHMARKS.md's "LAN peer recovery" (run by
+/// `deploy/bench/peer.sh`): time from search to a verified image of
+/// `BENCH_PEER_MB` MiB (default 64) restored from one peer, alone and then
+/// four at once, and the serving agent's memory while it serves the four.
+#[tokio::test]
+#[ignore = "a benchmark: deploy/bench/peer.sh"]
+async fn bench_peer_recovery() {
+    let mb: usize = std::env::var("BENCH_PEER_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let mut site = Site::new(mb * 1024 * 1024).await;
+    let image_bytes = std::fs::metadata(site.stack.artifact_objects()[0].clone())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let server = site.new_device("server", "kiosk", "serve = true").await;
+    site.install_from_cloud(server).await;
+    let mut restoring = Vec::new();
+    for i in 0..5 {
+        let n = site.new_device(&format!("r{i}"), "kiosk", "").await;
+        site.devices[n].agent.start();
+        restoring.push(n);
+    }
+    let params = json!({ "component": "app", "source": "peer", "version": "1.0.0" });
+
+    // One device alone.
+    let alone = restoring[0];
+    let id = site.queue(alone, "restore", params.clone()).await;
+    let v = site.settle(alone, id).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let alone_s = search_to_verified(&site.devices[alone], id);
+
+    // Four at once, with the server's memory sampled.
+    let pid = site.devices[server]
+        .agent
+        .pid()
+        .expect("the serving agent runs");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss_kb(pid);
+    let mut ids = Vec::new();
+    for &n in &restoring[1..] {
+        ids.push((n, site.queue(n, "restore", params.clone()).await));
+    }
+    let mut peak = before;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        peak = peak.max(rss_kb(pid));
+        let mut done = 0;
+        for &(n, id) in &ids {
+            let v = site.stack.command(&site.admin, id).await;
+            match v["status"].as_str() {
+                Some("succeeded") => done += 1,
+                Some("failed" | "rejected" | "timed_out") => panic!("device {n}: {v}"),
+                _ => {}
+            }
+        }
+        if done == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the four restores did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let four: Vec<f64> = ids
+        .iter()
+        .map(|&(n, id)| search_to_verified(&site.devices[n], id))
+        .collect();
+    let mib = image_bytes as f64 / (1024.0 * 1024.0);
+    println!("BENCH image: {image_bytes} bytes ({mib:.1} MiB, app {mb} MiB of data)");
+    println!(
+        "BENCH alone: search to verified {alone_s:.2} s ({:.0} MiB/s)",
+        mib / alone_s
+    );
+    for (i, s) in four.iter().enumerate() {
+        println!(
+            "BENCH four at once, device {}: search to verified {s:.2} s ({:.0} MiB/s)",
+            i + 1,
+            mib / s
+        );
+    }
+    println!(
+        "BENCH serving agent VmRSS: {before} kB before, {peak} kB peak while serving four: +{} kB",
+        peak.saturating_sub(before)
+    );
+}

@@ -425,6 +425,25 @@ pub enum RecoveryOutcome {
     Taken,
 }
 
+/// How many restores the device recorded on its own in the last `since_s`
+/// seconds: counted by when they were recorded (the server's clock), not
+/// by the start the device claims. Such a record is the only command
+/// delivered when it was created.
+pub async fn recent_recoveries(
+    c: &impl GenericClient,
+    device_id: Uuid,
+    since_s: f64,
+) -> Result<i64> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT count(*) FROM commands
+             WHERE device_id = $1 AND finished_at > now() - make_interval(secs => $2)
+               AND kind = 'restore' AND created_by IS NULL AND delivered_at = created_at",
+        )
+        .await?;
+    Ok(c.query_one(&stmt, &[&device_id, &since_s]).await?.get(0))
+}
+
 /// Records a restore the device ran on its own as a finished `restore`
 /// command of its history, with its `command.finished` event. `params`
 /// must already be valid restore params and `report` final. Run it in a
