@@ -28,6 +28,7 @@ pub mod recorder;
 pub mod redis_server;
 pub mod s3;
 mod stack;
+pub mod tree;
 
 pub use agent::{Agent, toml_array};
 pub use proxy::{Mode, Proxy};

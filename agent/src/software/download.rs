@@ -384,6 +384,31 @@ impl Files {
     }
 }
 
+/// The complete download of `sha256` in `dir` when it is there and still
+/// hashes to it (of `size` bytes, when known): a restore needs no source
+/// then. One that does not verify is removed.
+pub async fn verified_copy(
+    dir: &Path,
+    sha256: &str,
+    size: Option<u64>,
+    stop: &CancellationToken,
+) -> Result<Option<PathBuf>, DownloadError> {
+    let Some(files) = Files::new(dir, sha256) else {
+        return Ok(None);
+    };
+    let total = match size {
+        Some(size) => size,
+        None => match tokio::fs::metadata(&files.complete).await {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_at(&files.complete)(e)),
+        },
+    };
+    Ok(already_complete(&files, total, stop)
+        .await?
+        .then_some(files.complete))
+}
+
 /// Whether the complete file is already there and verified. One that does
 /// not verify is removed, to be downloaded again; leftovers of the
 /// download that produced a verified one are removed too.

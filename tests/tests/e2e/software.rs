@@ -9,13 +9,11 @@
 //! byte ranges each download fetched and how many final reports each
 //! instruction got.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use tend_tests::tree::{Tree, noise, read_tree, sha256, tar_gz, write_tree};
 use tend_tests::{Agent, Device, Recorder, Service, Stack, bin, eventually, toml_array};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -42,22 +40,6 @@ const PHASE_DONE: &str = "done";
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(100);
 const FINAL: [&str; 3] = ["succeeded", "failed", "rejected"];
-
-/// A component's files: path relative to the component's root → bytes.
-type Tree = BTreeMap<String, Vec<u8>>;
-
-/// Bytes that do not compress, so an archive is as large as its content.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn seed_of(text: &str) -> u64 {
     text.bytes()
@@ -88,68 +70,10 @@ fn app_with_payload(version: &str, len: usize) -> Tree {
     tree
 }
 
-fn write_tree(root: &Path, tree: &Tree) {
-    for (name, bytes) in tree {
-        let path = root.join(name);
-        std::fs::create_dir_all(path.parent().expect("a parent")).expect("component directory");
-        std::fs::write(&path, bytes).expect("component file");
-    }
-}
-
-/// Every file below `root` (an empty tree when it does not exist).
-fn read_tree(root: &Path) -> Tree {
-    let mut tree = Tree::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                let name = path.strip_prefix(root).expect("below the root");
-                tree.insert(
-                    name.to_string_lossy().into_owned(),
-                    std::fs::read(&path).expect("component file"),
-                );
-            }
-        }
-    }
-    tree
-}
-
-/// A `.tar.gz` whose top level is `tree`, made as a user would make it:
-/// `tar -C src -czf app.tar.gz .`.
-fn tar_gz(tree: &Tree) -> Vec<u8> {
-    let work = tempfile::tempdir().expect("a temporary directory");
-    let src = work.path().join("src");
-    write_tree(&src, tree);
-    let out = work.path().join("app.tar.gz");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&src)
-        .arg("-czf")
-        .arg(&out)
-        .arg(".")
-        .status()
-        .expect("tar is required");
-    assert!(status.success(), "tar failed: {status}");
-    std::fs::read(out).expect("the archive")
-}
-
 /// What the test compares to see that a tree is wholly one version.
 fn describe(tree: &Tree) -> Vec<(String, usize, String)> {
     tree.iter()
         .map(|(name, bytes)| (name.clone(), bytes.len(), sha256(bytes)))
-        .collect()
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
         .collect()
 }
 
@@ -998,7 +922,8 @@ async fn restore_from_backup_puts_the_previous_version_back() {
 }
 
 #[tokio::test]
-async fn restore_from_the_cloud_installs_that_versions_artifact_and_a_peer_is_refused() {
+async fn restore_from_the_cloud_installs_that_versions_artifact_and_a_peer_restore_uses_the_image_kept()
+ {
     let mut rig = Rig::new().await;
     let path = rig.dir_component(&app("1.0.0"), &version_check(&rig.root().join("opt/app")));
     rig.agent.start();
@@ -1030,23 +955,23 @@ async fn restore_from_the_cloud_installs_that_versions_artifact_and_a_peer_is_re
     rig.wait_component("app", "1.0.0").await;
     rig.assert_one_final_report(&done).await;
 
+    // From a peer, when the image is still on the device (the download
+    // of what the component runs is kept): no peer is needed, none asked.
+    std::fs::remove_file(path.join("origin")).expect("damaging the component");
     let id = rig
         .queue(
             "restore",
             json!({ "component": "app", "source": "peer", "version": "1.0.0" }),
         )
         .await;
-    let rejected = rig.settle_as(id, "rejected").await;
+    let done = rig.settle_as(id, "succeeded").await;
+    assert_eq!(detail(&done)["source"], "peer", "{done}");
+    assert!(detail(&done)["peer"].is_null(), "{done}");
+    assert_eq!(describe(&read_tree(&path)), describe(&cloud));
     assert!(
-        rejected["result"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("peer")),
-        "{rejected}"
-    );
-    assert_eq!(
-        describe(&read_tree(&path)),
-        describe(&cloud),
-        "nothing changed"
+        rig.steps(id).iter().all(|s| s != "peer_search"),
+        "no search: {:?}",
+        rig.steps(id)
     );
 }
 

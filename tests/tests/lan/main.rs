@@ -6,15 +6,13 @@
 //! Needs root (the test command runs as root) and nftables for the test
 //! that blocks discovery.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tend_tests::lan::{Host, Lan};
+use tend_tests::tree::{Tree, noise, read_tree, sha256, tar_gz};
 use tend_tests::{Agent, Device, Proxy, Service, Stack, toml_array};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -24,21 +22,6 @@ const PEER_PORT: u16 = 7717;
 const WAIT: Duration = Duration::from_secs(90);
 const POLL: Duration = Duration::from_millis(100);
 
-type Tree = BTreeMap<String, Vec<u8>>;
-
-/// Bytes that do not compress, so an archive is as large as its content.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// The application at `version`, with `payload` bytes of data.
 fn app(version: &str, payload: usize) -> Tree {
     let mut tree = Tree::new();
@@ -46,61 +29,6 @@ fn app(version: &str, payload: usize) -> Tree {
     tree.insert("app.txt".into(), format!("app {version}\n").into_bytes());
     tree.insert("lib/data.bin".into(), noise(payload, payload as u64 + 1));
     tree
-}
-
-fn write_tree(root: &Path, tree: &Tree) {
-    for (name, bytes) in tree {
-        let path = root.join(name);
-        std::fs::create_dir_all(path.parent().expect("a parent")).expect("directory");
-        std::fs::write(&path, bytes).expect("file");
-    }
-}
-
-fn read_tree(root: &Path) -> Tree {
-    let mut tree = Tree::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(dir) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                todo.push(path);
-            } else {
-                let name = path.strip_prefix(root).expect("below the root");
-                tree.insert(
-                    name.to_string_lossy().into_owned(),
-                    std::fs::read(&path).expect("file"),
-                );
-            }
-        }
-    }
-    tree
-}
-
-fn tar_gz(tree: &Tree) -> Vec<u8> {
-    let work = tempfile::tempdir().expect("a temporary directory");
-    let src = work.path().join("src");
-    write_tree(&src, tree);
-    let out = work.path().join("app.tar.gz");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&src)
-        .arg("-czf")
-        .arg(&out)
-        .arg(".")
-        .status()
-        .expect("tar is required");
-    assert!(status.success(), "tar failed: {status}");
-    std::fs::read(out).expect("the archive")
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A site: a LAN, the cloud services, and one artifact of `app` 1.0.0
@@ -278,6 +206,31 @@ impl Site {
         let id = self.queue(node, "restore", params).await;
         let v = self.settle(node, id).await;
         (id, v)
+    }
+
+    /// Waits until the device's command history holds a command `pick`
+    /// chooses; answers it.
+    async fn wait_history(&self, node: usize, pick: impl Fn(&Value) -> bool) -> Value {
+        let path = format!("/devices/{}/commands", self.devices[node].device.id);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, page) = self.stack.get(&self.admin, &path).await;
+            let found = page["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| pick(c))
+                .cloned();
+            if let Some(c) = found {
+                return c;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the command never reached the device's history: {page}\n{}",
+                self.devices[node].agent.log()
+            );
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// The peers the device's searches found for instruction `id`.
@@ -528,7 +481,6 @@ async fn a_device_cut_off_from_the_cloud_recovers_from_a_peer_on_its_own_and_rep
         .new_device("broken", "kiosk", "offline_recover_s = 5")
         .await;
     site.install_from_cloud(broken).await;
-    let device_id = site.devices[broken].device.id;
 
     site.devices[broken].host.cut_uplink();
     site.devices[broken].break_component();
@@ -554,25 +506,9 @@ async fn a_device_cut_off_from_the_cloud_recovers_from_a_peer_on_its_own_and_rep
     // The link comes back: the recovery reaches the device's history.
     let host = site.devices[broken].host.clone();
     host.restore_uplink(&site.lan);
-    let path = format!("/devices/{device_id}/commands");
-    let deadline = Instant::now() + WAIT;
-    let recorded = loop {
-        let (_, page) = site.stack.get(&site.admin, &path).await;
-        let found = page["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["id"] == recovery["instruction_id"])
-            .cloned();
-        if let Some(c) = found {
-            break c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the recovery never reached the server: {page}"
-        );
-        tokio::time::sleep(POLL).await;
-    };
+    let recorded = site
+        .wait_history(broken, |c| c["id"] == recovery["instruction_id"])
+        .await;
     assert_eq!(recorded["kind"], "restore", "{recorded}");
     assert_eq!(recorded["status"], "succeeded", "{recorded}");
     assert_eq!(recorded["params"]["source"], "peer", "{recorded}");
@@ -580,6 +516,42 @@ async fn a_device_cut_off_from_the_cloud_recovers_from_a_peer_on_its_own_and_rep
         recorded["result"]["detail"]["peer"],
         site.devices[healthy].peer_addr(),
         "{recorded}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_that_starts_with_a_broken_component_restores_it_from_a_peer() {
+    let mut site = Site::new(64 * 1024).await;
+    let healthy = site.new_device("healthy", "kiosk", "serve = true").await;
+    site.install_from_cloud(healthy).await;
+    // Only at start: the offline trigger is off.
+    let broken = site
+        .new_device("broken", "kiosk", "offline_recover_s = 0")
+        .await;
+    site.install_from_cloud(broken).await;
+    site.devices[broken].agent.stop();
+    site.devices[broken].break_component();
+    site.devices[broken].agent.start();
+
+    let recorded = site.wait_history(broken, |c| c["kind"] == "restore").await;
+    assert_eq!(recorded["status"], "succeeded", "{recorded}");
+    assert_eq!(
+        recorded["result"]["detail"]["peer"],
+        site.devices[healthy].peer_addr(),
+        "{recorded}"
+    );
+    assert_eq!(read_tree(&site.devices[broken].path), site.tree);
+    let reason = site.devices[broken]
+        .agent
+        .operations()
+        .into_iter()
+        .find(|o| o["step"] == "recovery_started")
+        .expect("the recovery in the operation log");
+    assert!(
+        reason["detail"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("started")),
+        "{reason}"
     );
 }
 

@@ -572,6 +572,28 @@ impl Agent {
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return failed(format!("cannot create {}: {e}", dir.display()));
         }
+        // The image may still be here (the download of what the component
+        // runs is kept): then no peer is needed.
+        let size = (artifact.size > 0).then_some(artifact.size);
+        let stop = self.shutdown.child_token();
+        match download::verified_copy(&dir, &artifact.sha256, size, &stop).await {
+            Ok(Some(path)) => {
+                return Next::Go(
+                    job.at(Step::Verified),
+                    Some((
+                        "verified",
+                        json!({
+                            "sha256": artifact.sha256,
+                            "file": path,
+                            "note": "the image was already on this device; no peer was asked",
+                        }),
+                    )),
+                );
+            }
+            Ok(None) => {}
+            Err(DownloadError::Cancelled) => return Next::Wait,
+            Err(e) => return failed(format!("cannot check the image on this device: {e}")),
+        }
         // Without a size from a trusted record, a peer's offer may claim
         // at most what the disk can hold.
         let max_size = fs::free_bytes(&dir).unwrap_or(0);
@@ -579,11 +601,10 @@ impl Agent {
             device_type: &device_type,
             component: &job.component,
             sha256: &artifact.sha256,
-            size: (artifact.size > 0).then_some(artifact.size),
+            size,
             max_size,
         };
         let progress = Progress::default();
-        let stop = self.shutdown.child_token();
         let fetch = peer::fetch(
             &self.config.peer,
             &want,
