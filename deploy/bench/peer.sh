@@ -36,7 +36,7 @@ OUT="$ROOT/target/bench"
 mkdir -p "$OUT"
 RAW="$(mktemp -t tend-peer-bench.XXXXXX)"
 trap 'rm -f "$RAW"' EXIT
-TEST_LOG=warn cargo test --release -p tend-tests --test lan -- \
+cargo test --release -p tend-tests --test lan -- \
     --ignored --exact bench_peer_recovery --nocapture >"$RAW" 2>&1 || {
     tail -n 60 "$RAW" >&2
     echo "peer.sh: the benchmark failed" >&2

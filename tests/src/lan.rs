@@ -52,8 +52,13 @@ impl Lan {
         assert_root();
         remove_leftovers();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        // One /24 per LAN of this process; processes apart by their pid.
-        let net = ((std::process::id() as u8).wrapping_mul(16)).wrapping_add(n % 16);
+        // One /24 per LAN, starting from one that depends on the pid and
+        // skipping any a LAN of another test process already uses.
+        let first = ((std::process::id() as u8).wrapping_mul(16)).wrapping_add(n % 16);
+        let net = (0..=255u8)
+            .map(|i| first.wrapping_add(i.wrapping_mul(17)))
+            .find(|&net| !in_use(net))
+            .expect("a free 198.18.N.0/24 for the test LAN");
         let name = format!("{PREFIX}{:x}x{n:x}", std::process::id());
         let lan = Lan {
             name,
@@ -247,6 +252,17 @@ impl Drop for Lan {
             .args(["link", "del", &self.name])
             .output();
     }
+}
+
+/// Whether an address of 198.18.N.0/24 or 198.19.N.0/24 is already on an
+/// interface of this namespace (another test process's LAN).
+fn in_use(net: u8) -> bool {
+    let listed = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    listed.contains(&format!(" 198.18.{net}.")) || listed.contains(&format!(" 198.19.{net}."))
 }
 
 fn ip(args: &[&str]) {

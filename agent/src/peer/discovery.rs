@@ -36,6 +36,11 @@ const ANSWERS_PER_SECOND: f64 = 20.0;
 /// whole search timeout.
 const GATHER_AFTER_FIRST: Duration = Duration::from_millis(200);
 
+/// The most peers one search keeps: enough to survive a few dead or
+/// dishonest ones, few enough that stalling candidates cannot use up the
+/// whole deadline.
+const MAX_CANDIDATES: usize = 8;
+
 /// One IPv4 interface a search can go out on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Interface {
@@ -43,6 +48,15 @@ pub(crate) struct Interface {
     pub ip: Ipv4Addr,
     /// `None` on point-to-point links.
     pub broadcast: Option<Ipv4Addr>,
+    pub netmask: Ipv4Addr,
+}
+
+impl Interface {
+    /// Whether `ip` is on this interface's subnet.
+    fn on_link(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::from(self.netmask);
+        u32::from(self.ip) & mask == u32::from(ip) & mask
+    }
 }
 
 /// The up, non-loopback IPv4 interfaces. Many drivers report their
@@ -70,6 +84,7 @@ pub(crate) fn interfaces() -> Vec<Interface> {
                 name: i.name,
                 ip: v4.ip,
                 broadcast: v4.broadcast.filter(|b| !b.is_unspecified()),
+                netmask: v4.netmask,
             }),
             IfAddr::V6(_) => None,
         })
@@ -96,6 +111,10 @@ pub(crate) struct Responder {
     /// Where this device's image server listens, sent in each offer.
     http_port: u16,
     budget: Budget,
+    /// The interfaces as last listed (at each re-join): a search from
+    /// outside their subnets (a WAN or cellular link) gets no answer, so
+    /// the device tells nobody beyond its LAN which images it holds.
+    links: Vec<Interface>,
 }
 
 impl Responder {
@@ -112,6 +131,7 @@ impl Responder {
             images,
             http_port,
             budget: Budget::new(ANSWERS_PER_SECOND),
+            links: Vec::new(),
         })
     }
 
@@ -122,7 +142,9 @@ impl Responder {
 
     /// Answers searches until `stop` is cancelled.
     pub(crate) async fn run(mut self, stop: CancellationToken) {
-        let mut rejoin = tokio::time::interval(REJOIN_EVERY);
+        self.join();
+        let mut rejoin =
+            tokio::time::interval_at(tokio::time::Instant::now() + REJOIN_EVERY, REJOIN_EVERY);
         rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // One byte more than allowed, to tell a datagram at the limit from
         // one cut to fit the buffer.
@@ -133,6 +155,10 @@ impl Responder {
                 _ = rejoin.tick() => self.join(),
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((n, from)) => {
+                        if !self.on_lan(from) {
+                            debug!(peer = %from, "ignoring a search from {from}: not on this device's LAN");
+                            continue;
+                        }
                         if let Some(offer) = self.answer(&buf[..n], from)
                             && let Err(e) = self.socket.send_to(&offer, from).await
                         {
@@ -150,8 +176,9 @@ impl Responder {
     /// Joins the group on every usable interface. Joining twice fails with
     /// "address in use", which is what a re-join of a known interface
     /// looks like.
-    fn join(&self) {
-        for interface in interfaces() {
+    fn join(&mut self) {
+        self.links = interfaces();
+        for interface in &self.links {
             match self.socket.join_multicast_v4(GROUP, interface.ip) {
                 Ok(()) => debug!(
                     interface = %interface.name,
@@ -163,6 +190,17 @@ impl Responder {
                     "cannot join the peer discovery group on {}: {e}", interface.name
                 ),
             }
+        }
+    }
+
+    /// Whether `from` is on the subnet of one of this device's interfaces
+    /// (or this device itself).
+    fn on_lan(&self, from: SocketAddr) -> bool {
+        match from.ip() {
+            std::net::IpAddr::V4(ip) => {
+                ip.is_loopback() || self.links.iter().any(|link| link.on_link(ip))
+            }
+            std::net::IpAddr::V6(_) => false,
         }
     }
 
@@ -383,8 +421,10 @@ pub(crate) async fn search_at(
             debug!(peer = %from, "ignoring the offer of {from}: {} bytes", offer.size);
             continue;
         }
+        // One offer per address: a host that answers from many ports
+        // could otherwise fill the list with candidates that all stall.
         let peer = SocketAddr::new(from.ip(), offer.port);
-        if found.iter().any(|f| f.peer == peer) {
+        if found.iter().any(|f| f.peer.ip() == peer.ip()) {
             continue;
         }
         debug!(peer = %peer, "{peer} offers image {}", query.sha256);
@@ -395,6 +435,9 @@ pub(crate) async fn search_at(
             peer,
             size: offer.size,
         });
+        if found.len() >= MAX_CANDIDATES {
+            break;
+        }
     }
     Ok(found)
 }
@@ -604,18 +647,14 @@ mod tests {
             .unwrap();
 
         let peer = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        // One offer per address: the later one from another port of the
+        // same host is dropped.
         assert_eq!(
             found,
-            [
-                Found {
-                    peer: peer(7004),
-                    size: 1234
-                },
-                Found {
-                    peer: peer(7005),
-                    size: 4321
-                }
-            ]
+            [Found {
+                peer: peer(7004),
+                size: 1234
+            }]
         );
         assert!(
             started.elapsed() < Duration::from_secs(1),
@@ -657,17 +696,32 @@ mod tests {
     }
 
     #[test]
+    fn only_addresses_on_an_interface_subnet_are_on_the_lan() {
+        let eth0 = Interface {
+            name: "eth0".into(),
+            ip: Ipv4Addr::new(192, 168, 1, 10),
+            broadcast: Some(Ipv4Addr::new(192, 168, 1, 255)),
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+        };
+        assert!(eth0.on_link(Ipv4Addr::new(192, 168, 1, 200)));
+        assert!(!eth0.on_link(Ipv4Addr::new(192, 168, 2, 200)));
+        assert!(!eth0.on_link(Ipv4Addr::new(8, 8, 8, 8)));
+    }
+
+    #[test]
     fn a_search_goes_to_the_group_and_the_broadcast_address_of_each_interface() {
         let listed = [
             Interface {
                 name: "eth0".into(),
                 ip: Ipv4Addr::new(192, 168, 1, 10),
                 broadcast: Some(Ipv4Addr::new(192, 168, 1, 255)),
+                netmask: Ipv4Addr::new(255, 255, 255, 0),
             },
             Interface {
                 name: "wg0".into(),
                 ip: Ipv4Addr::new(10, 9, 0, 2),
                 broadcast: None,
+                netmask: Ipv4Addr::new(255, 255, 255, 255),
             },
         ];
         let configured = ["10.0.0.5:7717".parse().unwrap()];

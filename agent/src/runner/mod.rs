@@ -95,20 +95,26 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .lock()
             .unwrap_or_else(PoisonError::into_inner),
     );
-    // Then a component found broken with no backup is restored from a
-    // peer, before any new instruction runs.
-    let mut batch = Some({
+    let mut batch = (!resumable.is_empty()).then(|| {
         let agent = agent.clone();
         tokio::spawn(shutdown.clone().run_until_cancelled_owned(async move {
             for entry in resumable {
                 agent.resume_job(entry).await;
             }
-            agent
-                .recover_broken("found broken when the agent started")
-                .await;
         }))
     });
     let peers = [
+        // A component found broken with no backup is restored from a peer
+        // (outside the batch slot: other instructions need not wait for
+        // the health checks; changes of software take turns on a lock).
+        tokio::spawn(shutdown.clone().run_until_cancelled_owned({
+            let agent = agent.clone();
+            async move {
+                agent
+                    .recover_broken("found broken when the agent started")
+                    .await
+            }
+        })),
         tokio::spawn(
             shutdown
                 .clone()
@@ -204,6 +210,13 @@ struct Agent {
     /// Held by each upgrade or restore while it runs: one at a time,
     /// whether an instruction or the agent itself started it.
     software: tokio::sync::Mutex<()>,
+    /// Since when heartbeats have been failing without a success between
+    /// (`None` while the server answers). A long-poll held by the server
+    /// is not an outage, so this is not the time since the last answer.
+    offline_since: Mutex<Option<std::time::Instant>>,
+    /// Held while the agent looks for broken components, so the startup
+    /// check and the offline watch never recover one component twice.
+    recovering: tokio::sync::Mutex<()>,
     /// Cancelled at shutdown; a running log query watches it from its
     /// blocking thread.
     shutdown: CancellationToken,
@@ -229,6 +242,8 @@ impl Agent {
             installed: Mutex::new(Installed::load(&config.state_dir.join("software"))),
             resumable: Mutex::new(Vec::new()),
             software: tokio::sync::Mutex::new(()),
+            offline_since: Mutex::new(None),
+            recovering: tokio::sync::Mutex::new(()),
             oplog: OpLog::new(&config.state_dir, config.operations_log),
             journal: Mutex::new(journal),
             boot_id,
@@ -246,7 +261,31 @@ impl Agent {
             config,
         };
         agent.recover()?;
+        agent.load_device_type();
         Ok(agent)
+    }
+
+    fn link_up(&self) {
+        *self
+            .offline_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn link_down(&self) {
+        self.offline_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// How long heartbeats have been failing (zero while they succeed).
+    fn offline_for(&self) -> Duration {
+        self.offline_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map(|since| since.elapsed())
+            .unwrap_or_default()
     }
 
     fn installed(&self) -> MutexGuard<'_, Installed> {

@@ -59,6 +59,7 @@ pub(super) async fn heartbeat_loop(
             Ok(answer) => {
                 backoff.reset();
                 agent.heartbeats.send_modify(|n| *n += 1);
+                agent.link_up();
                 debug!(
                     pending = answer.pending,
                     next_heartbeat_s = answer.next_heartbeat_s,
@@ -95,6 +96,7 @@ pub(super) async fn heartbeat_loop(
                 }
             }
             Err(e) => {
+                agent.link_down();
                 let delay = backoff.next_delay();
                 let retry_in_ms = delay.as_millis() as u64;
                 match e {

@@ -289,23 +289,19 @@ async fn recovery(
         let Some((tenant, _)) = devices::identity(tx, device.id).await? else {
             return Ok(None);
         };
-        // An honest agent recovers a component a few times a day at most;
-        // a device that sends more is not allowed to flood its history.
-        if commands::recent_recoveries(tx, device.id, 3600.0).await? >= MAX_RECOVERIES_PER_HOUR {
-            return Ok(Some(None));
-        }
-        commands::record_recovery(tx, tenant, device.id, &recovery, &component)
-            .await
-            .map(|o| Some(Some(o)))
+        commands::record_recovery(
+            tx,
+            tenant,
+            device.id,
+            &recovery,
+            &component,
+            MAX_RECOVERIES_PER_HOUR,
+        )
+        .await
+        .map(Some)
     })
     .await?
-    .ok_or_else(|| ApiError::NotFound("no such device".into()))?
-    .ok_or_else(|| ApiError::TooManyRequests {
-        detail: format!(
-            "this device recorded {MAX_RECOVERIES_PER_HOUR} recoveries in the last hour; try later"
-        ),
-        retry_after_s: 600,
-    })?;
+    .ok_or_else(|| ApiError::NotFound("no such device".into()))?;
     match outcome {
         RecoveryOutcome::Recorded(cmd) => {
             tracing::info!(command.id = %cmd.id, device.id = %device.id, status = %cmd.status,
@@ -317,6 +313,14 @@ async fn recovery(
             Ok(HttpResponse::Ok().json(serde_json::json!({ "id": cmd.id, "status": cmd.status })))
         }
         RecoveryOutcome::Taken => Err(ApiError::Conflict("another command has this id".into())),
+        // An honest agent recovers a component a few times a day at most;
+        // a device that sends more may not flood its history.
+        RecoveryOutcome::Limited => Err(ApiError::TooManyRequests {
+            detail: format!(
+                "this device recorded {MAX_RECOVERIES_PER_HOUR} recoveries in the last hour; try later"
+            ),
+            retry_after_s: 600,
+        }),
     }
 }
 

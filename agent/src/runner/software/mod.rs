@@ -50,6 +50,9 @@ const MIN_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// A health check interrupted by a restart is run again, up to this many
 /// attempts in all; then the job rolls back.
 const MAX_HEALTH_ATTEMPTS: u32 = 2;
+/// Free space a download from a peer of an image whose size the device
+/// does not know leaves untouched, at the least (10 % when that is more).
+const PEER_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
 /// An unpacked `.tar.gz` is assumed to need this many times its size until
 /// the archive is at hand (then its own gzip trailer says).
 const UNPACK_FACTOR: u64 = 3;
@@ -171,6 +174,17 @@ impl Agent {
                 return self.finish_job(&entry, &job, report);
             }
             _ => job,
+        };
+        // A recovery the agent started gets its time again after a
+        // restart: no server is waiting for it, and a device that was off
+        // for longer than its first deadline still needs its component.
+        let job = if entry.local {
+            Job {
+                deadline: job.deadline.max(Utc::now() + recovery::RECOVERY_TIMEOUT),
+                ..job
+            }
+        } else {
+            job
         };
         info!(instruction.id = %id, "resuming instruction {id} ({} of {}) at {:?}", entry.kind, job.component, job.step);
         if let Some(entry) = self.journal_job(&entry, job, None) {
@@ -595,8 +609,11 @@ impl Agent {
             Err(e) => return failed(format!("cannot check the image on this device: {e}")),
         }
         // Without a size from a trusted record, a peer's offer may claim
-        // at most what the disk can hold.
-        let max_size = fs::free_bytes(&dir).unwrap_or(0);
+        // at most what the disk can hold less a reserve, so a peer that
+        // lies about the size cannot fill it (the journal, the operation
+        // log and the application need room too).
+        let free = fs::free_bytes(&dir).unwrap_or(0);
+        let max_size = free.saturating_sub((free / 10).max(PEER_RESERVE_BYTES));
         let want = peer::Want {
             device_type: &device_type,
             component: &job.component,

@@ -17,11 +17,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 use tend_proto::command::ReportStatus;
 use tend_proto::device::Report;
-use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
@@ -30,13 +31,22 @@ use crate::executor;
 use crate::journal::{self, Entry, State};
 use crate::peer::{self, Image, Images};
 use crate::software::download;
-use crate::software::settings::Component;
+use crate::software::settings::{Component, Kind};
 
 /// Where the device's type is kept between runs.
 const DEVICE_TYPE_FILE: &str = "device_type";
 
-/// How long the agent gives a recovery it started itself.
-const RECOVERY_TIMEOUT: TimeDelta = TimeDelta::minutes(30);
+/// How long the agent gives a recovery it started itself (from its start,
+/// and again from a restart that resumes it).
+pub(super) const RECOVERY_TIMEOUT: TimeDelta = TimeDelta::minutes(30);
+
+/// The shortest time between two recoveries of one component that the
+/// agent starts itself.
+const RETRY_AFTER: TimeDelta = TimeDelta::hours(1);
+
+/// `state_dir/software/recoveries.json`: when each component was last
+/// restored on the agent's own initiative.
+const ATTEMPTS_FILE: &str = "recoveries.json";
 
 /// How often the offline watch looks at the link and the components.
 const OFFLINE_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -54,27 +64,29 @@ impl Images for Held {
         if !peer::is_sha256(sha256) {
             return None;
         }
-        let component = {
+        let (component, recorded) = {
             let installed = self.agent.installed();
             self.agent
                 .config
                 .software
                 .components
                 .keys()
-                .find(|name| {
-                    installed.get(name).is_some_and(|r| {
-                        r.current.sha256.as_deref() == Some(sha256)
-                            || r.backup.as_ref().and_then(|b| b.sha256.as_deref()) == Some(sha256)
-                    })
-                })
-                .cloned()?
+                .find_map(|name| {
+                    let r = installed.get(name)?;
+                    std::iter::once(&r.current)
+                        .chain(r.backup.as_ref())
+                        .find(|v| v.sha256.as_deref() == Some(sha256))
+                        .map(|v| (name.clone(), v.size))
+                })?
         };
         let path = download::path(&self.agent.downloads_dir(), sha256);
-        let size = std::fs::metadata(&path).ok().filter(|m| m.is_file())?.len();
+        let on_disk = std::fs::metadata(&path).ok().filter(|m| m.is_file())?.len();
+        // The size it had when it was verified, when the record has it: a
+        // file that changed since is not served.
         Some(Image {
             component,
             path,
-            size,
+            size: recorded.unwrap_or(on_disk),
         })
     }
 }
@@ -85,17 +97,24 @@ impl Agent {
     }
 }
 
-/// Takes the device type kept by the last run (so a device that starts
-/// with its uplink down still knows which peers are its own), and keeps
-/// what the server says from now on.
-pub(crate) async fn remember_device_type(agent: Arc<Agent>) {
-    let file = agent.device_type_file();
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        let known = text.trim();
-        if !known.is_empty() && known.len() <= 64 {
-            agent.client.assume_device_type(known.to_owned());
+impl Agent {
+    /// Takes the device type kept by the last run, so a device that starts
+    /// with its uplink down still knows which peers are its own (what the
+    /// server says at the next authentication replaces it).
+    pub(crate) fn load_device_type(&self) {
+        if let Ok(text) = std::fs::read_to_string(self.device_type_file()) {
+            let known = text.trim();
+            if !known.is_empty() && known.len() <= 128 {
+                self.client.assume_device_type(known.to_owned());
+            }
         }
     }
+}
+
+/// Keeps the device type the server tells in `state_dir`, for the next
+/// start ([`Agent::load_device_type`]).
+pub(crate) async fn remember_device_type(agent: Arc<Agent>) {
+    let file = agent.device_type_file();
     let mut types = agent.client.device_type();
     loop {
         let current = types.borrow_and_update().clone();
@@ -148,32 +167,19 @@ pub(crate) async fn serve_peers(agent: Arc<Agent>) {
     }
 }
 
-/// Restores broken components from peers when the server has been out of
-/// reach for `offline_recover_s` (none with 0). Each broken component is
-/// tried at most once per such period.
+/// Restores broken components from peers once heartbeats have been
+/// failing for `offline_recover_s` (never with 0). Held long-polls are not
+/// failures: only an unbroken run of failed heartbeats counts.
 pub(crate) async fn offline_watch(agent: Arc<Agent>) {
     let Some(after) = agent.config.peer.offline_recover else {
         return;
     };
-    let mut heartbeats = agent.heartbeats.subscribe();
-    let mut last_contact = Instant::now();
-    let mut last_attempt: Option<Instant> = None;
     loop {
-        tokio::select! {
-            changed = heartbeats.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                last_contact = Instant::now();
-                continue;
-            }
-            () = tokio::time::sleep(OFFLINE_CHECK_EVERY.min(after)) => {}
-        }
-        let offline = last_contact.elapsed();
-        if offline < after || last_attempt.is_some_and(|at| at.elapsed() < after) {
+        tokio::time::sleep(OFFLINE_CHECK_EVERY.min(after)).await;
+        let offline = agent.offline_for();
+        if offline < after {
             continue;
         }
-        last_attempt = Some(Instant::now());
         debug!(
             offline_s = offline.as_secs(),
             "the server has been out of reach; checking the components"
@@ -191,16 +197,28 @@ impl Agent {
     /// Health-checks every component that tend installed and that has a
     /// check, and restores each that fails and has no backup from a peer.
     /// `why` goes to the record.
+    ///
+    /// One pass at a time (a pass already running is not doubled), each
+    /// component checked and restored under the lock every change of
+    /// software takes, and at most one attempt per component per
+    /// [`RETRY_AFTER`] (kept in `state_dir`), so a check that fails for a
+    /// reason an image cannot fix never turns into a restore loop.
+    /// Components installed with a reboot (`reboot = true`) are left to an
+    /// admin: the agent does not reboot the device on its own.
     pub(crate) async fn recover_broken(&self, why: &str) {
         if !self.config.peer.auto_recover {
             return;
         }
+        let Ok(_one_pass) = self.recovering.try_lock() else {
+            return;
+        };
         let components: Vec<Component> = self
             .config
             .software
             .components
             .values()
             .filter(|c| c.health_check.is_some())
+            .filter(|c| !matches!(c.kind, Kind::Command { reboot: true, .. }))
             .cloned()
             .collect();
         for component in components {
@@ -209,9 +227,13 @@ impl Agent {
             }
             // Only what tend installed has a digest to check a peer's
             // image against.
-            if self.component_busy(&component.name)
-                || self.trusted_image(&component.name, None).is_err()
+            if self.trusted_image(&component.name, None).is_err()
+                || self.attempted_recently(&component.name)
             {
+                continue;
+            }
+            let _one_at_a_time = self.software.lock().await;
+            if self.component_busy(&component.name) {
                 continue;
             }
             let Some(error) = self.broken(&component).await else {
@@ -231,8 +253,42 @@ impl Agent {
                 "{} is broken ({error}) and has no backup: restoring it from a LAN peer",
                 component.name
             );
+            self.record_attempt(&component.name);
             self.recover_from_peer(&component, &format!("{why}; {error}"))
                 .await;
+        }
+    }
+
+    fn attempts_file(&self) -> PathBuf {
+        self.config.state_dir.join("software").join(ATTEMPTS_FILE)
+    }
+
+    /// When the agent last restored each component on its own.
+    fn attempts(&self) -> BTreeMap<String, DateTime<Utc>> {
+        std::fs::read(self.attempts_file())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn attempted_recently(&self, component: &str) -> bool {
+        self.attempts()
+            .get(component)
+            .is_some_and(|at| Utc::now() - *at < RETRY_AFTER && *at <= Utc::now())
+    }
+
+    fn record_attempt(&self, component: &str) {
+        let mut attempts = self.attempts();
+        attempts.insert(component.to_owned(), Utc::now());
+        let file = self.attempts_file();
+        let written = serde_json::to_vec(&attempts)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| crate::software::fs::write_atomic(&file, &bytes));
+        if let Err(e) = written {
+            warn!(
+                "cannot record the recovery attempt in {}: {e}",
+                file.display()
+            );
         }
     }
 
@@ -266,11 +322,8 @@ impl Agent {
 
     /// Journals and runs a restore of `component` from a peer that no
     /// instruction asked for.
+    /// The caller holds the software lock.
     async fn recover_from_peer(&self, component: &Component, why: &str) {
-        let _one_at_a_time = self.software.lock().await;
-        if self.component_busy(&component.name) {
-            return;
-        }
         let now = Utc::now();
         let entry = Entry {
             id: Uuid::new_v4(),

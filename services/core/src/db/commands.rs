@@ -35,6 +35,9 @@ pub struct Command {
 
 const COLUMNS: &str = "id, tenant_id, device_id, kind, params, status, created_at, \
      delivered_at, started_at, finished_at, timeout_s, expires_at, result, trace_id";
+/// How many columns [`COLUMNS`] names: the index of a column selected after
+/// them.
+const COLUMN_COUNT: usize = 14;
 
 fn from_row(r: &Row) -> Result<Command> {
     let status: String = r.get(5);
@@ -423,41 +426,65 @@ pub enum RecoveryOutcome {
     Repeated(Command),
     /// The id belongs to another command.
     Taken,
+    /// The device recorded its limit of recoveries in the last hour.
+    Limited,
 }
 
-/// How many restores the device recorded on its own in the last `since_s`
-/// seconds: counted by when they were recorded (the server's clock), not
-/// by the start the device claims. Such a record is the only command
-/// delivered when it was created.
-pub async fn recent_recoveries(
-    c: &impl GenericClient,
-    device_id: Uuid,
-    since_s: f64,
-) -> Result<i64> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT count(*) FROM commands
-             WHERE device_id = $1 AND finished_at > now() - make_interval(secs => $2)
-               AND kind = 'restore' AND created_by IS NULL AND delivered_at = created_at",
-        )
-        .await?;
-    Ok(c.query_one(&stmt, &[&device_id, &since_s]).await?.get(0))
-}
+/// The oldest start a recovery record may claim: a device may have been
+/// cut off for weeks, but not for longer than history is worth ordering by.
+const RECOVERY_MAX_AGE_DAYS: i64 = 30;
 
 /// Records a restore the device ran on its own as a finished `restore`
-/// command of its history, with its `command.finished` event. `params`
-/// must already be valid restore params and `report` final. Run it in a
-/// transaction.
+/// command of its history, with its `command.finished` event, unless the
+/// device recorded `per_hour` of them in the last hour. `params` must
+/// already be valid restore params and `report` final. Run it in a
+/// transaction: the device's records are serialised by an advisory lock,
+/// so concurrent posts cannot all pass the limit.
 pub async fn record_recovery(
     c: &impl GenericClient,
     tenant_id: Uuid,
     device_id: Uuid,
     recovery: &tend_proto::device::Recovery,
     component: &str,
+    per_hour: i64,
 ) -> Result<RecoveryOutcome> {
-    // The device's clock may be off; the history never shows a start in
-    // the future.
-    let started = recovery.started_at.min(Utc::now());
+    let lock = c
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 17))")
+        .await?;
+    c.execute(&lock, &[&device_id.to_string()]).await?;
+    let existing = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, device_id = $2 FROM commands WHERE id = $1"
+        ))
+        .await?;
+    if let Some(row) = c.query_opt(&existing, &[&recovery.id, &device_id]).await? {
+        let own: bool = row.get(COLUMN_COUNT);
+        return Ok(if own {
+            RecoveryOutcome::Repeated(from_row(&row)?)
+        } else {
+            RecoveryOutcome::Taken
+        });
+    }
+    // Counted by when they were recorded (the server's clock), not by the
+    // start the device claims; such a record is the only command delivered
+    // when it was created.
+    let recent = c
+        .prepare_cached(
+            "SELECT count(*) FROM commands
+             WHERE device_id = $1 AND finished_at > now() - interval '1 hour'
+               AND kind = 'restore' AND created_by IS NULL AND delivered_at = created_at",
+        )
+        .await?;
+    let count: i64 = c.query_one(&recent, &[&device_id]).await?.get(0);
+    if count >= per_hour {
+        return Ok(RecoveryOutcome::Limited);
+    }
+    // The device's clock may be off: the history shows no start in the
+    // future, and none older than RECOVERY_MAX_AGE_DAYS.
+    let now = Utc::now();
+    let started = recovery
+        .started_at
+        .clamp(now - chrono::TimeDelta::days(RECOVERY_MAX_AGE_DAYS), now);
     let stmt = c
         .prepare_cached(&format!(
             "INSERT INTO commands (id, tenant_id, device_id, kind, params, status, created_at,
@@ -486,20 +513,14 @@ pub async fn record_recovery(
             ],
         )
         .await?;
-    if let Some(row) = inserted {
-        let cmd = from_row(&row)?;
-        outbox::insert(c, &finished_event(&cmd)).await?;
-        return Ok(RecoveryOutcome::Recorded(cmd));
-    }
-    let existing = c
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM commands WHERE id = $1 AND device_id = $2"
-        ))
-        .await?;
-    match c.query_opt(&existing, &[&recovery.id, &device_id]).await? {
-        Some(row) => Ok(RecoveryOutcome::Repeated(from_row(&row)?)),
-        None => Ok(RecoveryOutcome::Taken),
-    }
+    // Another device's command took the id in the meantime (only the
+    // device's own records are serialised).
+    let Some(row) = inserted else {
+        return Ok(RecoveryOutcome::Taken);
+    };
+    let cmd = from_row(&row)?;
+    outbox::insert(c, &finished_event(&cmd)).await?;
+    Ok(RecoveryOutcome::Recorded(cmd))
 }
 
 /// Whether a final report says an upgrade failed and the device put the
