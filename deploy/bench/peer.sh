@@ -9,7 +9,7 @@
 #     data being random) restored from one serving peer, one device alone;
 #   - the same for four devices restoring at once from that one peer;
 #   - the serving agent's VmRSS before and at its peak (sampled every
-#     20 ms) while it serves the four.
+#     5 ms) while it serves the four.
 #
 # The run is the ignored test `bench_peer_recovery` of tests/tests/lan,
 # built in release mode: `cargo test --release --test lan -- --ignored`.
