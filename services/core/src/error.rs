@@ -49,6 +49,10 @@ pub enum ApiError {
     /// 409: the object's state forbids it (or a name is taken).
     #[error("{0}")]
     Conflict(String),
+    /// 410: the object existed but its time is over (a hawkBit action
+    /// that has ended, for DDI clients).
+    #[error("{0}")]
+    Gone(String),
     /// 413: the body is over the limit.
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -87,6 +91,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,

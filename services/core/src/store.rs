@@ -163,6 +163,41 @@ pub struct Stored {
     pub size: u64,
     /// The SHA-256 of the bytes, in lowercase hex.
     pub sha256: String,
+    /// The SHA-1 and MD5 of the bytes, in lowercase hex: hawkBit DDI
+    /// clients are offered them beside the SHA-256.
+    pub sha1: String,
+    pub md5: String,
+}
+
+/// The three digests of an artifact, computed in one pass over its bytes.
+#[derive(Default)]
+pub struct Digests {
+    sha256: Sha256,
+    sha1: sha1::Sha1,
+    md5: md5::Md5,
+    size: u64,
+}
+
+impl Digests {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.sha256.update(bytes);
+        self.sha1.update(bytes);
+        self.md5.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn finish(self) -> Stored {
+        Stored {
+            size: self.size,
+            sha256: hex(&self.sha256.finalize()),
+            sha1: hex(&self.sha1.finalize()),
+            md5: hex(&self.md5.finalize()),
+        }
+    }
 }
 
 /// The artifact store of `TEND_ARTIFACT_STORE`. Cheap to clone: one
@@ -405,16 +440,14 @@ impl ArtifactStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
+        let mut digests = Digests::default();
         let mut pending = Pending::default();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| Failure::before(StoreError::Body(e.to_string())))?;
-            size += chunk.len() as u64;
-            if size > limit {
+            if digests.size() + chunk.len() as u64 > limit {
                 return Err(Failure::before(StoreError::TooLarge(limit)));
             }
-            hasher.update(&chunk);
+            digests.update(&chunk);
             pending.push(chunk);
             while pending.len >= PART_SIZE {
                 let part = pending.take(PART_SIZE);
@@ -446,10 +479,20 @@ impl ArtifactStore {
                 parts.finish().await?;
             }
         }
-        Ok(Stored {
-            size,
-            sha256: hex(&hasher.finalize()),
-        })
+        Ok(digests.finish())
+    }
+
+    /// Reads the object `key` of `size` bytes through once and returns its
+    /// digests: for artifacts stored before SHA-1 and MD5 were kept.
+    pub async fn digests(&self, key: &str, size: u64) -> Result<Stored, StoreError> {
+        let mut digests = Digests::default();
+        if size > 0 {
+            let mut bytes = self.get_range(key, 0..size).await?;
+            while let Some(chunk) = bytes.next().await {
+                digests.update(&chunk?);
+            }
+        }
+        Ok(digests.finish())
     }
 
     /// Deletes the object `key`; deleting a missing one is Ok.
@@ -936,9 +979,12 @@ mod tests {
             stored,
             Stored {
                 size: 5,
-                sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into()
+                sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into(),
+                sha1: "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d".into(),
+                md5: "5d41402abc4b2a76b9719d911017c592".into(),
             }
         );
+        assert_eq!(store.digests("small", 5).await.unwrap(), stored);
         assert_eq!(std::fs::read(dir.path().join("small")).unwrap(), b"hello");
         assert_eq!(store.size("small").await.unwrap(), 5);
     }

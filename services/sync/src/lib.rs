@@ -10,6 +10,9 @@
 //! refused without a query per request. A heartbeat may ask to be held
 //! (long-poll) and is answered the moment a command for it arrives.
 //!
+//! Devices that run a hawkBit client speak DDI instead ([`ddi`]), under
+//! `/{tenant}/controller/v1/{controllerId}`, with the same hot-path budget.
+//!
 //! Degraded modes: without Redis, heartbeats are answered as usual and
 //! presence waits in memory; without RabbitMQ, pending flags come from
 //! PostgreSQL every second; without PostgreSQL, heartbeats are still
@@ -17,6 +20,7 @@
 //! a drain makes `/readyz` fail.
 
 mod board;
+mod ddi;
 mod device;
 mod events;
 mod fallback;
@@ -65,6 +69,8 @@ pub(crate) struct State {
     pub store: ArtifactStore,
     /// Downloads served at once; past it a device is told to come back.
     pub downloads: Arc<tokio::sync::Semaphore>,
+    /// The hawkBit DDI devices this replica has verified.
+    pub ddi: ddi::Sessions,
 }
 
 pub(crate) type Shared = web::Data<State>;
@@ -114,6 +120,7 @@ impl Service for SyncServer {
             consuming: Arc::new(AtomicBool::new(false)),
             store,
             downloads: Arc::new(tokio::sync::Semaphore::new(settings.download_concurrency)),
+            ddi: ddi::Sessions::default(),
         });
         Ok(SyncServer {
             listener,
@@ -140,6 +147,7 @@ impl Service for SyncServer {
                 .app_data(http::query_config())
                 .wrap(middleware::from_fn(http::record_metrics))
                 .configure(routes::configure)
+                .configure(ddi::configure)
                 .default_service(web::to(http::not_found))
         })
         .listen(self.listener)

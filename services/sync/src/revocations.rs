@@ -1,13 +1,15 @@
 //! The revocation list: devices decommissioned recently enough that a token
-//! issued before may still be valid.
+//! issued before may still be valid, and gateway tokens revoked as
+//! recently (hawkBit DDI; their ids are UUIDs too, and never a device's).
 //!
 //! Revocation lives in PostgreSQL. Each replica keeps a copy in memory,
 //! updated at once by the `device.decommissioned` event and, whatever
 //! happens to RabbitMQ, by polling every half second, so a decommissioned
 //! device is refused everywhere within 2 seconds without a query per
-//! request. Entries older than a device token's lifetime are dropped: every
-//! token they could hold has expired, and a new one needs the secret,
-//! which is checked against PostgreSQL.
+//! request. Entries older than a device token's lifetime (or a DDI
+//! session's, the longer) are dropped: every token they could hold has
+//! expired, and a new one needs the secret, which is checked against
+//! PostgreSQL.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tend_core::auth::DEVICE_TOKEN_TTL;
-use tend_core::db::{self, Pool, devices};
+use tend_core::db::{self, Pool, ddi, devices};
 use tend_core::retry::{Outage, sleep_unless_cancelled};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -49,7 +51,9 @@ impl Inner {
 }
 
 fn horizon() -> DateTime<Utc> {
-    let ttl = chrono::Duration::from_std(DEVICE_TOKEN_TTL).unwrap_or(chrono::Duration::hours(1));
+    // A DDI session is trusted as long as a device token, or longer.
+    let longest = DEVICE_TOKEN_TTL.max(crate::ddi::SESSION_TTL);
+    let ttl = chrono::Duration::from_std(longest).unwrap_or(chrono::Duration::hours(1));
     // A minute of slack for clock skew between replicas and the database.
     Utc::now() - ttl - chrono::Duration::minutes(1)
 }
@@ -80,7 +84,8 @@ impl Revocations {
         // `decommissioned_at` is the deciding transaction's start time, and
         // a transaction that started earlier may commit later: read a
         // minute back each time (re-inserting is harmless) so none is missed.
-        let fresh = devices::decommissioned_since(&client, since - OVERLAP).await?;
+        let mut fresh = devices::decommissioned_since(&client, since - OVERLAP).await?;
+        fresh.extend(ddi::gateway_tokens_revoked_since(&client, since - OVERLAP).await?);
         if let Ok(mut i) = self.inner.write() {
             for (id, at) in fresh {
                 i.revoked.insert(id, at);

@@ -244,8 +244,19 @@ pub async fn download(
     id: web::Path<Uuid>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
+    serve(&state, device.id, *id, &req).await
+}
+
+/// The artifact `id` for `device`, as [`download`] serves it (hawkBit DDI
+/// downloads too).
+pub async fn serve(
+    state: &Shared,
+    device: Uuid,
+    id: Uuid,
+    req: &HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     let found = db::with_client(&state.pool, async |client| {
-        artifacts::download_for(client, device.id, *id).await
+        artifacts::download_for(client, device, id).await
     })
     .await?
     .ok_or_else(|| ApiError::NotFound("no such artifact for this device".into()))?;

@@ -3,6 +3,7 @@
 
 mod artifacts;
 mod bulk;
+mod ddi;
 mod input;
 mod isolation;
 mod latency;

@@ -200,6 +200,8 @@ pub struct Download {
     pub size: i64,
     pub sha256: String,
     pub filename: Option<String>,
+    /// Known for artifacts uploaded since MD5s are kept (hawkBit DDI).
+    pub md5: Option<String>,
 }
 
 /// The artifact `artifact_id` if an open command of the device names it;
@@ -212,7 +214,7 @@ pub async fn download_for(
 ) -> Result<Option<Download>> {
     let stmt = c
         .prepare_cached(
-            "SELECT a.object_key, a.size, a.sha256, a.filename
+            "SELECT a.object_key, a.size, a.sha256, a.filename, a.md5
              FROM commands c JOIN artifacts a ON a.id = c.artifact_id
              WHERE c.device_id = $1 AND c.artifact_id = $2
                AND c.status IN ('queued', 'delivered', 'in_progress')
@@ -227,6 +229,7 @@ pub async fn download_for(
             size: r.get(1),
             sha256: r.get(2),
             filename: r.get(3),
+            md5: r.get(4),
         }))
 }
 
@@ -293,18 +296,30 @@ pub async fn complete_upload(
     tenant_id: Uuid,
     id: Uuid,
     object_key: &str,
-    sha256: &str,
-    size: i64,
+    stored: &crate::store::Stored,
 ) -> Result<Completed> {
     let stmt = c
         .prepare_cached(&format!(
-            "UPDATE artifacts SET status = 'ready', object_key = $3, sha256 = $4, size = $5
+            "UPDATE artifacts SET status = 'ready', object_key = $3, sha256 = $4, size = $5,
+                                  sha1 = $6, md5 = $7
              WHERE id = $1 AND tenant_id = $2 AND status = 'pending_upload'
              RETURNING {COLUMNS}"
         ))
         .await?;
+    let size = stored.size as i64;
     match c
-        .query_opt(&stmt, &[&id, &tenant_id, &object_key, &sha256, &size])
+        .query_opt(
+            &stmt,
+            &[
+                &id,
+                &tenant_id,
+                &object_key,
+                &stored.sha256,
+                &size,
+                &stored.sha1,
+                &stored.md5,
+            ],
+        )
         .await?
     {
         Some(row) => Ok(Completed::Ready(from_row(&row)?)),

@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod commands;
+pub mod ddi;
 pub mod devices;
 pub mod outbox;
 pub mod page;
@@ -264,6 +265,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "artifacts",
         include_str!("migrations/0003_artifacts.sql"),
     ),
+    (4, "ddi", include_str!("migrations/0004_ddi.sql")),
 ];
 
 /// Key of the advisory lock that serializes migrations across processes.

@@ -56,6 +56,42 @@ pub struct TenantOut {
     pub name: String,
 }
 
+/// `POST /gateway-tokens`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewGatewayToken {
+    /// What the token is for (a site, a gateway); "gateway" if not given.
+    pub name: Option<String>,
+}
+
+/// A gateway token. `token` is present only in the answer that created it.
+#[derive(Serialize, ToSchema)]
+pub struct GatewayTokenOut {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<tend_core::db::ddi::GatewayToken> for GatewayTokenOut {
+    fn from(t: tend_core::db::ddi::GatewayToken) -> Self {
+        GatewayTokenOut {
+            id: t.id,
+            name: t.name,
+            token: None,
+            created_by: t.created_by,
+            created_at: t.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GatewayTokenList {
+    pub items: Vec<GatewayTokenOut>,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {

@@ -141,15 +141,7 @@ pub async fn upload(
         return Err(ApiError::Unprocessable(format!("{why}; nothing was kept")));
     }
     let completed = db::with_client(&state.pool, async |client| {
-        artifacts::complete_upload(
-            client,
-            caller.tenant(),
-            artifact.id,
-            &key,
-            &stored.sha256,
-            stored.size as i64,
-        )
-        .await
+        artifacts::complete_upload(client, caller.tenant(), artifact.id, &key, &stored).await
     })
     .await;
     match completed {

@@ -3,6 +3,7 @@
 mod artifacts;
 mod commands;
 mod devices;
+mod gateway_tokens;
 mod session;
 mod tenants;
 mod users;
@@ -46,7 +47,10 @@ fn api(cfg: &mut ServiceConfig) {
         .service(artifacts::denylist)
         .service(artifacts::denylist_entry)
         .service(artifacts::deny)
-        .service(artifacts::allow);
+        .service(artifacts::allow)
+        .service(gateway_tokens::create)
+        .service(gateway_tokens::list)
+        .service(gateway_tokens::revoke);
 }
 
 /// Registers every route; `doc` is this API's OpenAPI document, served at
