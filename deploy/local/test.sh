@@ -25,12 +25,17 @@ step "backing services"
 bash "$ROOT/deploy/local/backing-services.sh"
 
 # The LAN tests (tests/tests/lan) build a private network of namespaces:
-# they need root, iproute2's `ip` and nftables' `nft`. They fail with what
-# is missing rather than skip themselves.
-step "LAN test tools"
+# they need root, iproute2's `ip` and nftables' `nft`. The hawkBit DDI tests
+# (tests/src/swu.rs) run SWUpdate's suricatta client and build signed .swu
+# images with openssl and cpio. Tests fail with what is missing rather than
+# skip themselves.
+step "LAN and DDI client test tools"
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v swupdate >/dev/null 2>&1 || need+=(swupdate)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v cpio >/dev/null 2>&1 || need+=(cpio)
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

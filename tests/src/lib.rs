@@ -17,6 +17,9 @@
 //! [`Recorder`] stands between an agent and tend-sync and records each
 //! request: which artifact bytes were served, which reports were sent.
 //!
+//! [`swu::Suricatta`] runs SWUpdate's hawkBit client against tend-sync's
+//! DDI API, and [`swu::Image`] builds the signed `.swu` images it installs.
+//!
 //! [`fleet`] is the fleet simulator behind the `tend-fleet` binary: many
 //! simulated agents over real HTTP, for load and latency figures.
 
@@ -28,6 +31,7 @@ pub mod recorder;
 pub mod redis_server;
 pub mod s3;
 mod stack;
+pub mod swu;
 pub mod tree;
 
 pub use agent::{Agent, toml_array};
