@@ -95,7 +95,7 @@ fn image(len: usize) -> Vec<u8> {
 
 /// An artifact of `component` at `version` for cameras, uploaded under
 /// `filename`; answers its id.
-async fn artifact(
+pub(crate) async fn artifact(
     stack: &Stack,
     token: &str,
     version: &str,
@@ -129,10 +129,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The action id a link names (its last path segment).
 fn action_of(poll: &Value, link: &str) -> Option<String> {
-    poll["_links"][link]["href"]
-        .as_str()
-        .map(|h| h.rsplit('/').next().unwrap().to_owned())
+    poll["_links"][link]["href"].as_str().map(|h| {
+        let path = h.split('?').next().unwrap();
+        path.rsplit('/').next().unwrap().to_owned()
+    })
 }
 
 #[tokio::test]
@@ -189,6 +191,11 @@ async fn a_deployment_runs_from_poll_to_final_feedback_and_a_rebooted_device_is_
         action.parse::<i64>().is_ok(),
         "a numeric action id: {action}"
     );
+    let offered = ddi.poll().await;
+    let marked = offered["_links"]["deploymentBase"]["href"]
+        .as_str()
+        .unwrap();
+    assert!(marked.contains("?c="), "hawkBit's change marker: {marked}");
 
     let (status, dep) = ddi.get(&format!("/deploymentBase/{action}")).await;
     assert_eq!(status, 200, "{dep}");
@@ -209,6 +216,8 @@ async fn a_deployment_runs_from_poll_to_final_feedback_and_a_rebooted_device_is_
     // The bytes, whole and by range, and the MD5SUM file.
     let href = file["_links"]["download-http"]["href"].as_str().unwrap();
     assert_eq!(file["_links"]["download"]["href"], href);
+    let head = ddi.send(ddi.stack.http.head(href)).await;
+    assert_eq!(head.0, 200, "HEAD, as clients ask before downloading");
     let whole = ddi.fetch(href, None).await;
     assert_eq!(whole.status(), 200);
     let etag = whole.headers()["etag"].to_str().unwrap().to_owned();

@@ -14,5 +14,6 @@ mod observability;
 mod resilience;
 mod software;
 mod store;
+mod suricatta;
 mod tendctl;
 mod updates;

@@ -107,19 +107,21 @@ pub async fn find_by_gateway(
     })
 }
 
-/// The device's open upgrade, if any: its action id. The oldest first;
-/// the database allows one per component.
-pub async fn open_action(c: &impl GenericClient, device_id: Uuid) -> Result<Option<i64>> {
+/// The device's open upgrade, if any: its action id and command id. The
+/// oldest first; the database allows one per component.
+pub async fn open_action(c: &impl GenericClient, device_id: Uuid) -> Result<Option<(i64, Uuid)>> {
     let stmt = c
         .prepare_cached(
-            "SELECT seq FROM commands
+            "SELECT seq, id FROM commands
              WHERE device_id = $1 AND kind = 'upgrade'
                AND (status IN ('delivered', 'in_progress')
                     OR (status = 'queued' AND expires_at > now()))
              ORDER BY seq LIMIT 1",
         )
         .await?;
-    Ok(c.query_opt(&stmt, &[&device_id]).await?.map(|r| r.get(0)))
+    Ok(c.query_opt(&stmt, &[&device_id])
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
 }
 
 /// One deployment: an upgrade command of the device and its artifact.

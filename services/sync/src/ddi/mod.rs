@@ -60,9 +60,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 web::post().to(cancel_feedback),
             )
             .route("/configData", web::put().to(config_data))
-            .route(
-                "/softwaremodules/{module}/artifacts/{file}",
-                web::get().to(download),
+            .service(
+                // HEAD too: clients ask for the size before they download.
+                web::resource("/softwaremodules/{module}/artifacts/{file}")
+                    .route(web::get().to(download))
+                    .route(web::head().to(download)),
             ),
     );
 }
@@ -136,11 +138,14 @@ async fn poll(
         })
         .await;
         match open {
-            Ok(Some(seq)) => {
+            Ok(Some((seq, command))) => {
                 state.board.mark(device);
+                // `c` changes with the command, as hawkBit's does; some
+                // clients require it, the routes ignore it.
+                let c = &command.simple().to_string()[..12];
                 links.insert(
                     "deploymentBase".into(),
-                    link(format!("{base}/deploymentBase/{seq}")),
+                    link(format!("{base}/deploymentBase/{seq}?c={c}")),
                 );
             }
             Ok(None) => {}
@@ -156,7 +161,9 @@ async fn poll(
             link(format!("{base}/installedBase/{seq}")),
         );
     }
-    if !session.attributes_known() {
+    // Asked for only while there is no deployment to offer: a client may
+    // hold back a deployment until it has sent attributes it may not have.
+    if !session.attributes_known() && !links.contains_key("deploymentBase") {
         links.insert("configData".into(), link(format!("{base}/configData")));
     }
     Ok(HttpResponse::Ok().json(json!({
