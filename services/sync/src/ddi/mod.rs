@@ -179,11 +179,9 @@ async fn deployment_base(
     path: web::Path<Action>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let session = session::authenticate(&state, &req, &path.tenant, &path.controller).await?;
-    let seq = path.seq()?;
-    let found = find(&state, session.device, seq, true).await?;
+    let found = action(&state, &req, &path, true).await?;
     if found.status.is_terminal() {
-        return Err(ended(seq, found.status));
+        return Err(ended(found.seq, found.status));
     }
     let body = deployment_json(&state, &req, "deploymentBase", &found).await?;
     Ok(HttpResponse::Ok().json(body))
@@ -196,30 +194,52 @@ async fn installed_base(
     path: web::Path<Action>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let session = session::authenticate(&state, &req, &path.tenant, &path.controller).await?;
-    let seq = path.seq()?;
-    let found = find(&state, session.device, seq, false).await?;
-    if found.status != CommandStatus::Succeeded {
-        return Err(ApiError::NotFound(format!(
-            "action {seq} installed nothing: it is {}",
-            found.status
-        )));
-    }
+    let found = action_in(
+        &state,
+        &req,
+        &path,
+        CommandStatus::Succeeded,
+        "installed nothing",
+    )
+    .await?;
     let body = deployment_json(&state, &req, "installedBase", &found).await?;
     Ok(HttpResponse::Ok().json(body))
 }
 
-async fn find(
+/// The action the path names, of the device the credential names; with
+/// `deliver`, a queued one becomes `delivered`.
+async fn action(
     state: &Shared,
-    device: Uuid,
-    seq: i64,
+    req: &HttpRequest,
+    path: &Action,
     deliver: bool,
 ) -> Result<ddi::Deployment, ApiError> {
+    let session = session::authenticate(state, req, &path.tenant, &path.controller).await?;
+    let seq = path.seq()?;
     db::with_client(&state.pool, async |client| {
-        ddi::deployment(client, device, seq, deliver).await
+        ddi::deployment(client, session.device, seq, deliver).await
     })
     .await?
     .ok_or_else(|| ApiError::NotFound("no such action for this device".into()))
+}
+
+/// Like [`action`], for an action that must be `status`: any other is a
+/// 404 that says what it is.
+async fn action_in(
+    state: &Shared,
+    req: &HttpRequest,
+    path: &Action,
+    status: CommandStatus,
+    otherwise: &str,
+) -> Result<ddi::Deployment, ApiError> {
+    let found = action(state, req, path, false).await?;
+    if found.status != status {
+        return Err(ApiError::NotFound(format!(
+            "action {} {otherwise}: it is {}",
+            found.seq, found.status
+        )));
+    }
+    Ok(found)
 }
 
 fn ended(seq: i64, status: CommandStatus) -> ApiError {
@@ -365,15 +385,15 @@ async fn cancel_action(
     path: web::Path<Action>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let session = session::authenticate(&state, &req, &path.tenant, &path.controller).await?;
-    let seq = path.seq()?;
-    let found = find(&state, session.device, seq, false).await?;
-    if found.status != CommandStatus::Cancelled {
-        return Err(ApiError::NotFound(format!(
-            "action {seq} was not cancelled: it is {}",
-            found.status
-        )));
-    }
+    let found = action_in(
+        &state,
+        &req,
+        &path,
+        CommandStatus::Cancelled,
+        "was not cancelled",
+    )
+    .await?;
+    let seq = found.seq;
     Ok(HttpResponse::Ok().json(json!({
         "id": seq.to_string(),
         "cancelAction": { "stopId": seq.to_string() },
@@ -389,17 +409,16 @@ async fn cancel_feedback(
     req: HttpRequest,
     body: web::Json<wire::Feedback>,
 ) -> Result<HttpResponse, ApiError> {
-    let session = session::authenticate(&state, &req, &path.tenant, &path.controller).await?;
-    let seq = path.seq()?;
     // Read for its validity only: a confirmation has nothing to record.
     let _ = body.to_report();
-    let found = find(&state, session.device, seq, false).await?;
-    if found.status != CommandStatus::Cancelled {
-        return Err(ApiError::NotFound(format!(
-            "action {seq} was not cancelled: it is {}",
-            found.status
-        )));
-    }
+    action_in(
+        &state,
+        &req,
+        &path,
+        CommandStatus::Cancelled,
+        "was not cancelled",
+    )
+    .await?;
     Ok(HttpResponse::Ok().finish())
 }
 
