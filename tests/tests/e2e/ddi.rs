@@ -211,7 +211,13 @@ async fn a_deployment_runs_from_poll_to_final_feedback_and_a_rebooted_device_is_
     assert_eq!(file["hashes"]["sha256"], hex(&sha2::Sha256::digest(&bytes)));
     assert_eq!(file["hashes"]["sha1"], hex(&sha1::Sha1::digest(&bytes)));
     assert_eq!(file["hashes"]["md5"], hex(&md5::Md5::digest(&bytes)));
-    assert_eq!(stack.command(&admin, command).await["status"], "delivered");
+    let delivered = stack.command(&admin, command).await;
+    assert_eq!(delivered["status"], "delivered");
+    assert_eq!(
+        delivered["seq"].to_string(),
+        action,
+        "the API shows the action id"
+    );
 
     // The bytes, whole and by range, and the MD5SUM file.
     let href = file["_links"]["download-http"]["href"].as_str().unwrap();
@@ -396,6 +402,40 @@ async fn a_failed_or_rejected_deployment_ends_so_and_bad_feedback_is_refused() {
     assert_eq!(status, 422, "{v}");
     let (status, _) = ddi.get(&format!("/cancelAction/{action}")).await;
     assert_eq!(status, 404, "a failed action was not cancelled");
+
+    // An upgrade cancelled before the device took it: shown as cancelled
+    // to a client that asks, its confirmation accepted, never deployed.
+    let command = stack
+        .queue(
+            &admin,
+            device.id,
+            json!({ "kind": "upgrade", "params": { "artifact_id": id } }),
+        )
+        .await;
+    let (status, v) = stack
+        .post(&admin, &format!("/commands/{command}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let seq = v["seq"].to_string();
+    let (status, cancel) = ddi.get(&format!("/cancelAction/{seq}")).await;
+    assert_eq!(status, 200, "{cancel}");
+    assert_eq!(
+        cancel,
+        json!({ "id": seq, "cancelAction": { "stopId": seq } })
+    );
+    let (status, v) = ddi
+        .send(
+            stack
+                .http
+                .post(format!("{}/cancelAction/{seq}/feedback", ddi.base))
+                .json(&json!({ "id": seq, "time": "20261207T101010",
+                    "status": { "execution": "closed", "result": { "finished": "success" },
+                                "details": ["cancellation acknowledged."] } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(ddi.get(&format!("/deploymentBase/{seq}")).await.0, 410);
+    assert!(ddi.poll().await["_links"].get("deploymentBase").is_none());
 }
 
 #[tokio::test]

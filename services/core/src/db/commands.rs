@@ -31,13 +31,16 @@ pub struct Command {
     pub result: Option<Value>,
     /// The trace id of the request that queued it.
     pub trace_id: Option<String>,
+    /// A number of its own, in the order commands were created: the
+    /// action id hawkBit DDI clients know it by.
+    pub seq: i64,
 }
 
 const COLUMNS: &str = "id, tenant_id, device_id, kind, params, status, created_at, \
-     delivered_at, started_at, finished_at, timeout_s, expires_at, result, trace_id";
+     delivered_at, started_at, finished_at, timeout_s, expires_at, result, trace_id, seq";
 /// How many columns [`COLUMNS`] names: the index of a column selected after
 /// them.
-const COLUMN_COUNT: usize = 14;
+const COLUMN_COUNT: usize = 15;
 
 fn from_row(r: &Row) -> Result<Command> {
     let status: String = r.get(5);
@@ -58,6 +61,7 @@ fn from_row(r: &Row) -> Result<Command> {
         expires_at: r.get(11),
         result: r.get(12),
         trace_id: r.get(13),
+        seq: r.get(14),
     })
 }
 

@@ -234,6 +234,9 @@ pub struct CommandOut {
     /// Follows the command through every service's logs (W3C trace id: the
     /// `traceparent` the admin sent, else the id of the request).
     pub trace_id: Option<String>,
+    /// The command's number, in creation order: a hawkBit DDI device
+    /// knows an `upgrade` by it (its `actionId`).
+    pub seq: i64,
 }
 
 impl From<Command> for CommandOut {
@@ -252,6 +255,7 @@ impl From<Command> for CommandOut {
             expires_at: c.expires_at,
             result: c.result,
             trace_id: c.trace_id,
+            seq: c.seq,
         }
     }
 }
