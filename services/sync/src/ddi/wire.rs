@@ -74,11 +74,16 @@ pub enum Finished {
     None,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// How far the action is. Clients send `{cnt, of}`, a `percentage`, or an
+/// empty object; all are accepted and what is there is kept.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
 pub struct Progress {
-    pub cnt: u64,
+    #[serde(default)]
+    pub cnt: Option<u64>,
     #[serde(default)]
     pub of: Option<u64>,
+    #[serde(default)]
+    pub percentage: Option<f64>,
 }
 
 /// The most detail lines kept from one feedback, and the most bytes of
@@ -116,7 +121,17 @@ impl Feedback {
             .collect();
         let mut ddi = json!({ "execution": s.execution.as_str(), "details": details });
         if let Some(p) = s.result.progress {
-            ddi["progress"] = json!({ "cnt": p.cnt, "of": p.of });
+            let mut progress = serde_json::Map::new();
+            if let Some(cnt) = p.cnt {
+                progress.insert("cnt".into(), cnt.into());
+                progress.insert("of".into(), p.of.into());
+            }
+            if let Some(pct) = p.percentage.filter(|p| p.is_finite()) {
+                progress.insert("percentage".into(), pct.into());
+            }
+            if !progress.is_empty() {
+                ddi["progress"] = progress.into();
+            }
         }
         if let Some(code) = s.code {
             ddi["code"] = code.into();
@@ -275,6 +290,27 @@ mod tests {
         assert_eq!(
             failed.to_report().unwrap().error.as_deref(),
             Some("bad signature\nrolled back")
+        );
+    }
+
+    #[test]
+    fn progress_may_be_counts_a_percentage_or_nothing() {
+        let report = |progress: Value| {
+            feedback(json!({"status": {"execution": "closed",
+                "result": {"finished": "success", "progress": progress}}}))
+            .to_report()
+            .unwrap()
+            .detail
+            .unwrap()
+        };
+        assert!(report(json!({}))["ddi"].get("progress").is_none());
+        assert_eq!(
+            report(json!({"percentage": 40}))["ddi"]["progress"],
+            json!({"percentage": 40.0})
+        );
+        assert_eq!(
+            report(json!({"cnt": 2}))["ddi"]["progress"],
+            json!({"cnt": 2, "of": null})
         );
     }
 
