@@ -43,6 +43,21 @@ if [ "${#need[@]}" -gt 0 ]; then
     $SUDO apt-get update -qq >/dev/null
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# rauc-hawkbit's DDIClient (tests/tests/e2e/rauc_hawkbit.rs) runs from its
+# own venv. --no-deps: the package's declared dependencies include gbulb and
+# PyGObject (its D-Bus service), which the DDI client does not use and which
+# do not build without GObject's headers; aiohttp, which it does use, is
+# installed with its own dependencies.
+RAUC_HAWKBIT_VERSION="0.2.0"
+AIOHTTP_VERSION="3.14.5"
+RAUC_VENV="$ROOT/target/rauc-hawkbit-venv"
+if ! compgen -G "$RAUC_VENV/lib/python3*/site-packages/rauc_hawkbit-$RAUC_HAWKBIT_VERSION.dist-info" >/dev/null \
+    || ! compgen -G "$RAUC_VENV/lib/python3*/site-packages/aiohttp-$AIOHTTP_VERSION.dist-info" >/dev/null; then
+    echo "installing rauc-hawkbit $RAUC_HAWKBIT_VERSION and aiohttp $AIOHTTP_VERSION into $RAUC_VENV"
+    python3 -m venv "$RAUC_VENV"
+    "$RAUC_VENV/bin/pip" install -q "aiohttp==$AIOHTTP_VERSION"
+    "$RAUC_VENV/bin/pip" install -q --no-deps "rauc-hawkbit==$RAUC_HAWKBIT_VERSION"
+fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "warning: not root: the LAN peer-recovery tests create network namespaces and will" >&2
     echo "fail; run this command as root (sudo -E bash deploy/local/test.sh)" >&2

@@ -11,6 +11,7 @@ mod lifecycle;
 mod log_query;
 mod longpoll;
 mod observability;
+mod rauc_hawkbit;
 mod resilience;
 mod software;
 mod store;
