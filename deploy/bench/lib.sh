@@ -13,7 +13,8 @@
 # shared with other work and are never stopped, restarted or flushed.
 #
 # Knobs common to every script (environment):
-#   BENCH_NO_BUILD=1      use target/release as it is (skip cargo build)
+#   BENCH_NO_BUILD=1      use target/release (or $CARGO_TARGET_DIR/release) as
+#                         it is (skip cargo build)
 #   BENCH_KEEP=1          keep the run directory (logs, tokens) even on success
 #   BENCH_SERVER_CPUS     taskset CPU list for the measured servers (default:
 #   BENCH_WRK_CPUS        none) and for wrk; see heartbeat.sh for why the
@@ -23,7 +24,8 @@
 #   TEND_BENCH_AMQP       amqp://guest:guest@127.0.0.1:5672/%2f
 
 BENCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-BENCH_BIN="$BENCH_ROOT/target/release"
+# cargo builds into CARGO_TARGET_DIR when it is set.
+BENCH_BIN="${CARGO_TARGET_DIR:-$BENCH_ROOT/target}/release"
 BENCH_OUT="$BENCH_ROOT/target/bench"
 BENCH_PG_ADMIN="${TEND_BENCH_PG:-postgres://postgres@127.0.0.1:5432/postgres}"
 BENCH_REDIS="${TEND_BENCH_REDIS:-redis://127.0.0.1:6379}"
