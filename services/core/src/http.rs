@@ -115,32 +115,50 @@ thread_local! {
 /// One route's counters (by method and status) and histograms (by method).
 #[derive(Default)]
 struct RouteHandles {
-    counters: Vec<(actix_web::http::Method, u16, metrics::Counter)>,
-    histograms: Vec<(actix_web::http::Method, metrics::Histogram)>,
+    counters: Vec<(&'static str, u16, metrics::Counter)>,
+    histograms: Vec<(&'static str, metrics::Histogram)>,
+}
+
+/// The metric label of a method: one of a fixed set, so that requests with
+/// invented methods (anyone may send them, unauthenticated) cannot add
+/// series without bound.
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 impl RouteHandles {
     fn record(&mut self, method: &actix_web::http::Method, status: u16, seconds: f64, route: &str) {
+        let method = method_label(method);
         let counter = match self
             .counters
             .iter()
-            .find(|(m, s, _)| m == method && *s == status)
+            .find(|(m, s, _)| *m == method && *s == status)
         {
             Some((_, _, c)) => c.clone(),
             None => {
                 let c = metrics::counter!("tend_http_requests_total",
-                    "method" => method.to_string(), "route" => route.to_owned(), "status" => status.to_string());
-                self.counters.push((method.clone(), status, c.clone()));
+                    "method" => method, "route" => route.to_owned(), "status" => status.to_string());
+                self.counters.push((method, status, c.clone()));
                 c
             }
         };
         counter.increment(1);
-        let histogram = match self.histograms.iter().find(|(m, _)| m == method) {
+        let histogram = match self.histograms.iter().find(|(m, _)| *m == method) {
             Some((_, h)) => h.clone(),
             None => {
                 let h = metrics::histogram!("tend_http_request_duration_seconds",
-                    "method" => method.to_string(), "route" => route.to_owned());
-                self.histograms.push((method.clone(), h.clone()));
+                    "method" => method, "route" => route.to_owned());
+                self.histograms.push((method, h.clone()));
                 h
             }
         };
@@ -243,6 +261,17 @@ mod tests {
 
     async fn body_of(res: HttpResponse) -> serde_json::Value {
         serde_json::from_slice(&to_bytes(res.into_body()).await.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn invented_methods_share_one_metric_label() {
+        use actix_web::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::HEAD), "HEAD");
+        for invented in ["FOO", "BREW", "X1234"] {
+            let m = Method::from_bytes(invented.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "other");
+        }
     }
 
     #[actix_web::test]

@@ -242,11 +242,48 @@ async fn report(
     }
 }
 
+/// The most bytes of a report's `error`, and of its `detail` as JSON: an
+/// honest agent sends a line and a few fields; the output is where text
+/// goes.
+pub const MAX_ERROR_BYTES: usize = 16 * 1024;
+pub const MAX_DETAIL_BYTES: usize = 64 * 1024;
+/// The largest field a `detail` over [`MAX_DETAIL_BYTES`] keeps.
+const MAX_KEPT_FIELD_BYTES: usize = 1024;
+
 /// Makes a report fit its column: no NUL (PostgreSQL's jsonb and text
-/// refuse it, which would fail the report) and an output of at most
-/// [`MAX_OUTPUT_BYTES`], keeping its end.
-fn storable(report: &mut Report) {
+/// refuse it, which would fail the report), an output of at most
+/// [`MAX_OUTPUT_BYTES`], keeping its end, an error of at most
+/// [`MAX_ERROR_BYTES`], keeping its start, and a detail of at most
+/// [`MAX_DETAIL_BYTES`], keeping only its small top-level fields
+/// otherwise (`rolled_back`, `phase` and the like).
+pub(crate) fn storable(report: &mut Report) {
     report.replace_nul();
+    if let Some(error) = report.error.as_mut()
+        && error.len() > MAX_ERROR_BYTES
+    {
+        let mut end = MAX_ERROR_BYTES;
+        while !error.is_char_boundary(end) {
+            end -= 1;
+        }
+        error.truncate(end);
+        error.push_str(" […]");
+    }
+    if let Some(detail) = report.detail.as_mut() {
+        let size = detail.to_string().len();
+        if size > MAX_DETAIL_BYTES {
+            let mut kept = serde_json::Map::new();
+            if let Some(fields) = detail.as_object() {
+                for (k, v) in fields {
+                    if k.len() + v.to_string().len() <= MAX_KEPT_FIELD_BYTES {
+                        kept.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            kept.insert("detail_truncated".into(), true.into());
+            kept.insert("detail_bytes".into(), size.into());
+            *detail = serde_json::Value::Object(kept);
+        }
+    }
     if let Some(out) = report.output.as_mut()
         && out.len() > MAX_OUTPUT_BYTES
     {
@@ -368,6 +405,38 @@ async fn readyz(state: Shared) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_error_and_a_large_detail_are_cut_to_their_bounds() {
+        let mut report = Report {
+            status: ReportStatus::Failed,
+            output: None,
+            error: Some("é".repeat(MAX_ERROR_BYTES)),
+            detail: Some(serde_json::json!({
+                "rolled_back": true,
+                "phase": "health_check",
+                "junk": "x".repeat(MAX_DETAIL_BYTES),
+            })),
+        };
+        storable(&mut report);
+        let error = report.error.unwrap();
+        assert!(error.len() <= MAX_ERROR_BYTES + 8 && error.ends_with(" […]"));
+        let detail = report.detail.unwrap();
+        assert_eq!(detail["rolled_back"], true);
+        assert_eq!(detail["phase"], "health_check");
+        assert!(detail.get("junk").is_none());
+        assert_eq!(detail["detail_truncated"], true);
+
+        let mut small = Report {
+            status: ReportStatus::Succeeded,
+            output: None,
+            error: Some("fine".into()),
+            detail: Some(serde_json::json!({ "phase": "commit" })),
+        };
+        storable(&mut small);
+        assert_eq!(small.error.as_deref(), Some("fine"));
+        assert_eq!(small.detail, Some(serde_json::json!({ "phase": "commit" })));
+    }
 
     #[test]
     fn long_output_keeps_its_newest_whole_lines() {

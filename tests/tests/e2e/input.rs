@@ -402,6 +402,39 @@ async fn nul_characters_from_a_device_or_a_client_never_become_server_errors() {
     assert_eq!(result["output"], "a\u{FFFD}b");
     assert_eq!(result["detail"]["x"], "\u{FFFD}");
 
+    // A report's error and detail are bounded like its output: a 3 MB
+    // error keeps its start, a 1 MB detail its small fields.
+    let id = stack
+        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
+        .await;
+    stack
+        .http
+        .get(stack.device_api("/instructions"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let r = stack
+        .http
+        .post(stack.device_api(&format!("/instructions/{id}/report")))
+        .bearer_auth(&token)
+        .json(&json!({ "status": "failed", "error": "e".repeat(3_000_000),
+                       "detail": { "phase": "run", "blob": "b".repeat(1_000_000) } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let result = &stack.command(&admin, id).await["result"];
+    let error = result["error"].as_str().unwrap();
+    assert!(
+        error.len() < 20_000 && error.starts_with("eee"),
+        "{}",
+        error.len()
+    );
+    assert_eq!(result["detail"]["phase"], "run");
+    assert_eq!(result["detail"]["detail_truncated"], true);
+    assert!(result["detail"].get("blob").is_none());
+
     // Clients' NULs are a 4xx, not a 500.
     let (status, _) = stack
         .post(

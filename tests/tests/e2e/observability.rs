@@ -19,6 +19,17 @@ async fn every_service_exports_its_named_series_after_traffic() {
         .wait_for(&admin, id, "succeeded", Duration::from_secs(30))
         .await;
 
+    // Invented methods, unauthenticated, share one label.
+    for invented in ["BREW", "XMETHOD1", "XMETHOD2"] {
+        let method = reqwest::Method::from_bytes(invented.as_bytes()).unwrap();
+        stack
+            .http
+            .request(method, format!("{}/healthz", stack.url(Service::Sync)))
+            .send()
+            .await
+            .unwrap();
+    }
+
     let scrape = |s: Service| {
         let url = format!("{}/metrics", stack.url(s));
         let http = stack.http.clone();
@@ -41,6 +52,7 @@ async fn every_service_exports_its_named_series_after_traffic() {
                 "tend_http_requests_total{method=\"POST\",route=\"/device/v1/heartbeat\",status=\"200\"}",
                 "tend_sync_events_total{topic=\"command.queued\"}",
                 "tend_instructions_delivered_total",
+                "tend_http_requests_total{method=\"other\",route=\"/healthz\"",
             ],
         ),
         (
@@ -67,6 +79,11 @@ async fn every_service_exports_its_named_series_after_traffic() {
         )
         .await;
     }
+    let sync = scrape(Service::Sync).await.unwrap_or_default();
+    assert!(
+        !sync.contains("XMETHOD"),
+        "an invented method became a label"
+    );
     // The fleet gauges are recounted every 15 seconds.
     eventually(
         Duration::from_secs(40),

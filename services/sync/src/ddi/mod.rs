@@ -339,7 +339,8 @@ async fn deployment_feedback(
 ) -> Result<HttpResponse, ApiError> {
     let session = session::authenticate(&state, &req, &path.tenant, &path.controller).await?;
     let seq = path.seq()?;
-    let report = body.to_report()?;
+    let mut report = body.to_report()?;
+    crate::routes::storable(&mut report);
     let device = session.device;
     let outcome = db::in_tx(&state.pool, async |tx| {
         // Feedback may come before the device read its deploymentBase

@@ -87,9 +87,10 @@ pub struct Progress {
 }
 
 /// The most detail lines kept from one feedback, and the most bytes of
-/// each: clients send a line per step, and some paste whole logs.
-const MAX_DETAILS: usize = 100;
-const MAX_DETAIL_BYTES: usize = 4096;
+/// each: clients send a line per step (SWUpdate up to 48 log lines), and
+/// some paste whole logs. Within a report's bounds either way.
+const MAX_DETAILS: usize = 48;
+const MAX_DETAIL_BYTES: usize = 1024;
 
 impl Feedback {
     /// The report this feedback is, in tend's lifecycle: the steps before
