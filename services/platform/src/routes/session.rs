@@ -36,7 +36,9 @@ pub async fn login(state: Shared, body: web::Json<Login>) -> Result<HttpResponse
         .hash_work(move || auth::verify_password(&password, &hash))
         .await?;
     let Some(creds) = found.filter(|_| ok) else {
-        tracing::info!(user = %username, "failed login for {username}");
+        // Debug-quoted: the name is the client's, and a newline in it must
+        // not forge a line in a text log.
+        tracing::info!(user = ?username, "failed login for {username:?}");
         return Err(ApiError::Unauthorized(
             "invalid username or password".into(),
         ));

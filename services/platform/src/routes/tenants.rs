@@ -56,7 +56,7 @@ pub async fn create(
     })
     .await
     .map_err(conflict)?;
-    tracing::info!(tenant.id = %tenant.id, "created tenant {}", tenant.name);
+    tracing::info!(tenant.id = %tenant.id, "created tenant {:?}", tenant.name);
     Ok(HttpResponse::Created().json(TenantOut {
         id: tenant.id,
         name: tenant.name,
