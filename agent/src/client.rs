@@ -29,6 +29,8 @@ use crate::system::AGENT_VERSION;
 /// Connecting should be quick even on a poor link; a longer wait means the
 /// server is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a token is used, whatever the server says its lifetime is.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Report bodies larger than this are sent gzip-compressed. Log text
 /// shrinks five- to tenfold, which matters on a metered cellular link;
@@ -327,7 +329,9 @@ impl Client {
         }
         // Renewing after three quarters of the lifetime leaves the last
         // quarter as margin for clock drift and slow requests.
-        let lifetime = Duration::from_secs(auth.expires_in);
+        // Clamped: a broken or hostile server's lifetime must neither
+        // overflow the clock nor keep a token for ever.
+        let lifetime = Duration::from_secs(auth.expires_in).min(MAX_TOKEN_LIFETIME);
         *slot = Some(Token {
             value: auth.token.clone(),
             renew_at: Instant::now() + lifetime.mul_f64(0.75),
@@ -611,6 +615,25 @@ mod tests {
         let client = fast_client(&server);
         client.token().await.unwrap();
         client.token().await.unwrap();
+        server.verify().await;
+    }
+
+    #[tokio::test]
+    async fn an_endless_token_lifetime_neither_panics_nor_lasts_for_ever() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/device/v1/auth"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(serde_json::json!({"token": "t", "expires_in": u64::MAX})),
+            )
+            .expect(1)
+            .mount(&server)
+            .await;
+        let client = fast_client(&server);
+        assert_eq!(client.token().await.unwrap(), "t");
+        let renew_at = client.token.lock().await.as_ref().unwrap().renew_at;
+        assert!(renew_at <= Instant::now() + MAX_TOKEN_LIFETIME);
         server.verify().await;
     }
 

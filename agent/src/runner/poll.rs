@@ -39,6 +39,9 @@ impl Agent {
 /// before asking again while the server still says work is pending.
 const LONG_POLL_PENDING_PAUSE: Duration = Duration::from_secs(1);
 
+/// The longest interval between heartbeats, whatever the server says.
+const MAX_INTERVAL_S: u64 = 3600;
+
 /// Heartbeats, and fetches when the server says work is pending, until the
 /// caller stops awaiting it (at shutdown). `batch` is the batch task last
 /// started, which the caller waits for when it stops.
@@ -65,8 +68,11 @@ pub(super) async fn heartbeat_loop(
                     next_heartbeat_s = answer.next_heartbeat_s,
                     "heartbeat sent"
                 );
+                // Clamped: a broken or hostile server must not silence the
+                // device for ever (or make it poll without pause).
+                let next_s = answer.next_heartbeat_s.min(MAX_INTERVAL_S);
                 if wait_s.is_none() {
-                    interval_s = Some(answer.next_heartbeat_s);
+                    interval_s = Some(next_s.max(1));
                 }
                 if answer.pending {
                     fetch(agent, shutdown, batch).await;
@@ -88,11 +94,11 @@ pub(super) async fn heartbeat_loop(
                         }
                         Duration::ZERO
                     }
-                    Some(_) => Duration::from_secs(answer.next_heartbeat_s),
+                    Some(_) => Duration::from_secs(next_s),
                     // The first heartbeat only learnt the interval: start
                     // being held at once rather than after a whole interval.
                     None if agent.config.long_poll => Duration::ZERO,
-                    None => jittered(answer.next_heartbeat_s),
+                    None => jittered(next_s),
                 }
             }
             Err(e) => {
