@@ -141,6 +141,23 @@ pub fn unsupported(kind: &str) -> Report {
     }
 }
 
+/// An instruction handed over after its `expires_at` (by this device's
+/// clock, with [`crate::runner`]'s tolerance): refused, never run. A
+/// command the admin meant for a moment long past is not run now.
+pub fn expired(
+    expires_at: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Report {
+    Report {
+        status: ReportStatus::Rejected,
+        output: None,
+        error: Some(format!(
+            "the instruction expired at {expires_at} and this device's clock says {now}: not running it"
+        )),
+        detail: None,
+    }
+}
+
 /// An action journaled `started` but never spawned: the agent stopped (a
 /// restart, a power cut) while it was still waiting for the server to
 /// accept `in_progress`. A new boot id proves nothing here, and the action

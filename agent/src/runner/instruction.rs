@@ -26,6 +26,11 @@ use crate::journal::{self, Entry, State};
 use crate::logquery::{self, QueryError};
 use crate::outcome::{self, Action, Verdict};
 
+/// How far past its `expires_at`, by this device's clock, an instruction
+/// is still run: device clocks drift, and one a few minutes off must not
+/// refuse its work.
+const EXPIRY_TOLERANCE: chrono::Duration = chrono::Duration::minutes(5);
+
 impl Agent {
     pub(super) async fn handle_batch(self: Arc<Self>, instructions: Vec<Instruction>) {
         for instruction in instructions {
@@ -48,13 +53,21 @@ impl Agent {
         if let Some(entry) = known {
             return self.handle_again(entry).await;
         }
+        let now = Utc::now();
+        if now > instruction.expires_at + EXPIRY_TOLERANCE {
+            let report = outcome::expired(instruction.expires_at, now);
+            return self.refuse(instruction, report);
+        }
         match (instruction.known_kind(), Action::of(&instruction.kind)) {
             (Some(CommandKind::LogQuery), _) => self.query_logs(instruction).await,
             (Some(CommandKind::Upgrade | CommandKind::Restore), _) => {
                 self.change_software(instruction).await
             }
             (_, Some(action)) => self.perform(action, instruction).await,
-            _ => self.reject(instruction),
+            _ => {
+                let report = outcome::unsupported(&instruction.kind);
+                self.refuse(instruction, report)
+            }
         }
     }
 
@@ -202,14 +215,16 @@ impl Agent {
         self.finish_or_log(&entry, report, Some(started.elapsed()));
     }
 
-    fn reject(&self, instruction: Instruction) {
-        let report = outcome::unsupported(&instruction.kind);
+    /// Journals the instruction as finished with `report` (a rejection)
+    /// without running anything.
+    fn refuse(&self, instruction: Instruction, report: Report) {
         let entry = Entry {
             state: State::Finished,
             report: report.clone(),
             ..self.started(instruction)
         };
-        info!(instruction.id = %entry.id, "instruction {}: {} is not supported; rejecting it", entry.id, entry.kind);
+        info!(instruction.id = %entry.id, "instruction {} ({}) rejected: {}", entry.id, entry.kind,
+            report.error.as_deref().unwrap_or_default());
         self.finish_or_log(&entry, report, None);
     }
 }
@@ -223,6 +238,28 @@ mod tests {
 
     use super::super::testing::*;
     use super::*;
+
+    #[tokio::test]
+    async fn an_instruction_past_its_expiry_is_rejected_and_never_runs() {
+        let server = accepting_server().await;
+        let device = Device::new("boot-1");
+        let agent =
+            Arc::new(Agent::start(device.config(&server.uri()), CancellationToken::new()).unwrap());
+
+        let mut stale = instruction("shutdown");
+        stale.expires_at = Utc::now() - chrono::Duration::days(3);
+        agent.handle(stale.clone()).await;
+        assert_eq!(device.runs(), 0, "an expired shutdown ran");
+        let entry = agent.journal().get(stale.id).cloned().unwrap();
+        assert_eq!(entry.report.status, ReportStatus::Rejected);
+        assert!(entry.report.error.unwrap().contains("expired"));
+
+        // A device clock a little ahead still runs its work.
+        let mut fresh = instruction("shutdown");
+        fresh.expires_at = Utc::now() - chrono::Duration::minutes(1);
+        agent.handle(fresh).await;
+        assert_eq!(device.runs(), 1);
+    }
 
     #[tokio::test]
     async fn an_instruction_delivered_twice_is_executed_once_even_across_restarts() {

@@ -113,7 +113,7 @@ pub(super) fn instruction(kind: &str) -> Instruction {
         kind: kind.into(),
         params: json!({}),
         issued_at: Utc::now(),
-        expires_at: Utc::now(),
+        expires_at: Utc::now() + chrono::Duration::hours(1),
         timeout_s: 30,
         trace_id: None,
     }
