@@ -20,7 +20,7 @@
 use std::ffi::OsString;
 use std::fs::{self, Metadata, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
@@ -165,6 +165,14 @@ fn kind(path: &Path, meta: &Metadata) -> Result<(), QueryError> {
         Err(QueryError::Rejected(format!(
             "{} is not a regular file (a FIFO, socket or device is never read)",
             path.display()
+        )))
+    } else if meta.nlink() > 1 {
+        // A hard link is a link too: whoever can write the log directory
+        // could link any file readable by the agent into it.
+        Err(QueryError::Rejected(format!(
+            "{} has {} names (hard links); a log file is read only when it has one",
+            path.display(),
+            meta.nlink()
         )))
     } else {
         Ok(())

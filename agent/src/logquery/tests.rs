@@ -438,6 +438,21 @@ fn a_configured_symlink_is_refused_and_so_is_a_symlinked_rotated_file() {
 }
 
 #[test]
+fn a_hard_linked_log_or_rotated_file_is_refused() {
+    let logs = Logs::new();
+    logs.write("app.log", APP);
+    logs.write("secret", "not a log\n");
+    std::fs::hard_link(logs.path("secret"), logs.path("app.log.1")).unwrap();
+    let why = logs.rejection(json!({"source": "app"}));
+    assert!(why.contains("app.log.1 has 2 names"), "{why}");
+
+    std::fs::remove_file(logs.path("app.log.1")).unwrap();
+    std::fs::hard_link(logs.path("app.log"), logs.path("copy")).unwrap();
+    let why = logs.rejection(json!({"source": "app"}));
+    assert!(why.contains("app.log has 2 names"), "{why}");
+}
+
+#[test]
 fn a_directory_or_a_fifo_is_refused_without_hanging() {
     let logs = Logs::new();
     fs::create_dir(logs.path("adir")).unwrap();
