@@ -524,6 +524,18 @@ impl Stack {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `DELETE` on the admin API; answers the status.
+    pub async fn delete(&self, token: &str, path: &str) -> u16 {
+        self.http
+            .delete(self.api(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("admin API request")
+            .status()
+            .as_u16()
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
         let r = self
             .http

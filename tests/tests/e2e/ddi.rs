@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha1::Digest;
 use tend_tests::{Device, Service, Stack, eventually};
+use uuid::Uuid;
 
 /// A DDI client of one device, speaking for it with `auth` (the whole
 /// `Authorization` value).
@@ -125,6 +126,22 @@ pub(crate) async fn artifact(
     id
 }
 
+/// Queues an upgrade of `device` to the artifact `artifact`.
+pub(crate) async fn queue_upgrade(
+    stack: &Stack,
+    token: &str,
+    device: Uuid,
+    artifact: &str,
+) -> Uuid {
+    stack
+        .queue(
+            token,
+            device,
+            json!({ "kind": "upgrade", "params": { "artifact_id": artifact } }),
+        )
+        .await
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -176,13 +193,7 @@ async fn a_deployment_runs_from_poll_to_final_feedback_and_a_rebooted_device_is_
     // An upgrade, queued as for any device.
     let bytes = image(70_000);
     let id = artifact(&stack, &admin, "2.0", "update.swu", &bytes).await;
-    let command = stack
-        .queue(
-            &admin,
-            device.id,
-            json!({ "kind": "upgrade", "params": { "artifact_id": id } }),
-        )
-        .await;
+    let command = queue_upgrade(&stack, &admin, device.id, &id).await;
     let action = eventually(Duration::from_secs(10), "a deploymentBase link", || async {
         action_of(&ddi.poll().await, "deploymentBase")
     })
@@ -331,13 +342,7 @@ async fn a_failed_or_rejected_deployment_ends_so_and_bad_feedback_is_refused() {
     let run = |kind: &'static str| {
         let (stack, admin, id, ddi) = (&stack, &admin, &id, &ddi);
         async move {
-            let command = stack
-                .queue(
-                    admin,
-                    device.id,
-                    json!({ "kind": "upgrade", "params": { "artifact_id": id } }),
-                )
-                .await;
+            let command = queue_upgrade(stack, admin, device.id, id).await;
             let action = eventually(Duration::from_secs(10), "a deploymentBase link", || async {
                 action_of(&ddi.poll().await, "deploymentBase")
             })
@@ -405,13 +410,7 @@ async fn a_failed_or_rejected_deployment_ends_so_and_bad_feedback_is_refused() {
 
     // An upgrade cancelled before the device took it: shown as cancelled
     // to a client that asks, its confirmation accepted, never deployed.
-    let command = stack
-        .queue(
-            &admin,
-            device.id,
-            json!({ "kind": "upgrade", "params": { "artifact_id": id } }),
-        )
-        .await;
+    let command = queue_upgrade(&stack, &admin, device.id, &id).await;
     let (status, v) = stack
         .post(&admin, &format!("/commands/{command}/cancel"), json!({}))
         .await;
@@ -501,13 +500,7 @@ async fn wrong_tokens_other_tenants_and_decommissioned_devices_get_nothing() {
 
     // Another device's action is not found.
     let id = artifact(&stack, &admin, "4.0", "x.swu", &image(100)).await;
-    stack
-        .queue(
-            &admin,
-            twin.id,
-            json!({ "kind": "upgrade", "params": { "artifact_id": id } }),
-        )
-        .await;
+    queue_upgrade(&stack, &admin, twin.id, &id).await;
     let twin_ddi = Ddi::target(&stack, "default", "cam-3", &twin);
     let action = eventually(Duration::from_secs(10), "the twin's deployment", || async {
         action_of(&twin_ddi.poll().await, "deploymentBase")
@@ -568,22 +561,19 @@ async fn wrong_tokens_other_tenants_and_decommissioned_devices_get_nothing() {
     // Revoked or decommissioned: refused on the next requests, remembered
     // sessions included.
     let gw_id = created["id"].as_str().unwrap();
-    let r = stack
-        .http
-        .delete(stack.api(&format!("/gateway-tokens/{gw_id}")))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404, "another tenant's token");
-    let r = stack
-        .http
-        .delete(stack.api(&format!("/gateway-tokens/{gw_id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(
+        stack
+            .delete(&other, &format!("/gateway-tokens/{gw_id}"))
+            .await,
+        404,
+        "another tenant's token"
+    );
+    assert_eq!(
+        stack
+            .delete(&admin, &format!("/gateway-tokens/{gw_id}"))
+            .await,
+        204
+    );
     eventually(
         Duration::from_secs(2),
         "the revoked gateway token refused",
@@ -592,14 +582,10 @@ async fn wrong_tokens_other_tenants_and_decommissioned_devices_get_nothing() {
     .await;
     let own = Ddi::target(&stack, "default", "cam-4", &solo);
     assert_eq!(own.get("").await.0, 200);
-    let r = stack
-        .http
-        .delete(stack.api(&format!("/devices/{}", solo.id)))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(
+        stack.delete(&admin, &format!("/devices/{}", solo.id)).await,
+        204
+    );
     eventually(
         Duration::from_secs(2),
         "the decommissioned device refused",

@@ -351,6 +351,37 @@ async fn device_reports_are_validated_against_the_lifecycle() {
     assert_eq!(v["result"]["output"], "bye");
 }
 
+/// Queues a shutdown for the device, hands it over, reports `report` for it
+/// and answers the command's stored `result`.
+async fn stored_report(
+    stack: &Stack,
+    admin: &str,
+    token: &str,
+    device: uuid::Uuid,
+    report: Value,
+) -> Value {
+    let id = stack
+        .queue(admin, device, json!({ "kind": "shutdown" }))
+        .await;
+    stack
+        .http
+        .get(stack.device_api("/instructions"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let r = stack
+        .http
+        .post(stack.device_api(&format!("/instructions/{id}/report")))
+        .bearer_auth(token)
+        .json(&report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    stack.command(admin, id).await["result"].clone()
+}
+
 #[tokio::test]
 async fn nul_characters_from_a_device_or_a_client_never_become_server_errors() {
     let stack = Stack::start().await;
@@ -379,52 +410,28 @@ async fn nul_characters_from_a_device_or_a_client_never_become_server_errors() {
     assert_eq!(v["reported"]["inventory"]["k\u{FFFD}"][0], "v\u{FFFD}");
 
     // A report whose output holds NULs is stored without them.
-    let id = stack
-        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
-        .await;
-    stack
-        .http
-        .get(stack.device_api("/instructions"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let r = stack
-        .http
-        .post(stack.device_api(&format!("/instructions/{id}/report")))
-        .bearer_auth(&token)
-        .json(&json!({ "status": "succeeded", "output": "a\u{0}b", "detail": { "x": "\u{0}" } }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let result = &stack.command(&admin, id).await["result"];
+    let result = &stored_report(
+        &stack,
+        &admin,
+        &token,
+        device.id,
+        json!({ "status": "succeeded", "output": "a\u{0}b", "detail": { "x": "\u{0}" } }),
+    )
+    .await;
     assert_eq!(result["output"], "a\u{FFFD}b");
     assert_eq!(result["detail"]["x"], "\u{FFFD}");
 
     // A report's error and detail are bounded like its output: a 3 MB
     // error keeps its start, a 1 MB detail its small fields.
-    let id = stack
-        .queue(&admin, device.id, json!({ "kind": "shutdown" }))
-        .await;
-    stack
-        .http
-        .get(stack.device_api("/instructions"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let r = stack
-        .http
-        .post(stack.device_api(&format!("/instructions/{id}/report")))
-        .bearer_auth(&token)
-        .json(&json!({ "status": "failed", "error": "e".repeat(3_000_000),
-                       "detail": { "phase": "run", "blob": "b".repeat(1_000_000) } }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let result = &stack.command(&admin, id).await["result"];
+    let result = &stored_report(
+        &stack,
+        &admin,
+        &token,
+        device.id,
+        json!({ "status": "failed", "error": "e".repeat(3_000_000),
+                "detail": { "phase": "run", "blob": "b".repeat(1_000_000) } }),
+    )
+    .await;
     let error = result["error"].as_str().unwrap();
     assert!(
         error.len() < 20_000 && error.starts_with("eee"),

@@ -14,10 +14,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::json;
 use tend_tests::{Service, Stack};
 
-use super::ddi::artifact;
+use super::ddi::{artifact, queue_upgrade};
 
 /// Generous for a loaded machine: the client itself polls for at most
 /// 30 s, then downloads a few hundred kilobytes.
@@ -49,13 +48,7 @@ async fn rauc_hawkbit_polls_downloads_in_ranges_and_reports_until_the_upgrade_su
         .map(|i| (i * 31 + i / 251) as u8)
         .collect();
     let id = artifact(&stack, &admin, "5.1", "bundle.raucb", &bytes).await;
-    let command = stack
-        .queue(
-            &admin,
-            device.id,
-            json!({ "kind": "upgrade", "params": { "artifact_id": id } }),
-        )
-        .await;
+    let command = queue_upgrade(&stack, &admin, device.id, &id).await;
 
     let url = stack.url(Service::Sync);
     let host = url

@@ -8,12 +8,11 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use tend_tests::swu::{self, Auth, Boot, Image, Signature, SigningKey, Suricatta};
 use tend_tests::{Device, Service, Stack, eventually};
 use uuid::Uuid;
 
-use super::ddi::artifact;
+use super::ddi::{artifact, queue_upgrade};
 
 /// Generous: suricatta polls every second (the stack's heartbeat), but a
 /// loaded machine runs the test command's other tests beside it.
@@ -44,13 +43,7 @@ async fn upgrade(
 ) -> Uuid {
     let name = swu.file_name().unwrap().to_str().unwrap();
     let id = artifact(stack, admin, version, name, &std::fs::read(swu).unwrap()).await;
-    stack
-        .queue(
-            admin,
-            device.id,
-            json!({ "kind": "upgrade", "params": { "artifact_id": id } }),
-        )
-        .await
+    queue_upgrade(stack, admin, device.id, &id).await
 }
 
 async fn commands_of(stack: &Stack, token: &str, device: Uuid) -> usize {
