@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         "server_url = \"http://127.0.0.1:9\"\n\
          device_id = \"6f1c1a52-8d7e-4f2b-9a51-2f6e8c1d0b11\"\n\
          device_secret = \"bench\"\n\
+         accept_unsigned = true\n\
          state_dir = {:?}\n\
          [log_sources]\nbench = {:?}\n",
         temp.path().join("state").display().to_string(),

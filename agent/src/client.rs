@@ -434,7 +434,7 @@ mod tests {
 
     fn config_for(server: &MockServer) -> Config {
         Config::from_toml_str(&format!(
-            "server_url = \"{}\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\nrequest_timeout_s = 5\n",
+            "server_url = \"{}\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\nrequest_timeout_s = 5\naccept_unsigned = true\n",
             server.uri(),
             Uuid::new_v4()
         ))
@@ -650,7 +650,7 @@ mod tests {
         assert!(matches!(e, ClientError::AuthRefused), "{e}");
 
         let config = Config::from_toml_str(&format!(
-            "server_url = \"http://127.0.0.1:9\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\n",
+            "server_url = \"http://127.0.0.1:9\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\naccept_unsigned = true\n",
             Uuid::new_v4()
         ))
         .unwrap();

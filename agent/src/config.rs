@@ -16,6 +16,7 @@ use crate::logquery::{self, NaiveZone};
 use crate::oplog;
 use crate::peer;
 use crate::software;
+use crate::trust::Trust;
 
 /// Everything the agent needs to know, validated.
 #[derive(Clone)]
@@ -54,6 +55,8 @@ pub struct Config {
     /// `[peer]`: LAN peer recovery (seed 000), serving this device's
     /// images to peers of its type and fetching from them.
     pub peer: peer::PeerSettings,
+    /// `signing_keys` and `accept_unsigned`: which instructions run.
+    pub trust: Trust,
 }
 
 /// The argv that performs each action.
@@ -118,6 +121,10 @@ struct RawConfig {
     agent_proof_s: Option<u64>,
     #[serde(default)]
     peer: peer::settings::RawPeer,
+    #[serde(default)]
+    signing_keys: Vec<String>,
+    #[serde(default)]
+    accept_unsigned: bool,
 }
 
 #[derive(Default, Deserialize)]
@@ -261,6 +268,7 @@ impl Config {
             raw.agent_proof_s,
         )?;
         let peer = peer::PeerSettings::parse(raw.peer)?;
+        let trust = Trust::new(&raw.signing_keys, raw.accept_unsigned)?;
 
         Ok(Config {
             path: None,
@@ -278,6 +286,7 @@ impl Config {
             operations_log,
             software,
             peer,
+            trust,
         })
     }
 }
@@ -298,6 +307,7 @@ impl fmt::Debug for Config {
             .field("operations_log", &self.operations_log)
             .field("software", &self.software)
             .field("peer", &self.peer)
+            .field("trust", &self.trust)
             .finish()
     }
 }
@@ -334,7 +344,8 @@ mod tests {
 
     fn minimal() -> String {
         format!(
-            "server_url = \"http://127.0.0.1:8081/\"\ndevice_id = \"{ID}\"\ndevice_secret = \"s3cret\"\n"
+            "server_url = \"http://127.0.0.1:8081/\"\ndevice_id = \"{ID}\"\ndevice_secret = \"s3cret\"\n\
+             accept_unsigned = true\n"
         )
     }
 
@@ -434,7 +445,8 @@ mod tests {
         let file = dir.path().join("secret");
         std::fs::write(&file, "from-file\n").unwrap();
         let text = format!(
-            "server_url = \"https://sync.example\"\ndevice_id = \"{ID}\"\ndevice_secret_file = {:?}\n",
+            "server_url = \"https://sync.example\"\ndevice_id = \"{ID}\"\ndevice_secret_file = {:?}\n\
+             accept_unsigned = true\n",
             file.display().to_string()
         );
         let config = Config::from_toml_str(&text).unwrap();
@@ -482,7 +494,7 @@ mod tests {
     #[test]
     fn syntax_errors_and_unknown_keys_name_their_line() {
         let e = error_of(&format!("{}heartbeat = 5\n", minimal()));
-        assert!(e.starts_with("line 4:") && e.contains("heartbeat"), "{e}");
+        assert!(e.starts_with("line 5:") && e.contains("heartbeat"), "{e}");
         let e = error_of("server_url = \n");
         assert!(e.starts_with("line 1:"), "{e}");
     }

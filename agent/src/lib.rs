@@ -25,6 +25,7 @@ mod runner;
 mod sanitize;
 mod software;
 mod system;
+pub mod trust;
 
 pub use config::Config;
 pub use runner::{Stopped, prove, run};

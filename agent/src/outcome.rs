@@ -141,6 +141,19 @@ pub fn unsupported(kind: &str) -> Report {
     }
 }
 
+/// An instruction whose signature does not verify ([`crate::trust`]):
+/// refused, never run.
+pub fn unverified(why: &str) -> Report {
+    Report {
+        status: ReportStatus::Rejected,
+        output: None,
+        error: Some(format!(
+            "refused: {why}; this device runs only instructions the platform signed for it"
+        )),
+        detail: None,
+    }
+}
+
 /// An instruction handed over after its `expires_at` (by this device's
 /// clock, with [`crate::runner`]'s tolerance): refused, never run. A
 /// command the admin meant for a moment long past is not run now.

@@ -67,6 +67,7 @@ device_id = "$DEVICE_ID"
 device_secret_file = "$AGENT_DIR/secret"
 state_dir = "$AGENT_DIR/state"
 boot_id_file = "$AGENT_DIR/boot_id"
+signing_keys = ["$BENCH_SIGNING_PUBLIC_KEY"]
 
 [actions]
 reboot = ["/bin/true"]

@@ -212,6 +212,7 @@ device_id = "$DEVICE_ID"
 device_secret_file = "$AGENT_DIR/secret"
 state_dir = "$AGENT_DIR/state"
 boot_id_file = "$BENCH_RUN/boot_id"
+signing_keys = ["$BENCH_SIGNING_PUBLIC_KEY"]
 long_poll = true
 update_check_s = 0
 

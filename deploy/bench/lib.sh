@@ -189,6 +189,16 @@ service_env() {
         "TEND_LOG=${TEND_LOG:-warn}"
 }
 
+# start_platform ENV...: tend-platform with ENV and its instruction-signing
+# key (made in the run directory; agents pin BENCH_SIGNING_PUBLIC_KEY).
+start_platform() {
+    BENCH_SIGNING_PUBLIC_KEY="$("$BENCH_BIN/tend-platform" signing-key --create "$BENCH_RUN/signing-key.pem" 2>/dev/null)" \
+        || die "cannot make the instruction-signing key $BENCH_RUN/signing-key.pem"
+    start_service tend-platform "$BENCH_BIN/tend-platform" "" "$@" \
+        "TEND_SIGNING_KEY_FILE=$BENCH_RUN/signing-key.pem"
+    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL"
+}
+
 # start_stack HEARTBEAT_S: scratch database and the three services (the
 # platform first: it migrates and creates the admin). tend-sync runs on
 # BENCH_SERVER_CPUS like bare_actix; the platform and the monitor float.
@@ -196,8 +206,7 @@ start_stack() {
     local env=()
     mapfile -t env < <(service_env "$1")
     create_db
-    start_service tend-platform "$BENCH_BIN/tend-platform" "" "${env[@]}"
-    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL"
+    start_platform "${env[@]}"
     start_service tend-monitor "$BENCH_BIN/tend-monitor" "" "${env[@]}"
     MONITOR_PID="$STARTED_PID" MONITOR_URL="$STARTED_URL"
     start_service tend-sync "$BENCH_BIN/tend-sync" "${BENCH_SERVER_CPUS:-}" "${env[@]}"
@@ -299,8 +308,7 @@ start_artifact_stack() {
     mapfile -t env < <(service_env 30)
     env+=("TEND_ARTIFACT_STORE=file://$1")
     create_db
-    start_service tend-platform "$BENCH_BIN/tend-platform" "" "${env[@]}"
-    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL"
+    start_platform "${env[@]}"
     start_service tend-monitor "$BENCH_BIN/tend-monitor" "" "${env[@]}"
     MONITOR_PID="$STARTED_PID" MONITOR_URL="$STARTED_URL"
     start_service tend-sync "$BENCH_BIN/tend-sync" "" "${env[@]}"

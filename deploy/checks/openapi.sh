@@ -40,11 +40,14 @@ psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $DB" >/dev/null
 
 : >"$WORK/platform.log"   # exists before the background start opens it
 PASSWORD="openapi-check-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+target/debug/tend-platform signing-key --create "$WORK/signing-key.pem" >/dev/null 2>&1 \
+    || { echo "openapi: cannot make an instruction-signing key" >&2; exit 1; }
 env -i PATH="$PATH" \
     TEND_LISTEN=127.0.0.1:0 \
     TEND_DATABASE_URL="$DB_URL" \
     TEND_JWT_SECRET="openapi-check-signing-key-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
     TEND_BOOTSTRAP_ADMIN="fuzz:$PASSWORD" \
+    TEND_SIGNING_KEY_FILE="$WORK/signing-key.pem" \
     TEND_ARTIFACT_STORE="file://$WORK/artifacts" \
     TEND_LOG=warn,tend_platform=info,tend_core::service=info \
     target/debug/tend-platform >"$WORK/platform.log" 2>&1 &

@@ -218,10 +218,17 @@ for svc in "${SERVICES[@]}"; do
         die "port $port (for $svc) is already in use by a process up.sh did not start; free it first"
     fi
 done
+# The platform signs every instruction with its own Ed25519 key (made once,
+# kept in the run directory); the demo agent pins the public key and runs
+# nothing else. Only the platform is given the key.
+SIGNING_PUBLIC_KEY="$("$BIN/tend-platform" signing-key --create "$RUN/signing-key.pem" 2>/dev/null)" \
+    || die "cannot make or read the instruction-signing key $RUN/signing-key.pem"
 for svc in "${SERVICES[@]}"; do
     rotate_log "$svc"
+    own=()
+    [ "$svc" = tend-platform ] && own=("TEND_SIGNING_KEY_FILE=$RUN/signing-key.pem")
     # setsid: own session, so a Ctrl-C in this terminal does not reach them.
-    TEND_LISTEN="${LISTEN[$svc]}" setsid "$BIN/$svc" </dev/null >>"$RUN/$svc.log" 2>&1 &
+    env "${own[@]}" TEND_LISTEN="${LISTEN[$svc]}" setsid "$BIN/$svc" </dev/null >>"$RUN/$svc.log" 2>&1 &
     echo $! >"$RUN/$svc.pid"
     info "$svc started (pid $!, log $RUN/$svc.log)"
 done
@@ -339,6 +346,8 @@ device_id = $(toml_str "$DEVICE_ID")
 device_secret_file = $(toml_str "$RUN/device_secret")
 state_dir = $(toml_str "$RUN/agent-state")
 boot_id_file = $(toml_str "$RUN/boot_id")
+# The platform's instruction-signing public key (tend-platform signing-key).
+signing_keys = [$(toml_str "$SIGNING_PUBLIC_KEY")]
 
 [actions]
 reboot = [$(toml_str "$ROOT/deploy/demo/fake-reboot.sh"), $(toml_str "$RUN/boot_id")]

@@ -90,6 +90,13 @@ pub struct Instruction {
     /// so one id follows the command through every log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// The id of the platform key that signed it ([`crate::signing`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The platform's Ed25519 signature of [`crate::signing::signed_bytes`],
+    /// standard base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// Trace ids are W3C trace-context ids: 32 lowercase hex digits, not all 0.

@@ -11,6 +11,7 @@ pub mod command;
 pub mod device;
 pub mod event;
 pub mod params;
+pub mod signing;
 pub mod text;
 pub mod version;
 

@@ -80,7 +80,9 @@ impl Agent {
                  device_secret = \"{secret}\"\n\
                  state_dir = \"{state}\"\n\
                  boot_id_file = \"{boot}\"\n\
+                 signing_keys = [\"{key}\"]\n\
                  \n[actions]\nreboot = {reboot}\nshutdown = {shutdown}\n",
+                key = stack.signing_public_key(),
                 server = stack.url(Service::Sync),
                 id = device.id,
                 secret = device.secret,
@@ -294,6 +296,11 @@ impl Agent {
     }
 
     /// The configuration file as it stands, for failure messages.
+    /// The configuration file, for a test that writes it whole.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     pub fn config_text(&self) -> String {
         std::fs::read_to_string(&self.config).unwrap_or_default()
     }

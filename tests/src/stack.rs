@@ -93,6 +93,10 @@ pub struct Stack {
     redis_url: String,
     amqp_url: String,
     jwt_secret: String,
+    /// The platform's instruction-signing key (PKCS#8 PEM in the stack's
+    /// directory), and its public key as agents pin it.
+    signing_key_file: PathBuf,
+    signing_public_key: String,
     /// The store URLs the services get: the same as the harness's, or the
     /// fault proxies'.
     service_urls: [String; 3],
@@ -122,6 +126,22 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Makes an Ed25519 key for a stack's platform: writes it in `dir` as
+/// PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` would, and answers
+/// the file and the public key in base64.
+fn signing_key(dir: &Path) -> (PathBuf, String) {
+    use base64::Engine;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+
+    let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let pem = key.to_pkcs8_pem(LineEnding::LF).expect("a PEM key");
+    let file = dir.join("signing-key.pem");
+    std::fs::write(&file, pem.as_bytes()).expect("the signing key file");
+    let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
+    (file, public)
 }
 
 /// `url` with its `host:port` replaced by `addr`.
@@ -222,7 +242,10 @@ impl Stack {
         } else {
             None
         };
+        let (signing_key_file, signing_public_key) = signing_key(dir.path());
         let mut stack = Stack {
+            signing_key_file,
+            signing_public_key,
             dir,
             db_name,
             instance: format!("test-{tag}"),
@@ -245,6 +268,12 @@ impl Stack {
         stack.spawn(Service::Monitor).await;
         stack.spawn(Service::Sync).await;
         stack
+    }
+
+    /// The public key agents of this stack pin (`signing_keys`): standard
+    /// base64 of the raw Ed25519 key.
+    pub fn signing_public_key(&self) -> &str {
+        &self.signing_public_key
     }
 
     /// Where this stack's file artifact store keeps its objects.
@@ -390,7 +419,13 @@ impl Stack {
     /// Starts (or restarts, on its previous port) process `n` of a service
     /// (0 the first, then the replicas) and waits until it is ready.
     pub async fn spawn_nth(&mut self, s: Service, n: usize) {
-        let env = self.service_env();
+        let mut env = self.service_env();
+        if s == Service::Platform {
+            env.push((
+                "TEND_SIGNING_KEY_FILE".to_owned(),
+                self.signing_key_file.display().to_string(),
+            ));
+        }
         let http = self.http.clone();
         launch(&http, s, env, self.proc_mut(s, n)).await;
     }

@@ -53,6 +53,10 @@ impl Agent {
         if let Some(entry) = known {
             return self.handle_again(entry).await;
         }
+        if let Err(why) = self.config.trust.check(&instruction, self.config.device_id) {
+            let report = outcome::unverified(&why);
+            return self.refuse(instruction, report);
+        }
         let now = Utc::now();
         if now > instruction.expires_at + EXPIRY_TOLERANCE {
             let report = outcome::expired(instruction.expires_at, now);
@@ -259,6 +263,53 @@ mod tests {
         fresh.expires_at = Utc::now() - chrono::Duration::minutes(1);
         agent.handle(fresh).await;
         assert_eq!(device.runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_an_instruction_signed_for_this_device_by_a_pinned_key_runs() {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        use ed25519_dalek::{Signer, SigningKey};
+
+        let server = accepting_server().await;
+        let device = Device::new("boot-1");
+        let platform = SigningKey::from_bytes(&[3; 32]);
+        let mut config = device.config(&server.uri());
+        config.trust = crate::trust::Trust::new(
+            &[STANDARD.encode(platform.verifying_key().as_bytes())],
+            false,
+        )
+        .unwrap();
+        let device_id = config.device_id;
+        let agent = Arc::new(Agent::start(config, CancellationToken::new()).unwrap());
+        let sign = |mut i: Instruction, by: &SigningKey, for_device| {
+            let bytes = tend_proto::signing::signed_bytes(&i, for_device).unwrap();
+            i.key_id = Some(tend_proto::signing::key_id(by.verifying_key().as_bytes()));
+            i.signature = Some(STANDARD.encode(by.sign(&bytes).to_bytes()));
+            i
+        };
+
+        let unsigned = instruction("shutdown");
+        let stranger = sign(
+            instruction("shutdown"),
+            &SigningKey::from_bytes(&[4; 32]),
+            device_id,
+        );
+        let elsewhere = sign(instruction("shutdown"), &platform, uuid::Uuid::new_v4());
+        let mut altered = sign(instruction("log_query"), &platform, device_id);
+        altered.kind = "shutdown".into();
+        for refused in [&unsigned, &stranger, &elsewhere, &altered] {
+            agent.handle(refused.clone()).await;
+            let entry = agent.journal().get(refused.id).cloned().unwrap();
+            assert_eq!(entry.report.status, ReportStatus::Rejected);
+            assert!(entry.report.error.unwrap().starts_with("refused: "));
+        }
+        assert_eq!(device.runs(), 0, "an instruction that does not verify ran");
+
+        agent
+            .handle(sign(instruction("shutdown"), &platform, device_id))
+            .await;
+        assert_eq!(device.runs(), 1, "the signed shutdown did not run");
     }
 
     #[tokio::test]

@@ -77,6 +77,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         boot_id = %agent.boot_id,
         "tend-agent {AGENT_VERSION} started for device {}", agent.config.device_id
     );
+    let trust = &agent.config.trust;
+    if trust.accepts_unsigned() {
+        warn!(
+            "accept_unsigned = true: this agent runs instructions nobody signed; anyone who can \
+             answer as the sync server can make it reboot, shut down, install or read logs"
+        );
+    }
+    if !trust.key_ids().is_empty() {
+        info!(
+            "instructions must be signed by one of the keys {}",
+            trust.key_ids().join(", ")
+        );
+    }
     let reporter = tokio::spawn(
         shutdown
             .clone()

@@ -65,7 +65,7 @@ impl Device {
         );
         Config::from_toml_str(&format!(
             "server_url = \"{server}\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\n\
-             state_dir = {:?}\nboot_id_file = {:?}\nupdate_check_s = 0\n\
+             state_dir = {:?}\nboot_id_file = {:?}\nupdate_check_s = 0\naccept_unsigned = true\n\
              [actions]\nreboot = {action}\nshutdown = {action}\n\
              [log_sources]\napp = {:?}\n{tables}",
             Uuid::new_v4(),
@@ -116,6 +116,8 @@ pub(super) fn instruction(kind: &str) -> Instruction {
         expires_at: Utc::now() + chrono::Duration::hours(1),
         timeout_s: 30,
         trace_id: None,
+        key_id: None,
+        signature: None,
     }
 }
 

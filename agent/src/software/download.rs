@@ -1068,7 +1068,7 @@ mod tests {
 
     fn client_for(server: &MockServer) -> Client {
         let config = Config::from_toml_str(&format!(
-            "server_url = \"{}\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\nrequest_timeout_s = 5\n",
+            "server_url = \"{}\"\ndevice_id = \"{}\"\ndevice_secret = \"s\"\nrequest_timeout_s = 5\naccept_unsigned = true\n",
             server.uri(),
             uuid::Uuid::new_v4()
         ))

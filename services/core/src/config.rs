@@ -85,6 +85,11 @@ pub struct Settings {
     /// (`TEND_DOWNLOADS_MAX`, default 1024); more are answered 503 with
     /// `Retry-After`, never queued.
     pub download_concurrency: usize,
+    /// The platform's instruction-signing key (`TEND_SIGNING_KEY_FILE`):
+    /// required by tend-platform, which loads it
+    /// ([`crate::signing::InstructionSigner::load`]); the other services
+    /// never read it.
+    pub signing_key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +210,9 @@ impl Settings {
             artifact_store,
             artifact_max_bytes,
             download_concurrency: downloads_max as usize,
+            signing_key_file: get(crate::signing::SIGNING_KEY_FILE)
+                .filter(|p| !p.trim().is_empty())
+                .map(std::path::PathBuf::from),
         })
     }
 }

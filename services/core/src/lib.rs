@@ -8,6 +8,7 @@
 //! - [`store`]: artifact bytes, in a directory or an S3-compatible store;
 //! - [`retry`]: backoff, outage logging and startup retries, for every loop;
 //! - [`auth`]: tokens, passwords and device secrets;
+//! - [`signing`]: the platform's key that signs every instruction;
 //! - [`error`]: the error policy and [`error::ApiError`], the problem+json answer;
 //! - [`http`]: extractor settings, request metrics and the endpoints every service has;
 //! - [`service`]: a service process's life, from `main` to its exit code;
@@ -24,6 +25,7 @@ pub mod live;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
+pub mod signing;
 pub mod store;
 pub mod telemetry;
 

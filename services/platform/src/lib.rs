@@ -9,6 +9,7 @@
 mod api;
 mod caller;
 mod routes;
+mod signer;
 mod software;
 mod state;
 
@@ -20,6 +21,7 @@ use tend_core::auth::{self, Role, Tokens};
 use tend_core::db::{self, Pool, tenants, users};
 use tend_core::service::Service;
 use tend_core::shutdown::{self, Background, Shutdown};
+use tend_core::signing::{InstructionSigner, SIGNING_KEY_FILE};
 use tend_core::store::ArtifactStore;
 use tend_core::{Settings, http};
 
@@ -55,9 +57,22 @@ impl Service for Platform {
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let store = ArtifactStore::connect(&settings.artifact_store).await?;
         let tokens = Tokens::new(settings.jwt_secret.expose());
+        let signer = match &settings.signing_key_file {
+            Some(path) => InstructionSigner::load(path)?,
+            None => anyhow::bail!(
+                "{SIGNING_KEY_FILE}: required: the Ed25519 key that signs every instruction \
+                 (make one with `openssl genpkey -algorithm ed25519 -out key.pem`)"
+            ),
+        };
+        tracing::info!(
+            key_id = signer.key_id(),
+            "signing instructions with key {}",
+            signer.key_id()
+        );
         let state = web::Data::new(State::new(
             pool,
             tokens,
+            signer,
             shutdown,
             store,
             settings.artifact_max_bytes,
@@ -96,9 +111,13 @@ impl Service for Platform {
         .shutdown_timeout(grace.as_secs())
         .disable_signals()
         .run();
-        // The admin API has no background work: the outbox carries its
-        // events, and the monitor relays them.
-        let background = Background::default();
+        // The outbox carries the admin API's events and the monitor relays
+        // them; the one background task signs what tend-sync queued.
+        let mut background = Background::default();
+        background.spawn(
+            "signer",
+            signer::run(self.state.clone(), self.state.shutdown.background()),
+        );
         shutdown::serve(Self::NAME, server, background, &self.state.shutdown, grace).await
     }
 }

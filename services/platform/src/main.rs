@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tend_core::signing::InstructionSigner;
 use tend_core::{config, service, telemetry};
 use tend_platform::Platform;
 
@@ -18,6 +19,16 @@ struct Cli {
 enum Cmd {
     /// Apply pending database migrations and exit (for a Kubernetes Job).
     Migrate,
+    /// Print the public key of the instruction-signing key at PATH, as
+    /// agents pin it (`signing_keys`: base64 of the raw Ed25519 key); its
+    /// key id goes to stderr.
+    SigningKey {
+        /// A PKCS#8 PEM Ed25519 private key (TEND_SIGNING_KEY_FILE).
+        path: std::path::PathBuf,
+        /// Make a new key at PATH first, unless a file is already there.
+        #[arg(long)]
+        create: bool,
+    },
 }
 
 #[tokio::main]
@@ -33,6 +44,24 @@ async fn main() -> ExitCode {
         }
         tracing::info!("migrations applied");
         return ExitCode::SUCCESS;
+    }
+    if let Some(Cmd::SigningKey { path, create }) = cli.command {
+        let signer = if create && !path.exists() {
+            InstructionSigner::create(&path)
+        } else {
+            InstructionSigner::load(&path)
+        };
+        return match signer {
+            Ok(signer) => {
+                println!("{}", signer.public_key_base64());
+                eprintln!("key id {}", signer.key_id());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        };
     }
     service::main::<Platform>().await
 }

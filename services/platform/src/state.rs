@@ -6,11 +6,14 @@ use tend_core::auth::Tokens;
 use tend_core::db::Pool;
 use tend_core::error::ApiError;
 use tend_core::shutdown::Shutdown;
+use tend_core::signing::InstructionSigner;
 use tend_core::store::ArtifactStore;
 
 pub(crate) struct State {
     pub pool: Pool,
     pub tokens: Tokens,
+    /// Signs every command when it is queued.
+    pub signer: InstructionSigner,
     /// Bounds concurrent argon2 work. Each hash takes about 19 MiB and a
     /// core for tens of milliseconds; unbounded, a flood of logins would
     /// exhaust memory. Two per core keeps the cores busy and no more.
@@ -29,6 +32,7 @@ impl State {
     pub fn new(
         pool: Pool,
         tokens: Tokens,
+        signer: InstructionSigner,
         shutdown: Shutdown,
         store: ArtifactStore,
         artifact_max_bytes: u64,
@@ -36,6 +40,7 @@ impl State {
         State {
             pool,
             tokens,
+            signer,
             hashing: tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),

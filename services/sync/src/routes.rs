@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use tend_core::auth;
-use tend_core::db::commands::{self, RecoveryOutcome, ReportOutcome};
+use tend_core::db::commands::{self, Command, RecoveryOutcome, ReportOutcome};
 use tend_core::db::{self, devices};
 use tend_core::error::ApiError;
 use tend_core::http;
 use tend_proto::command::{CommandKind, ReportStatus};
 use tend_proto::device::{
-    AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instruction, Instructions, Recovery,
-    Report,
+    AuthRequest, AuthResponse, Heartbeat, HeartbeatResponse, Instructions, Recovery, Report,
 };
 use tend_proto::params::{self, CommandParams};
 use uuid::Uuid;
@@ -187,18 +186,7 @@ async fn instructions(state: Shared, device: DeviceCaller) -> Result<HttpRespons
             trace_id = c.trace_id.as_deref().unwrap_or(""),
             "handing command {} to device {}", c.id, device.id);
     }
-    let instructions = commands
-        .into_iter()
-        .map(|c| Instruction {
-            id: c.id,
-            kind: c.kind,
-            params: c.params,
-            issued_at: c.created_at,
-            expires_at: c.expires_at,
-            timeout_s: c.timeout_s.max(0) as u32,
-            trace_id: c.trace_id,
-        })
-        .collect();
+    let instructions = commands.iter().map(Command::instruction).collect();
     Ok(HttpResponse::Ok().json(Instructions { instructions }))
 }
 

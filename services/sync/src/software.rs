@@ -150,8 +150,10 @@ async fn queue_upgrade(
         artifact: Some(artifact.reference()),
     })
     .map_err(|e| ApiError::Internal(e.into()))?;
+    // Queued unsigned: tend-sync holds no signing key. A platform replica
+    // checks and signs it within a second, and only then is it announced.
     let created = db::in_tx(&state.pool, async |tx| {
-        commands::create(
+        commands::create_unsigned(
             tx,
             commands::NewCommand {
                 tenant_id: tenant,

@@ -13,6 +13,7 @@ mod longpoll;
 mod observability;
 mod rauc_hawkbit;
 mod resilience;
+mod signing;
 mod software;
 mod store;
 mod suricatta;

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tend_proto::device::Report;
+use tend_proto::device::{Instruction, Report};
 use tend_proto::event::Event;
 use tend_proto::{CommandStatus, command::ReportStatus};
 use tokio_postgres::Row;
@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::page::{Cursor, Page};
 use super::{DbError, GenericClient, Result, outbox};
+use crate::signing::InstructionSigner;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
@@ -34,13 +35,18 @@ pub struct Command {
     /// A number of its own, in the order commands were created: the
     /// action id hawkBit DDI clients know it by.
     pub seq: i64,
+    /// The platform key that signed it, and its signature: `None` only
+    /// while a command queued by tend-sync waits for the platform.
+    pub key_id: Option<String>,
+    pub signature: Option<String>,
 }
 
 const COLUMNS: &str = "id, tenant_id, device_id, kind, params, status, created_at, \
-     delivered_at, started_at, finished_at, timeout_s, expires_at, result, trace_id, seq";
+     delivered_at, started_at, finished_at, timeout_s, expires_at, result, trace_id, seq, \
+     key_id, signature";
 /// How many columns [`COLUMNS`] names: the index of a column selected after
 /// them.
-const COLUMN_COUNT: usize = 15;
+const COLUMN_COUNT: usize = 17;
 
 fn from_row(r: &Row) -> Result<Command> {
     let status: String = r.get(5);
@@ -62,7 +68,26 @@ fn from_row(r: &Row) -> Result<Command> {
         result: r.get(12),
         trace_id: r.get(13),
         seq: r.get(14),
+        key_id: r.get(15),
+        signature: r.get(16),
     })
+}
+
+impl Command {
+    /// The command as its device receives it, signature included.
+    pub fn instruction(&self) -> Instruction {
+        Instruction {
+            id: self.id,
+            kind: self.kind.clone(),
+            params: self.params.clone(),
+            issued_at: self.created_at,
+            expires_at: self.expires_at,
+            timeout_s: self.timeout_s.max(0) as u32,
+            trace_id: self.trace_id.clone(),
+            key_id: self.key_id.clone(),
+            signature: self.signature.clone(),
+        }
+    }
 }
 
 fn from_rows(rows: &[Row]) -> Result<Vec<Command>> {
@@ -84,9 +109,83 @@ pub struct NewCommand<'a> {
     pub component: Option<&'a str>,
 }
 
-/// Queues a command and its `command.queued` event. Run it in a transaction:
-/// the command and its announcement commit together or not at all.
-pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Command> {
+/// Queues a command signed by `signer`, and its `command.queued` event. Run
+/// it in a transaction: the command, its signature and its announcement
+/// commit together or not at all.
+pub async fn create(
+    c: &impl GenericClient,
+    new: NewCommand<'_>,
+    signer: &InstructionSigner,
+) -> Result<Command> {
+    let command = insert(c, new).await?;
+    sign(c, command, signer).await
+}
+
+/// Queues a command without a signature, for tend-sync, which holds no
+/// signing key: it is neither announced nor delivered until a platform
+/// replica has checked and signed it ([`unsigned`], [`sign`]).
+pub async fn create_unsigned(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Command> {
+    insert(c, new).await
+}
+
+/// Signs a queued command and announces it (`command.queued`).
+pub async fn sign(
+    c: &impl GenericClient,
+    mut command: Command,
+    signer: &InstructionSigner,
+) -> Result<Command> {
+    let signed = signer
+        .sign(&command.instruction(), command.device_id)
+        .map_err(|e| DbError::Corrupt(format!("command {}: {e}", command.id)))?;
+    let stmt = c
+        .prepare_cached("UPDATE commands SET key_id = $2, signature = $3 WHERE id = $1")
+        .await?;
+    c.execute(&stmt, &[&command.id, &signed.key_id, &signed.signature])
+        .await?;
+    command.key_id = Some(signed.key_id);
+    command.signature = Some(signed.signature);
+    outbox::insert(
+        c,
+        &Event::CommandQueued {
+            command_id: command.id,
+            device_id: command.device_id,
+            tenant_id: command.tenant_id,
+            trace_id: command.trace_id.clone(),
+        },
+    )
+    .await?;
+    Ok(command)
+}
+
+/// Queued commands nobody has signed yet, oldest first, locked until the
+/// transaction ends (another replica skips them).
+pub async fn unsigned(c: &impl GenericClient, limit: i64) -> Result<Vec<Command>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM commands
+             WHERE signature IS NULL AND status = 'queued'
+             ORDER BY created_at LIMIT $1
+             FOR UPDATE SKIP LOCKED"
+        ))
+        .await?;
+    from_rows(&c.query(&stmt, &[&limit]).await?)
+}
+
+/// Ends a queued command the platform would not sign: `cancelled`, with
+/// the reason as its result's error.
+pub async fn refuse_unsigned(c: &impl GenericClient, id: Uuid, reason: &str) -> Result<()> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE commands SET status = 'cancelled', finished_at = now(),
+                    result = jsonb_build_object('error', $2::text)
+             WHERE id = $1 AND status = 'queued' AND signature IS NULL",
+        )
+        .await?;
+    c.execute(&stmt, &[&id, &reason]).await?;
+    Ok(())
+}
+
+async fn insert(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Command> {
     let stmt = c
         .prepare_cached(&format!(
             "INSERT INTO commands (id, tenant_id, device_id, kind, params, timeout_s, expires_at,
@@ -114,16 +213,6 @@ pub async fn create(c: &impl GenericClient, new: NewCommand<'_>) -> Result<Comma
             ],
         )
         .await?;
-    outbox::insert(
-        c,
-        &Event::CommandQueued {
-            command_id: id,
-            device_id: new.device_id,
-            tenant_id: new.tenant_id,
-            trace_id: new.trace_id.map(str::to_owned),
-        },
-    )
-    .await?;
     from_row(&row)
 }
 
@@ -290,6 +379,7 @@ pub async fn fetch_for_device(c: &impl GenericClient, device_id: Uuid) -> Result
             "WITH picked AS (
                  SELECT id FROM commands
                  WHERE device_id = $1 AND status = 'queued' AND expires_at > now()
+                   AND signature IS NOT NULL
                  ORDER BY created_at
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED),
@@ -312,7 +402,8 @@ pub async fn has_open(c: &impl GenericClient, device_id: Uuid) -> Result<bool> {
     let stmt = c
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM commands
-                            WHERE device_id = $1 AND status IN ('queued', 'delivered'))",
+                            WHERE device_id = $1 AND status IN ('queued', 'delivered')
+                              AND signature IS NOT NULL)",
         )
         .await?;
     Ok(c.query_one(&stmt, &[&device_id]).await?.get(0))
@@ -323,7 +414,8 @@ pub async fn has_open(c: &impl GenericClient, device_id: Uuid) -> Result<bool> {
 pub async fn devices_with_open_commands(c: &impl GenericClient) -> Result<Vec<Uuid>> {
     let stmt = c
         .prepare_cached(
-            "SELECT DISTINCT device_id FROM commands WHERE status IN ('queued', 'delivered')",
+            "SELECT DISTINCT device_id FROM commands
+             WHERE status IN ('queued', 'delivered') AND signature IS NOT NULL",
         )
         .await?;
     Ok(c.query(&stmt, &[])
@@ -638,7 +730,7 @@ pub async fn reannounce_due(c: &impl GenericClient, older_than_s: f64) -> Result
         .prepare_cached(&format!(
             "WITH due AS (
                  SELECT id FROM commands
-                 WHERE status IN ('queued', 'delivered')
+                 WHERE status IN ('queued', 'delivered') AND signature IS NOT NULL
                    AND announced_at <= now() - make_interval(secs => $1)
                    AND (status = 'delivered' OR expires_at > now())
                  ORDER BY announced_at

@@ -266,6 +266,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0003_artifacts.sql"),
     ),
     (4, "ddi", include_str!("migrations/0004_ddi.sql")),
+    (
+        5,
+        "signatures",
+        include_str!("migrations/0005_signatures.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations across processes.

@@ -91,6 +91,7 @@ pub async fn create(
                 artifact_id: resolved.artifact_id,
                 component: resolved.component.as_deref(),
             },
+            &state.signer,
         )
         .await
         .map_err(|e| match e.unique_violation() {
