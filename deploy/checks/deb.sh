@@ -86,6 +86,21 @@ else
     echo "deb: $arch binary not run on $(dpkg --print-architecture)" >&2
 fi
 
+# A fleet's package carries the platform's signing keys, and the packaged
+# agent reads them: with them it gets past signing_keys to the device
+# secret the administrator still has to set.
+fleet_key=$(python3 -c 'import base64; print(base64.b64encode(bytes(range(1, 33))).decode())')
+fleet_deb=$(TEND_AGENT_BIN="$tmp/root/usr/bin/tend-agent" DEB_ARCH="$arch" \
+    TEND_AGENT_SIGNING_KEYS="$fleet_key" bash deploy/debian/build-deb.sh | tail -n 1) \
+    || fail "build-deb.sh with TEND_AGENT_SIGNING_KEYS failed"
+dpkg-deb --fsys-tarfile "$fleet_deb" | tar -xO ./etc/tend/agent.toml >"$tmp/fleet.toml"
+grep -qx "signing_keys = \[\"$fleet_key\"\]" "$tmp/fleet.toml" \
+    || fail "TEND_AGENT_SIGNING_KEYS did not reach the packaged agent.toml"
+TEND_AGENT_SIGNING_KEYS="not-a-key" bash deploy/debian/build-deb.sh >/dev/null 2>&1 \
+    && fail "build-deb.sh accepted a signing key that is not one"
+# The default package again, as the checks above saw it.
+bash deploy/debian/build-deb.sh >/dev/null || fail "deploy/debian/build-deb.sh failed"
+
 if command -v systemd-analyze >/dev/null 2>&1; then
     # verify insists that ExecStart's binary exists: point it at the
     # extracted one, everything else as packaged.

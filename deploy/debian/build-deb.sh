@@ -5,6 +5,7 @@
 #   /usr/bin/tend-agent                       the release binary, stripped
 #   /lib/systemd/system/tend-agent.service    deploy/systemd/tend-agent.service
 #   /etc/tend/agent.toml                      conffile, mode 0600, from agent/tend-agent.example.toml
+#                                             (signing_keys from TEND_AGENT_SIGNING_KEYS when set)
 #   /usr/share/doc/tend-agent/{copyright,changelog.gz}
 # The version is the agent crate's (cargo metadata); the architecture is the
 # build machine's (dpkg --print-architecture): the package holds the binary
@@ -70,6 +71,22 @@ install -D -m 0755 "$binary" "$stage/usr/bin/tend-agent"
 install -D -m 0644 deploy/systemd/tend-agent.service "$stage/lib/systemd/system/tend-agent.service"
 # 0600: the file holds the device secret.
 install -D -m 0600 agent/tend-agent.example.toml "$stage/etc/tend/agent.toml"
+# The platform's instruction-signing public keys, baked into the fleet's
+# package so devices trust them from their first start (comma-separated;
+# `tend-platform signing-key KEY.pem` prints one).
+if [[ -n ${TEND_AGENT_SIGNING_KEYS:-} ]]; then
+    keys=""
+    IFS=',' read -ra given <<<"$TEND_AGENT_SIGNING_KEYS"
+    for key in "${given[@]}"; do
+        key=${key//[[:space:]]/}
+        [[ $key =~ ^[A-Za-z0-9+/]{43}=$ ]] \
+            || fail "TEND_AGENT_SIGNING_KEYS: \"$key\" is not the base64 of a 32-byte Ed25519 public key"
+        keys+="${keys:+, }\"$key\""
+    done
+    grep -qx 'signing_keys = \[\]' "$stage/etc/tend/agent.toml" \
+        || fail "agent/tend-agent.example.toml has no 'signing_keys = []' line to fill in"
+    sed -i "s|^signing_keys = \[\]\$|signing_keys = [$keys]|" "$stage/etc/tend/agent.toml"
+fi
 doc=$stage/usr/share/doc/$package
 install -d -m 0755 "$doc" "$stage/usr/share/lintian/overrides"
 cat >"$doc/copyright" <<'EOF'
