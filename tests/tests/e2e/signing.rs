@@ -177,3 +177,54 @@ async fn an_unsigned_row_written_by_hand_is_never_signed_into_an_instruction() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(agent.executed().is_empty(), "a hand-written command ran");
 }
+
+#[tokio::test]
+async fn a_delivered_command_stripped_of_its_signature_is_rejected() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+    let mut agent = Agent::new(&stack, &device);
+    let sql = stack.sql().await;
+
+    // Handed over unsigned, as a sync server that dropped the signature
+    // (or a row edited to look delivered) would hand it.
+    let id = stack
+        .queue(&admin, device.id, json!({"kind": "shutdown"}))
+        .await;
+    sql.execute(
+        "UPDATE commands SET status = 'delivered', delivered_at = now(),
+                key_id = NULL, signature = NULL WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    agent.start();
+    let done = stack.wait_for(&admin, id, "rejected", WAIT).await;
+    assert!(refused_because(&done, "not signed"), "{done}");
+    assert!(agent.executed().is_empty());
+}
+
+#[tokio::test]
+async fn a_signed_command_handed_over_again_is_not_run_again() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+    let mut agent = Agent::new(&stack, &device);
+    agent.start();
+    let sql = stack.sql().await;
+
+    let id = stack
+        .queue(&admin, device.id, json!({"kind": "shutdown"}))
+        .await;
+    stack.wait_for(&admin, id, "succeeded", WAIT).await;
+    // Replayed with its valid signature: the row put back to delivered.
+    sql.execute(
+        "UPDATE commands SET status = 'delivered', finished_at = NULL WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    stack.wait_for(&admin, id, "succeeded", WAIT).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(agent.executed(), vec![id], "a replayed shutdown ran twice");
+}

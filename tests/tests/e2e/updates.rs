@@ -4,8 +4,10 @@
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tend_tests::{Device, Stack};
+use tend_tests::{Device, Stack, eventually};
 use uuid::Uuid;
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 13 + i / 509) as u8).collect()
@@ -167,15 +169,28 @@ async fn a_released_newer_version_is_offered_once_and_nothing_else_is() {
     assert_eq!(check(&stack, &token, json!("app")).await.0, 422);
 }
 
-/// Fetches the device's instructions (delivering them) and reports on one.
+/// Fetches the device's instructions (delivering them) until `id` is among
+/// them, and reports on it. An update check's upgrade is handed over once
+/// the platform has signed it, within about a second.
 async fn report(stack: &Stack, token: &str, id: &str, body: Value) -> u16 {
-    stack
-        .http
-        .get(stack.device_api("/instructions"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    eventually(WAIT, "the upgrade to be signed and handed over", || async {
+        let list: Value = stack
+            .http
+            .get(stack.device_api("/instructions"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        list["instructions"]
+            .as_array()?
+            .iter()
+            .any(|i| i["id"] == id)
+            .then_some(())
+    })
+    .await;
     stack
         .http
         .post(stack.device_api(&format!("/instructions/{id}/report")))
