@@ -8,6 +8,7 @@
 //! - [`store`]: artifact bytes, in a directory or an S3-compatible store;
 //! - [`retry`]: backoff, outage logging and startup retries, for every loop;
 //! - [`auth`]: tokens, passwords and device secrets;
+//! - [`token_key`]: the token keys, one per service, checked at start;
 //! - [`error`]: the error policy and [`error::ApiError`], the problem+json answer;
 //! - [`http`]: extractor settings, request metrics and the endpoints every service has;
 //! - [`service`]: a service process's life, from `main` to its exit code;
@@ -26,5 +27,6 @@ pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod token_key;
 
 pub use config::Settings;

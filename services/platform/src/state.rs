@@ -2,7 +2,7 @@
 //! keys, the bound on password hashing, and the process's shutdown.
 
 use actix_web::web;
-use tend_core::auth::Tokens;
+use tend_core::auth::AdminTokens;
 use tend_core::db::Pool;
 use tend_core::error::ApiError;
 use tend_core::shutdown::Shutdown;
@@ -10,7 +10,7 @@ use tend_core::store::ArtifactStore;
 
 pub(crate) struct State {
     pub pool: Pool,
-    pub tokens: Tokens,
+    pub tokens: AdminTokens,
     /// Bounds concurrent argon2 work. Each hash takes about 19 MiB and a
     /// core for tens of milliseconds; unbounded, a flood of logins would
     /// exhaust memory. Two per core keeps the cores busy and no more.
@@ -28,7 +28,7 @@ pub(crate) type Shared = web::Data<State>;
 impl State {
     pub fn new(
         pool: Pool,
-        tokens: Tokens,
+        tokens: AdminTokens,
         shutdown: Shutdown,
         store: ArtifactStore,
         artifact_max_bytes: u64,
