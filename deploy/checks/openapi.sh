@@ -43,7 +43,7 @@ PASSWORD="openapi-check-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 env -i PATH="$PATH" \
     TEND_LISTEN=127.0.0.1:0 \
     TEND_DATABASE_URL="$DB_URL" \
-    TEND_JWT_SECRET="openapi-check-signing-key-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+    TEND_ADMIN_TOKEN_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
     TEND_BOOTSTRAP_ADMIN="fuzz:$PASSWORD" \
     TEND_ARTIFACT_STORE="file://$WORK/artifacts" \
     TEND_LOG=warn,tend_platform=info,tend_core::service=info \
