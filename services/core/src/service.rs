@@ -52,14 +52,15 @@ pub async fn main<S: Service>() -> ExitCode {
         .flatten()
     {
         let previous: Vec<String> = keys.previous_ids().iter().map(|k| k.to_string()).collect();
+        // Key ids only: they name a key without revealing it.
         tracing::info!(
-            "{} tokens are signed with key {} and also verified with {}",
+            "{} tokens are signed with key {}{}",
             keys.kind.as_str(),
             keys.current_id(),
             if previous.is_empty() {
-                "no previous key".to_owned()
+                String::new()
             } else {
-                format!("the previous keys {}", previous.join(", "))
+                format!("; previous keys {} still verify", previous.join(", "))
             }
         );
     }

@@ -274,7 +274,7 @@ pub fn check(key: &str) -> Result<(), String> {
     distinct.dedup();
     if distinct.len() < MIN_DISTINCT {
         return Err(format!(
-            "is low in entropy: {} distinct characters, at least {MIN_DISTINCT} needed ({GENERATE})",
+            "is low in entropy: only {} distinct characters, at least {MIN_DISTINCT} needed ({GENERATE})",
             distinct.len()
         ));
     }
