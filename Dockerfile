@@ -58,6 +58,12 @@ RUN set -eux; \
 #    panic's backtrace still names the functions while the image stays small.
 COPY proto    proto
 COPY services services
+# tend-core compiles in the files that publish example values, to refuse a
+# token key taken from them (services/core/src/token_key.rs).
+COPY README.md ./
+COPY deploy/k8s/base/secret.example.yaml         deploy/k8s/base/
+COPY deploy/k8s/overlays/dev/kustomization.yaml  deploy/k8s/overlays/dev/
+COPY deploy/k8s/overlays/prod/kustomization.yaml deploy/k8s/overlays/prod/
 COPY agent    agent
 COPY cli      cli
 COPY tests    tests

@@ -80,7 +80,8 @@ bench_init() {
     BENCH_RUN="$(mktemp -d "$BENCH_OUT/run-$BENCH_NAME-XXXXXX")"
     chmod 700 "$BENCH_RUN"
     (umask 077
-     head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$BENCH_RUN/jwt_secret"
+     head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$BENCH_RUN/admin_token_key"
+     head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$BENCH_RUN/device_token_key"
      head -c 24 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' >"$BENCH_RUN/admin_password")
     trap bench_cleanup EXIT
     trap 'log "interrupted"; exit 130' INT TERM
@@ -125,14 +126,24 @@ runs_binary() {
     [ "${exe% (deleted)}" = "$(readlink -f "$2")" ]
 }
 
+# token_key_env NAME: the token key of service NAME, as VAR=value (nothing
+# for the monitor): each service gets its own key and no other.
+token_key_env() {
+    case "$1" in
+        tend-platform) printf 'TEND_ADMIN_TOKEN_KEY=%s\n' "$(cat "$BENCH_RUN/admin_token_key")" ;;
+        tend-sync) printf 'TEND_DEVICE_TOKEN_KEY=%s\n' "$(cat "$BENCH_RUN/device_token_key")" ;;
+    esac
+}
+
 # start_service NAME BINARY CPUS ENV...: starts BINARY on a fresh loopback
-# port with exactly ENV (plus PATH and HOME), logs to $BENCH_RUN/NAME.log,
-# waits for /readyz (or /healthz for bare_actix). Sets STARTED_PID and
-# STARTED_URL. Retries on another port if the chosen one was taken meanwhile.
+# port with exactly ENV and NAME's token key (plus PATH and HOME), logs to
+# $BENCH_RUN/NAME.log, waits for /readyz (or /healthz for bare_actix). Sets
+# STARTED_PID and STARTED_URL. Retries on another port if the chosen one was taken meanwhile.
 start_service() {
     local name="$1" binary="$2" cpus="$3"; shift 3
-    local attempt port pid url ready deadline prefix=()
+    local attempt port pid url ready deadline prefix=() key=()
     mapfile -t prefix < <(pin "$cpus")
+    mapfile -t key < <(token_key_env "$name")
     for attempt in 1 2 3; do
         port="$(free_port)"
         url="http://127.0.0.1:$port"
@@ -142,7 +153,7 @@ start_service() {
                 </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
         else
             ready="$url/readyz"
-            env -i PATH="$PATH" HOME="${HOME:-/}" "$@" TEND_LISTEN="127.0.0.1:$port" \
+            env -i PATH="$PATH" HOME="${HOME:-/}" "$@" "${key[@]}" TEND_LISTEN="127.0.0.1:$port" \
                 "${prefix[@]}" "$binary" </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
         fi
         pid=$!
@@ -175,14 +186,14 @@ create_db() {
 
 db_url() { printf '%s/%s' "${BENCH_PG_ADMIN%/*}" "$BENCH_DB"; }
 
-# service_env HEARTBEAT_S: the environment of tend's three services.
+# service_env HEARTBEAT_S: the environment of tend's three services (their
+# token keys are added by start_service, each to its own service).
 service_env() {
     printf '%s\n' \
         "TEND_DATABASE_URL=$(db_url)" \
         "TEND_REDIS_URL=$BENCH_REDIS" \
         "TEND_AMQP_URL=$BENCH_AMQP" \
         "TEND_INSTANCE=$BENCH_INSTANCE" \
-        "TEND_JWT_SECRET=$(cat "$BENCH_RUN/jwt_secret")" \
         "TEND_BOOTSTRAP_ADMIN=$BENCH_ADMIN_USER:$(cat "$BENCH_RUN/admin_password")" \
         "TEND_HEARTBEAT_S=$1" \
         "TEND_SHUTDOWN_GRACE_S=3" \

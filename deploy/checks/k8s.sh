@@ -5,7 +5,12 @@
 #     (unknown fields, wrong types, missing required fields, unknown kinds);
 #   - against tend's own rules (deploy/checks/k8s_policy.py): restricted
 #     security context, requests and limits, liveness on /healthz only,
-#     shutdown timings, no Secret in base or prod, prod images by digest.
+#     shutdown timings, no Secret in base or prod, prod images by digest,
+#     a token key per service (the platform reads only the admin key, sync
+#     only the device key, nothing else either) and the instruction signing
+#     key mounted by the platform alone.
+# Renders a copy of deploy/k8s in which each overlay's make-keys.sh (the dev
+# overlay's) has made fresh keys, so no key of yours is read or written.
 # Prints one line per rendering; exits non-zero on the first failure, and
 # never passes when kubectl is missing.
 #
@@ -43,21 +48,31 @@ if [[ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null || true)" != "$VA
 fi
 
 mkdir -p "$out"
-targets=(deploy/k8s/base)
-for dir in deploy/k8s/overlays/*/; do
+src=$out/src
+rm -rf "$src"
+mkdir -p "$src"
+cp -R deploy/k8s "$src/k8s"
+rm -rf "$src"/k8s/overlays/*/keys
+for make_keys in "$src"/k8s/overlays/*/make-keys.sh; do
+    [[ -e $make_keys ]] || continue
+    bash "$make_keys" >/dev/null || fail "${make_keys#"$src"/}: could not make the overlay's keys"
+done
+targets=("$src/k8s/base")
+for dir in "$src"/k8s/overlays/*/; do
     targets+=("${dir%/}")
 done
 [[ ${#targets[@]} -gt 1 ]] || fail "no overlay found under deploy/k8s/overlays"
 
 for target in "${targets[@]}"; do
     name=$(basename "$target")
+    shown=deploy/${target#"$src"/}
     file=$out/$name.yaml
     if ! "$kubectl" kustomize "$target" >"$file" 2>"$out/$name.err"; then
         cat "$out/$name.err" >&2
-        fail "$target: kubectl kustomize could not render it"
+        fail "$shown: kubectl kustomize could not render it"
     fi
     objects=$(grep -c '^kind:' "$file" || true)
-    [[ $objects -gt 0 ]] || fail "$target: the rendering is empty"
+    [[ $objects -gt 0 ]] || fail "$shown: the rendering is empty"
 
     # --quiet prints only warnings and errors. A warning (a kind without a
     # schema, such as a typo in `kind:`) fails the check too: with --strict
@@ -66,11 +81,11 @@ for target in "${targets[@]}"; do
         && status=0 || status=$?
     if [[ $status -ne 0 || -n "$report" ]]; then
         echo "$report" >&2
-        fail "$target: does not validate against the Kubernetes $K8S_VERSION schemas (strict); rendering in ${file#"$root"/}"
+        fail "$shown: does not validate against the Kubernetes $K8S_VERSION schemas (strict); rendering in ${file#"$root"/}"
     fi
 
     "$venv/bin/python" deploy/checks/k8s_policy.py "$name" "$file" >&2 \
-        || fail "$target: breaks tend's manifest rules (above); rendering in ${file#"$root"/}"
+        || fail "$shown: breaks tend's manifest rules (above); rendering in ${file#"$root"/}"
 
     echo "k8s: $name: ok ($objects objects, kubernetes-validate $VALIDATE_VERSION --strict, Kubernetes $K8S_VERSION schemas, policy ok)"
 done

@@ -13,6 +13,22 @@ import yaml
 
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
 
+# A key per job: the variables of each token key, and the one component
+# whose containers may read them. Nothing else reads a token key, and the
+# single key of earlier releases is read by nobody.
+TOKEN_KEY_VARS = {
+    "platform": {"TEND_ADMIN_TOKEN_KEY", "TEND_ADMIN_TOKEN_PREVIOUS_KEYS"},
+    "sync": {"TEND_DEVICE_TOKEN_KEY", "TEND_DEVICE_TOKEN_PREVIOUS_KEYS"},
+}
+REQUIRED_TOKEN_KEY = {"platform": "TEND_ADMIN_TOKEN_KEY", "sync": "TEND_DEVICE_TOKEN_KEY"}
+RETIRED_VARS = {"TEND_JWT_SECRET"}
+# The instruction signing key: the platform's alone, as a file from this
+# Secret (a generated one carries a hash suffix).
+SIGNING_SECRET = "tend-signing-key"
+SIGNING_VAR = "TEND_SIGNING_KEY_FILE"
+# Created out of band in base and prod (secret.example.yaml).
+OUT_OF_BAND_SECRETS = {"tend-secrets", SIGNING_SECRET}
+
 
 def main() -> int:
     name, path = sys.argv[1], sys.argv[2]
@@ -53,6 +69,13 @@ def main() -> int:
                 "app.kubernetes.io/name") == "tend"
             if kind == "Deployment" and wname in hpa_targets and "replicas" in spec:
                 bad(f"{where}: sets replicas although an HPA owns the count")
+            for kind_ref, ref_name, optional in volume_refs(pod):
+                pool = secrets if kind_ref == "Secret" else configmaps
+                if ref_name in pool or optional:
+                    continue
+                if kind_ref == "Secret" and not secrets and ref_name in OUT_OF_BAND_SECRETS:
+                    continue
+                bad(f"{where}: mounts a missing {kind_ref} {ref_name}")
             psc = pod.get("securityContext", {})
             if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
                 bad(f"{where}: pod seccompProfile is not RuntimeDefault")
@@ -77,10 +100,12 @@ def main() -> int:
                     pool = secrets if kind_ref == "Secret" else configmaps
                     if ref_name in pool or optional:
                         continue
-                    # base and prod read the Secret created out of band.
-                    if kind_ref == "Secret" and not secrets and ref_name == "tend-secrets":
+                    # base and prod read the Secrets created out of band.
+                    if kind_ref == "Secret" and not secrets and ref_name in OUT_OF_BAND_SECRETS:
                         continue
                     bad(f"{cw}: refers to a missing {kind_ref} {ref_name}")
+                for problem in key_problems(component(w), c, pod):
+                    bad(f"{cw}: {problem}")
                 if name == "prod" and "@sha256:" not in c["image"]:
                     bad(f"{cw}: image {c['image']} is not pinned by digest")
                 if not tend:
@@ -100,6 +125,10 @@ def main() -> int:
                 if grace_s is not None and pre_stop + grace_s >= period:
                     bad(f"{cw}: preStop {pre_stop} s + drain {grace_s} s does not end "
                         f"before terminationGracePeriodSeconds {period}")
+
+    for sname, secret in secrets.items():
+        for problem in generated_key_problems(secret):
+            bad(f"secret/{sname}: {problem}")
 
     for p in problems:
         print(f"POLICY {name}: {p}")
@@ -121,6 +150,70 @@ def refs(container):
             yield "Secret", e["secretRef"]["name"], e["secretRef"].get("optional", False)
         if "configMapRef" in e:
             yield "ConfigMap", e["configMapRef"]["name"], e["configMapRef"].get("optional", False)
+
+
+def volume_refs(pod):
+    """(kind, name, optional) of every Secret and ConfigMap a pod mounts."""
+    for v in pod.get("volumes", []):
+        if "secret" in v:
+            yield "Secret", v["secret"]["secretName"], v["secret"].get("optional", False)
+        if "configMap" in v:
+            yield "ConfigMap", v["configMap"]["name"], v["configMap"].get("optional", False)
+
+
+def component(workload):
+    labels = workload["spec"]["template"]["metadata"].get("labels", {})
+    if labels.get("app.kubernetes.io/name") != "tend":
+        return None
+    return labels.get("app.kubernetes.io/component")
+
+
+def key_problems(comp, container, pod):
+    """Token and signing keys read by a container that must not hold them."""
+    names = {e["name"] for e in container.get("env", [])}
+    for retired in sorted(names & RETIRED_VARS):
+        yield f"sets {retired}, which no service reads any more"
+    for owner, variables in TOKEN_KEY_VARS.items():
+        if comp != owner:
+            for var in sorted(names & variables):
+                yield f"reads {var}, a key of tend-{owner} alone"
+    if comp in REQUIRED_TOKEN_KEY and REQUIRED_TOKEN_KEY[comp] not in names:
+        yield f"does not read {REQUIRED_TOKEN_KEY[comp]}"
+    if comp is not None:
+        for e in container.get("envFrom", []):
+            if "secretRef" in e:
+                # A whole Secret would bring every key in it along.
+                yield f"imports the whole Secret {e['secretRef']['name']}: name each key"
+    signing_volumes = [v["name"] for v in pod.get("volumes", [])
+                       if v.get("secret", {}).get("secretName", "").startswith(SIGNING_SECRET)]
+    if comp == "platform":
+        if not signing_volumes:
+            yield f"has no volume of the Secret {SIGNING_SECRET}"
+        for vname in signing_volumes:
+            mount = next((m for m in container.get("volumeMounts", []) if m["name"] == vname), None)
+            if mount is None or not mount.get("readOnly"):
+                yield f"does not mount the signing key volume {vname} read-only"
+        if SIGNING_VAR not in names:
+            yield f"does not set {SIGNING_VAR}"
+    else:
+        if SIGNING_VAR in names:
+            yield f"sets {SIGNING_VAR}, a key of tend-platform alone"
+        for vname in signing_volumes:
+            yield f"its pod has the signing key volume {vname}, a key of tend-platform alone"
+
+
+def generated_key_problems(secret):
+    """A generated Secret's token keys: present, long, and one per service."""
+    import base64
+    values = {k: base64.b64decode(v).decode("utf-8", "replace")
+              for k, v in secret.get("data", {}).items()}
+    values.update(secret.get("stringData", {}))
+    keys = {k: v.strip() for k, v in values.items() if k.endswith("-token-key")}
+    for k, v in keys.items():
+        if len(v) < 32:
+            yield f"{k} is shorter than 32 characters"
+    if len(set(keys.values())) < len(keys):
+        yield "the admin and device token keys are the same: each service needs its own"
 
 
 def probe_path(container, probe):

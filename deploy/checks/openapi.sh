@@ -45,7 +45,7 @@ target/debug/tend-platform signing-key --create "$WORK/signing-key.pem" >/dev/nu
 env -i PATH="$PATH" \
     TEND_LISTEN=127.0.0.1:0 \
     TEND_DATABASE_URL="$DB_URL" \
-    TEND_JWT_SECRET="openapi-check-signing-key-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+    TEND_ADMIN_TOKEN_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
     TEND_BOOTSTRAP_ADMIN="fuzz:$PASSWORD" \
     TEND_SIGNING_KEY_FILE="$WORK/signing-key.pem" \
     TEND_ARTIFACT_STORE="file://$WORK/artifacts" \

@@ -189,7 +189,11 @@ else
     info "database tend exists"
 fi
 
-secret_file "$RUN/jwt_secret" 64
+# A token key per service: the platform's signs admin tokens, sync's device
+# tokens; neither service gets the other's.
+secret_file "$RUN/admin_token_key" 64
+secret_file "$RUN/device_token_key" 64
+rm -f "$RUN/jwt_secret"   # the single key of earlier releases
 secret_file "$RUN/admin_password" 20
 ADMIN_USER="admin"
 ADMIN_PASSWORD="$(cat "$RUN/admin_password")"
@@ -198,8 +202,9 @@ export TEND_DATABASE_URL="postgres://postgres@127.0.0.1:5432/tend"
 export TEND_REDIS_URL="redis://127.0.0.1:6379"
 export TEND_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
 export TEND_INSTANCE="tend-local"
-TEND_JWT_SECRET="$(cat "$RUN/jwt_secret")"
-export TEND_JWT_SECRET
+# Keys reach only their service (below), never from the caller's shell.
+unset TEND_JWT_SECRET TEND_ADMIN_TOKEN_KEY TEND_ADMIN_TOKEN_PREVIOUS_KEYS \
+    TEND_DEVICE_TOKEN_KEY TEND_DEVICE_TOKEN_PREVIOUS_KEYS
 export TEND_BOOTSTRAP_ADMIN="$ADMIN_USER:$ADMIN_PASSWORD"
 export TEND_HEARTBEAT_S=5
 # Artifact bytes in a directory of the run, shared by platform and sync.
@@ -225,10 +230,19 @@ SIGNING_PUBLIC_KEY="$("$BIN/tend-platform" signing-key --create "$RUN/signing-ke
     || die "cannot make or read the instruction-signing key $RUN/signing-key.pem"
 for svc in "${SERVICES[@]}"; do
     rotate_log "$svc"
-    own=()
-    [ "$svc" = tend-platform ] && own=("TEND_SIGNING_KEY_FILE=$RUN/signing-key.pem")
     # setsid: own session, so a Ctrl-C in this terminal does not reach them.
-    env "${own[@]}" TEND_LISTEN="${LISTEN[$svc]}" setsid "$BIN/$svc" </dev/null >>"$RUN/$svc.log" 2>&1 &
+    # The keys go through the environment of a subshell, not a command line
+    # that `ps` shows; the monitor needs none.
+    (
+        case "$svc" in
+            tend-platform) TEND_ADMIN_TOKEN_KEY="$(cat "$RUN/admin_token_key")"
+                           export TEND_ADMIN_TOKEN_KEY
+                           export TEND_SIGNING_KEY_FILE="$RUN/signing-key.pem" ;;
+            tend-sync)     TEND_DEVICE_TOKEN_KEY="$(cat "$RUN/device_token_key")"
+                           export TEND_DEVICE_TOKEN_KEY ;;
+        esac
+        TEND_LISTEN="${LISTEN[$svc]}" exec setsid "$BIN/$svc" </dev/null >>"$RUN/$svc.log" 2>&1
+    ) &
     echo $! >"$RUN/$svc.pid"
     info "$svc started (pid $!, log $RUN/$svc.log)"
 done
@@ -365,7 +379,7 @@ EOF
 
 rotate_log agent
 # The agent needs none of the services' secrets.
-env -u TEND_JWT_SECRET -u TEND_BOOTSTRAP_ADMIN -u TEND_DATABASE_URL \
+env -u TEND_BOOTSTRAP_ADMIN -u TEND_DATABASE_URL \
     -u TEND_REDIS_URL -u TEND_AMQP_URL -u TEND_INSTANCE -u TEND_HEARTBEAT_S \
     setsid bash "$ROOT/deploy/demo/supervise.sh" "$BIN/tend-agent" --config "$RUN/agent.toml" \
     </dev/null >>"$RUN/agent.log" 2>&1 &

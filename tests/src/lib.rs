@@ -37,7 +37,10 @@ pub mod tree;
 pub use agent::{Agent, toml_array};
 pub use proxy::{Mode, Proxy};
 pub use recorder::Recorder;
-pub use stack::{ADMIN_PASSWORD, ADMIN_USER, Device, Faults, Options, Service, Stack, bin};
+pub use stack::{
+    ADMIN_PASSWORD, ADMIN_USER, Device, Faults, Options, Service, Stack, bin, new_token_key,
+    run_to_exit,
+};
 
 /// Polls `check` every 100 ms until it returns `Some`, or panics with
 /// `what` after `timeout`.

@@ -92,7 +92,13 @@ pub struct Stack {
     admin_url: String,
     redis_url: String,
     amqp_url: String,
-    jwt_secret: String,
+    /// The platform's admin token key and sync's device token key: each
+    /// service gets its own only.
+    admin_token_key: String,
+    device_token_key: String,
+    /// Variables a test set (`Some`) or removed (`None`) for one service,
+    /// applied at its next start: see [`Stack::set_env`].
+    env_overrides: Vec<(Service, String, Option<String>)>,
     /// The platform's instruction-signing key (PKCS#8 PEM in the stack's
     /// directory), and its public key as agents pin it.
     signing_key_file: PathBuf,
@@ -257,7 +263,9 @@ impl Stack {
             admin_url,
             redis_url,
             amqp_url,
-            jwt_secret: format!("test-secret-{}", Uuid::new_v4().simple()),
+            admin_token_key: new_token_key(),
+            device_token_key: new_token_key(),
+            env_overrides: Vec::new(),
             service_urls,
             faults,
             procs,
@@ -362,8 +370,27 @@ impl Stack {
         format!("{base}/{}", self.db_name)
     }
 
-    /// The environment every service of this stack gets.
-    fn service_env(&self) -> Vec<(String, String)> {
+    /// The admin token key the platform of this stack signs with.
+    pub fn admin_token_key(&self) -> &str {
+        &self.admin_token_key
+    }
+
+    /// The device token key the sync service of this stack signs with.
+    pub fn device_token_key(&self) -> &str {
+        &self.device_token_key
+    }
+
+    /// Sets (`Some`) or removes (`None`) a variable of one service's
+    /// environment from its next start on (`spawn`, `spawn_nth`), and for
+    /// [`Stack::start_to_exit`].
+    pub fn set_env(&mut self, s: Service, var: &str, value: Option<&str>) {
+        self.env_overrides
+            .push((s, var.to_owned(), value.map(str::to_owned)));
+    }
+
+    /// The environment service `s` of this stack gets: what every service
+    /// needs, its own token key, and the test's [`Stack::set_env`] changes.
+    fn service_env(&self, s: Service) -> Vec<(String, String)> {
         let store = match &self.options.s3 {
             Some(bucket) => bucket.url("artifacts"),
             None => format!("file://{}", self.artifact_dir().display()),
@@ -375,7 +402,6 @@ impl Stack {
             ("TEND_REDIS_URL", self.service_urls[1].clone()),
             ("TEND_AMQP_URL", self.service_urls[2].clone()),
             ("TEND_INSTANCE", self.instance.clone()),
-            ("TEND_JWT_SECRET", self.jwt_secret.clone()),
             (
                 "TEND_BOOTSTRAP_ADMIN",
                 format!("{ADMIN_USER}:{ADMIN_PASSWORD}"),
@@ -389,11 +415,40 @@ impl Stack {
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
             ),
         ];
-        fixed
+        let own_key = match s {
+            Service::Platform => vec![
+                ("TEND_ADMIN_TOKEN_KEY", self.admin_token_key.clone()),
+                (
+                    "TEND_SIGNING_KEY_FILE",
+                    self.signing_key_file.display().to_string(),
+                ),
+            ],
+            Service::Sync => vec![("TEND_DEVICE_TOKEN_KEY", self.device_token_key.clone())],
+            Service::Monitor => vec![],
+        };
+        let mut env: Vec<(String, String)> = fixed
             .into_iter()
+            .chain(own_key)
             .map(|(k, v)| (k.to_owned(), v))
             .chain(s3_vars)
-            .collect()
+            .collect();
+        for (service, var, value) in &self.env_overrides {
+            if *service != s {
+                continue;
+            }
+            env.retain(|(k, _)| k != var);
+            if let Some(v) = value {
+                env.push((var.clone(), v.clone()));
+            }
+        }
+        env
+    }
+
+    /// Starts service `s` with this stack's environment for it, expecting
+    /// it to refuse to start: answers its exit code and what it printed.
+    /// Panics if it still runs after 30 seconds.
+    pub fn start_to_exit(&self, s: Service) -> (Option<i32>, String) {
+        run_to_exit(s, self.service_env(s))
     }
 
     /// Starts (or restarts, on its previous port) one service and waits
@@ -419,13 +474,7 @@ impl Stack {
     /// Starts (or restarts, on its previous port) process `n` of a service
     /// (0 the first, then the replicas) and waits until it is ready.
     pub async fn spawn_nth(&mut self, s: Service, n: usize) {
-        let mut env = self.service_env();
-        if s == Service::Platform {
-            env.push((
-                "TEND_SIGNING_KEY_FILE".to_owned(),
-                self.signing_key_file.display().to_string(),
-            ));
-        }
+        let env = self.service_env(s);
         let http = self.http.clone();
         launch(&http, s, env, self.proc_mut(s, n)).await;
     }
@@ -696,6 +745,46 @@ impl Stack {
         tokio::spawn(conn);
         client
     }
+}
+
+/// A random token key: 64 hex digits, as `openssl rand -hex 32` makes.
+pub fn new_token_key() -> String {
+    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+/// Runs service `s` with exactly `env` (and `PATH`), expecting it to exit
+/// on its own: answers its exit code and its output (stdout then stderr).
+/// Panics if it still runs after 30 seconds.
+pub fn run_to_exit(s: Service, env: Vec<(String, String)>) -> (Option<i32>, String) {
+    let mut child = Command::new(bin(s.binary()))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env)
+        .env("TEND_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", s.binary()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{} still runs after 30 s: it was expected to refuse to start",
+                s.binary()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("the service's output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
 }
 
 /// Starts one service process with `env` and waits until it logs its

@@ -1,8 +1,10 @@
 //! Tokens, passwords and device secrets.
 //!
-//! Admin and device tokens are HS256 JWTs signed with the same key but with
-//! different audiences, so a token of one kind is refused by the other
-//! service. Admin passwords are argon2id hashes; device secrets are 256
+//! Admin and device tokens are HS256 JWTs with different keys and different
+//! audiences: tend-platform alone holds the admin token key, tend-sync alone
+//! the device token key (see [`crate::token_key`]), so a token of one kind
+//! is refused by the other service. Every token names its key in the `kid`
+//! header; the previous keys of a rotation still verify. Admin passwords are argon2id hashes; device secrets are 256
 //! random bits, stored as SHA-256 (see the migration for why not argon2).
 
 use std::fmt;
@@ -15,9 +17,12 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+use crate::token_key::{KeyId, TokenKeySet};
 
 pub const ADMIN_AUDIENCE: &str = "tend-admin";
 pub const DEVICE_AUDIENCE: &str = "tend-device";
@@ -102,16 +107,24 @@ pub enum TokenError {
     Invalid,
 }
 
-/// Issues and verifies tokens with the installation's key.
+/// A key ring of one kind of token: the current key signs, it and the
+/// previous keys verify, each picked by the token's `kid`.
 #[derive(Clone)]
-pub struct Tokens {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+struct KeyRing {
+    signing: EncodingKey,
+    /// HS256 with the current key's `kid`.
+    header: Header,
+    /// The current key first, then the previous ones: at most five, so a
+    /// linear search by `kid` beats any map.
+    verifying: Vec<(KeyId, DecodingKey)>,
+    validation: Validation,
 }
 
-impl fmt::Debug for Tokens {
+/// Names the key ids only.
+impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Tokens(***)")
+        let ids: Vec<&KeyId> = self.verifying.iter().map(|(id, _)| id).collect();
+        write!(f, "KeyRing({ids:?})")
     }
 }
 
@@ -119,38 +132,84 @@ fn now_s() -> u64 {
     chrono::Utc::now().timestamp().max(0) as u64
 }
 
-impl Tokens {
-    pub fn new(secret: &str) -> Self {
-        Tokens {
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
+/// The `kid` of a token's header, without allocating: the header is
+/// decoded into a buffer on the stack. `None` for a header that is not
+/// base64url JSON of a sane size or names no key.
+fn kid_of<'b>(token: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
+    #[derive(Deserialize)]
+    struct KidOnly<'a> {
+        #[serde(borrow)]
+        kid: Option<&'a str>,
+    }
+    let encoded = token.split('.').next()?;
+    // Larger headers do not fit `buf`; ours are about 70 bytes.
+    if encoded.len() > buf.len() * 4 / 3 {
+        return None;
+    }
+    let n = URL_SAFE_NO_PAD.decode_slice(encoded, buf).ok()?;
+    serde_json::from_slice::<KidOnly<'b>>(&buf[..n]).ok()?.kid
+}
+
+impl KeyRing {
+    fn new(keys: &TokenKeySet, audience: &str) -> KeyRing {
+        let current = keys.current.expose().as_bytes();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(keys.current_id().as_str().to_owned());
+        let verifying = std::iter::once(&keys.current)
+            .chain(&keys.previous)
+            .map(|k| {
+                let bytes = k.expose().as_bytes();
+                (KeyId::of(bytes), DecodingKey::from_secret(bytes))
+            })
+            .collect();
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        validation.leeway = 5;
+        KeyRing {
+            signing: EncodingKey::from_secret(current),
+            header,
+            verifying,
+            validation,
         }
     }
 
     fn sign<T: Serialize>(&self, claims: &T) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+        jsonwebtoken::encode(&self.header, claims, &self.signing)
             .expect("HS256 signing with an HMAC key cannot fail")
     }
 
-    fn verify<T: serde::de::DeserializeOwned>(
-        &self,
-        token: &str,
-        audience: &str,
-    ) -> Result<T, TokenError> {
-        let mut v = Validation::new(Algorithm::HS256);
-        v.set_audience(&[audience]);
-        v.set_issuer(&[ISSUER]);
-        v.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-        v.leeway = 5;
-        jsonwebtoken::decode::<T>(token, &self.decoding, &v)
+    /// Verifies with the key the token's `kid` names; a token naming no
+    /// key, or one this ring does not hold, is invalid.
+    fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
+        let mut buf = [0u8; 256];
+        let kid = kid_of(token, &mut buf).ok_or(TokenError::Invalid)?;
+        let (_, key) = self
+            .verifying
+            .iter()
+            .find(|(id, _)| id.matches(kid))
+            .ok_or(TokenError::Invalid)?;
+        jsonwebtoken::decode::<T>(token, key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
             })
     }
+}
 
-    pub fn issue_admin(&self, user: Uuid, tenant: Uuid, role: Role, sys: bool) -> (String, u64) {
+/// Issues and verifies admin tokens: tend-platform's, with the admin token
+/// key ([`crate::config::ADMIN_TOKEN_KEY`]).
+#[derive(Clone, Debug)]
+pub struct AdminTokens(KeyRing);
+
+impl AdminTokens {
+    pub fn new(keys: &TokenKeySet) -> Self {
+        AdminTokens(KeyRing::new(keys, ADMIN_AUDIENCE))
+    }
+
+    pub fn issue(&self, user: Uuid, tenant: Uuid, role: Role, sys: bool) -> (String, u64) {
         let iat = now_s();
         let ttl = ADMIN_TOKEN_TTL.as_secs();
         let claims = AdminClaims {
@@ -163,14 +222,25 @@ impl Tokens {
             iat,
             exp: iat + ttl,
         };
-        (self.sign(&claims), ttl)
+        (self.0.sign(&claims), ttl)
     }
 
-    pub fn verify_admin(&self, token: &str) -> Result<AdminClaims, TokenError> {
-        self.verify(token, ADMIN_AUDIENCE)
+    pub fn verify(&self, token: &str) -> Result<AdminClaims, TokenError> {
+        self.0.verify(token)
+    }
+}
+
+/// Issues and verifies device tokens: tend-sync's, with the device token
+/// key ([`crate::config::DEVICE_TOKEN_KEY`]).
+#[derive(Clone, Debug)]
+pub struct DeviceTokens(KeyRing);
+
+impl DeviceTokens {
+    pub fn new(keys: &TokenKeySet) -> Self {
+        DeviceTokens(KeyRing::new(keys, DEVICE_AUDIENCE))
     }
 
-    pub fn issue_device(&self, device: Uuid, tenant: Uuid) -> (String, u64) {
+    pub fn issue(&self, device: Uuid, tenant: Uuid) -> (String, u64) {
         let iat = now_s();
         let ttl = DEVICE_TOKEN_TTL.as_secs();
         let claims = DeviceClaims {
@@ -181,11 +251,11 @@ impl Tokens {
             iat,
             exp: iat + ttl,
         };
-        (self.sign(&claims), ttl)
+        (self.0.sign(&claims), ttl)
     }
 
-    pub fn verify_device(&self, token: &str) -> Result<DeviceClaims, TokenError> {
-        self.verify(token, DEVICE_AUDIENCE)
+    pub fn verify(&self, token: &str) -> Result<DeviceClaims, TokenError> {
+        self.0.verify(token)
     }
 }
 
@@ -241,28 +311,125 @@ pub fn device_secret_matches(secret: &str, stored_sha256: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    use crate::token_key::{TokenKind, parse};
+
+    const KEY: &str = "kq8ZtV3xN0pLw7Hc2Ys9RbF4mJd6Ge1A";
+    const OTHER: &str = "Wn5Tq0cYvX8pK3rLm6Bz1Hf9Dj2Ga7Es";
+
+    fn keys(kind: TokenKind, current: &str, previous: &[&str]) -> TokenKeySet {
+        parse(kind, Some(current), Some(&previous.join(","))).unwrap()
+    }
+
+    fn kid(token: &str) -> Option<String> {
+        jsonwebtoken::decode_header(token).unwrap().kid
+    }
 
     #[test]
-    fn a_token_of_one_audience_is_refused_by_the_other() {
-        let t = Tokens::new(KEY);
-        let (admin, _) = t.issue_admin(Uuid::new_v4(), Uuid::new_v4(), Role::Viewer, false);
-        let (device, _) = t.issue_device(Uuid::new_v4(), Uuid::new_v4());
-        assert!(t.verify_admin(&admin).is_ok());
-        assert!(t.verify_device(&device).is_ok());
-        assert!(t.verify_device(&admin).is_err());
-        assert!(t.verify_admin(&device).is_err());
+    fn a_token_of_one_audience_is_refused_by_the_other_even_with_the_same_key() {
+        let admin = AdminTokens::new(&keys(TokenKind::Admin, KEY, &[]));
+        let device = DeviceTokens::new(&keys(TokenKind::Device, KEY, &[]));
+        let (a, _) = admin.issue(Uuid::new_v4(), Uuid::new_v4(), Role::Viewer, false);
+        let (d, _) = device.issue(Uuid::new_v4(), Uuid::new_v4());
+        assert!(admin.verify(&a).is_ok());
+        assert!(device.verify(&d).is_ok());
+        assert!(device.verify(&a).is_err());
+        assert!(admin.verify(&d).is_err());
+    }
+
+    /// What tend-sync holds cannot make a token the platform takes, even
+    /// with admin claims and the admin audience.
+    #[test]
+    fn admin_claims_signed_with_the_device_key_are_refused() {
+        let admin = AdminTokens::new(&keys(TokenKind::Admin, KEY, &[]));
+        let device_keys = keys(TokenKind::Device, OTHER, &[]);
+        let forged = KeyRing::new(&device_keys, ADMIN_AUDIENCE).sign(&AdminClaims {
+            sub: Uuid::new_v4(),
+            tid: Uuid::new_v4(),
+            role: Role::Admin,
+            sys: true,
+            aud: ADMIN_AUDIENCE.into(),
+            iss: ISSUER.into(),
+            iat: now_s(),
+            exp: now_s() + 60,
+        });
+        assert!(matches!(admin.verify(&forged), Err(TokenError::Invalid)));
+    }
+
+    #[test]
+    fn every_token_names_its_key_and_a_previous_key_still_verifies() {
+        let old = AdminTokens::new(&keys(TokenKind::Admin, OTHER, &[]));
+        let (old_token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4(), Role::Admin, false);
+        assert_eq!(
+            kid(&old_token).as_deref(),
+            Some(KeyId::of(OTHER.as_bytes()).as_str())
+        );
+
+        let rotated = AdminTokens::new(&keys(TokenKind::Admin, KEY, &[OTHER]));
+        assert!(rotated.verify(&old_token).is_ok());
+        let (new_token, _) = rotated.issue(Uuid::new_v4(), Uuid::new_v4(), Role::Admin, false);
+        assert_eq!(
+            kid(&new_token).as_deref(),
+            Some(KeyId::of(KEY.as_bytes()).as_str())
+        );
+        assert!(old.verify(&new_token).is_err(), "the old key never signs");
+
+        let retired = AdminTokens::new(&keys(TokenKind::Admin, KEY, &[]));
+        assert!(retired.verify(&new_token).is_ok());
+        assert!(matches!(
+            retired.verify(&old_token),
+            Err(TokenError::Invalid)
+        ));
+    }
+
+    #[test]
+    fn a_token_without_a_kid_or_with_an_unknown_or_wrong_kid_is_refused() {
+        let set = keys(TokenKind::Device, KEY, &[]);
+        let tokens = DeviceTokens::new(&set);
+        let claims = DeviceClaims {
+            sub: Uuid::new_v4(),
+            tid: Uuid::new_v4(),
+            aud: DEVICE_AUDIENCE.into(),
+            iss: ISSUER.into(),
+            iat: now_s(),
+            exp: now_s() + 60,
+        };
+        let secret = EncodingKey::from_secret(KEY.as_bytes());
+        let with = |kid: Option<&str>| {
+            let mut h = Header::new(Algorithm::HS256);
+            h.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(&h, &claims, &secret).unwrap()
+        };
+        assert!(
+            tokens
+                .verify(&with(Some(set.current_id().as_str())))
+                .is_ok()
+        );
+        for bad in [
+            with(None),
+            with(Some("0000000000000000")),
+            with(Some(&set.current_id().as_str()[..15])),
+        ] {
+            assert!(
+                matches!(tokens.verify(&bad), Err(TokenError::Invalid)),
+                "{bad}"
+            );
+        }
+        // A header too large for the stack buffer, or not JSON at all.
+        let huge = format!("{}.e30.sig", URL_SAFE_NO_PAD.encode(vec![b' '; 400]));
+        assert!(tokens.verify(&huge).is_err());
+        assert!(tokens.verify("not.a.token").is_err());
+        assert!(tokens.verify("").is_err());
     }
 
     #[test]
     fn forged_and_expired_tokens_are_refused() {
-        let t = Tokens::new(KEY);
-        let other = Tokens::new("another key that is long enough!!");
-        let (forged, _) = other.issue_device(Uuid::new_v4(), Uuid::new_v4());
-        assert!(matches!(t.verify_device(&forged), Err(TokenError::Invalid)));
+        let t = DeviceTokens::new(&keys(TokenKind::Device, KEY, &[]));
+        let other = DeviceTokens::new(&keys(TokenKind::Device, OTHER, &[]));
+        let (forged, _) = other.issue(Uuid::new_v4(), Uuid::new_v4());
+        assert!(matches!(t.verify(&forged), Err(TokenError::Invalid)));
 
         let past = now_s() - 3600;
-        let expired = t.sign(&DeviceClaims {
+        let expired = t.0.sign(&DeviceClaims {
             sub: Uuid::new_v4(),
             tid: Uuid::new_v4(),
             aud: DEVICE_AUDIENCE.into(),
@@ -270,11 +437,18 @@ mod tests {
             iat: past - 60,
             exp: past,
         });
-        assert!(matches!(
-            t.verify_device(&expired),
-            Err(TokenError::Expired)
-        ));
-        assert!(t.verify_device("not.a.token").is_err());
+        assert!(matches!(t.verify(&expired), Err(TokenError::Expired)));
+    }
+
+    #[test]
+    fn token_keys_stay_out_of_debug_output() {
+        let t = AdminTokens::new(&keys(TokenKind::Admin, KEY, &[OTHER]));
+        let shown = format!("{t:?}");
+        assert!(!shown.contains(KEY) && !shown.contains(OTHER), "{shown}");
+        assert!(
+            shown.contains(KeyId::of(KEY.as_bytes()).as_str()),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -9,12 +9,20 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::token_key::{self, TokenKeySet, TokenKind};
+
 pub const LISTEN: &str = "TEND_LISTEN";
 pub const DATABASE_URL: &str = "TEND_DATABASE_URL";
 pub const REDIS_URL: &str = "TEND_REDIS_URL";
 pub const AMQP_URL: &str = "TEND_AMQP_URL";
 pub const INSTANCE: &str = "TEND_INSTANCE";
+/// The single token key of earlier releases: refused alone, ignored with a
+/// warning beside the new keys.
 pub const JWT_SECRET: &str = "TEND_JWT_SECRET";
+pub const ADMIN_TOKEN_KEY: &str = "TEND_ADMIN_TOKEN_KEY";
+pub const ADMIN_TOKEN_PREVIOUS_KEYS: &str = "TEND_ADMIN_TOKEN_PREVIOUS_KEYS";
+pub const DEVICE_TOKEN_KEY: &str = "TEND_DEVICE_TOKEN_KEY";
+pub const DEVICE_TOKEN_PREVIOUS_KEYS: &str = "TEND_DEVICE_TOKEN_PREVIOUS_KEYS";
 pub const BOOTSTRAP_ADMIN: &str = "TEND_BOOTSTRAP_ADMIN";
 pub const HEARTBEAT_S: &str = "TEND_HEARTBEAT_S";
 pub const SWEEP_INTERVAL_MS: &str = "TEND_SWEEP_INTERVAL_MS";
@@ -63,7 +71,13 @@ pub struct Settings {
     pub amqp_url: Secret,
     /// Prefix of every AMQP name and Redis key of this installation.
     pub instance: String,
-    pub jwt_secret: Secret,
+    /// The admin token keys: read by tend-platform only.
+    pub admin_token_keys: Option<TokenKeySet>,
+    /// The device token keys: read by tend-sync only.
+    pub device_token_keys: Option<TokenKeySet>,
+    /// What the service should say at start about its environment (a
+    /// variable it ignores), once logging is up.
+    pub warnings: Vec<String>,
     pub bootstrap_admin: Option<BootstrapAdmin>,
     /// The interval the sync server tells devices; the monitor derives its
     /// offline and re-announcement thresholds from it.
@@ -107,15 +121,17 @@ fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Settings {
-    /// Reads the process environment.
-    pub fn from_env(default_listen: &str) -> Result<Self, ConfigError> {
-        Self::from_map(&std::env::vars().collect(), default_listen)
+    /// Reads the process environment. `token` is the key the service signs
+    /// and verifies tokens with, if any: it reads that one and no other.
+    pub fn from_env(default_listen: &str, token: Option<TokenKind>) -> Result<Self, ConfigError> {
+        Self::from_map(&std::env::vars().collect(), default_listen, token)
     }
 
     /// Reads settings from a map of variables (the environment, or a test's).
     pub fn from_map(
         vars: &HashMap<String, String>,
         default_listen: &str,
+        token: Option<TokenKind>,
     ) -> Result<Self, ConfigError> {
         let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
 
@@ -154,15 +170,44 @@ impl Settings {
             ));
         }
 
-        let jwt_secret = get(JWT_SECRET).ok_or_else(|| {
-            invalid(
-                JWT_SECRET,
-                "required: the HMAC key for admin and device tokens",
-            )
-        })?;
-        // HS256 keys shorter than the hash output weaken the MAC.
-        if jwt_secret.len() < 32 {
-            return Err(invalid(JWT_SECRET, "must be at least 32 characters long"));
+        let mut warnings = Vec::new();
+        let mut keys = |kind: TokenKind| -> Result<Option<TokenKeySet>, ConfigError> {
+            if token != Some(kind) {
+                for var in [kind.var(), kind.previous_var()] {
+                    if get(var).is_some() {
+                        warnings.push(format!(
+                            "{var} is set but this service does not use it: only {} should hold the {} token key",
+                            kind.holder(),
+                            kind.as_str()
+                        ));
+                    }
+                }
+                return Ok(None);
+            }
+            let current = get(kind.var());
+            if current.is_none() && get(JWT_SECRET).is_some() {
+                return Err(invalid(
+                    kind.var(),
+                    format!(
+                        "required, and {JWT_SECRET} is no longer read: each service now has a key of its own \
+                         (see the README, \"Token keys\")"
+                    ),
+                ));
+            }
+            token_key::parse(kind, current, get(kind.previous_var()))
+                .map(Some)
+                .map_err(|(var, why)| invalid(var, why))
+        };
+        let admin_token_keys = keys(TokenKind::Admin)?;
+        let device_token_keys = keys(TokenKind::Device)?;
+        if get(JWT_SECRET).is_some() {
+            warnings.push(format!(
+                "{JWT_SECRET} is set but no longer read: {}; remove it",
+                match token {
+                    Some(kind) => format!("this service uses {}", kind.var()),
+                    None => "this service uses no token key".to_owned(),
+                }
+            ));
         }
 
         let bootstrap_admin = match get(BOOTSTRAP_ADMIN) {
@@ -202,7 +247,9 @@ impl Settings {
             redis_url: Secret::new(redis_url),
             amqp_url: Secret::new(amqp_url),
             instance,
-            jwt_secret: Secret::new(jwt_secret),
+            admin_token_keys,
+            device_token_keys,
+            warnings,
             bootstrap_admin,
             heartbeat: Duration::from_secs(heartbeat_s),
             sweep_interval: Duration::from_millis(sweep_ms),
@@ -245,24 +292,103 @@ mod tests {
             .collect()
     }
 
-    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    const KEY: &str = "kq8ZtV3xN0pLw7Hc2Ys9RbF4mJd6Ge1A";
+    const OLD_KEY: &str = "Wn5Tq0cYvX8pK3rLm6Bz1Hf9Dj2Ga7Es";
 
     #[test]
-    fn defaults_apply_when_only_the_jwt_secret_is_set() {
-        let s = Settings::from_map(&vars(&[(JWT_SECRET, KEY)]), "0.0.0.0:8080").unwrap();
+    fn defaults_apply_when_only_the_token_key_is_set() {
+        let s = Settings::from_map(
+            &vars(&[(ADMIN_TOKEN_KEY, KEY)]),
+            "0.0.0.0:8080",
+            Some(TokenKind::Admin),
+        )
+        .unwrap();
         assert_eq!(s.listen.port(), 8080);
         assert_eq!(s.instance, "tend");
         assert_eq!(s.heartbeat, Duration::from_secs(30));
         assert!(s.bootstrap_admin.is_none());
         assert_eq!(s.artifact_store, DEFAULT_ARTIFACT_STORE);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let keys = s.admin_token_keys.expect("the admin keys");
+        assert_eq!(keys.current.expose(), KEY);
+        assert!(keys.previous.is_empty());
+        assert!(s.device_token_keys.is_none());
     }
 
     #[test]
-    fn a_missing_or_short_jwt_secret_is_refused_by_name() {
-        let e = Settings::from_map(&vars(&[]), "0.0.0.0:8080").unwrap_err();
-        assert_eq!(e.var, JWT_SECRET);
-        let e = Settings::from_map(&vars(&[(JWT_SECRET, "short")]), "0.0.0.0:8080").unwrap_err();
-        assert_eq!(e.var, JWT_SECRET);
+    fn each_service_reads_its_own_key_and_no_other() {
+        let both = vars(&[(ADMIN_TOKEN_KEY, KEY), (DEVICE_TOKEN_KEY, OLD_KEY)]);
+        let platform = Settings::from_map(&both, "0.0.0.0:1", Some(TokenKind::Admin)).unwrap();
+        assert!(platform.admin_token_keys.is_some() && platform.device_token_keys.is_none());
+        assert!(
+            platform
+                .warnings
+                .iter()
+                .any(|w| w.contains(DEVICE_TOKEN_KEY)),
+            "{:?}",
+            platform.warnings
+        );
+        let sync = Settings::from_map(&both, "0.0.0.0:1", Some(TokenKind::Device)).unwrap();
+        assert!(sync.device_token_keys.is_some() && sync.admin_token_keys.is_none());
+        assert_eq!(sync.device_token_keys.unwrap().current.expose(), OLD_KEY);
+
+        let monitor = Settings::from_map(&vars(&[]), "0.0.0.0:1", None).unwrap();
+        assert!(monitor.admin_token_keys.is_none() && monitor.device_token_keys.is_none());
+        assert!(monitor.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_missing_short_or_published_key_is_refused_by_name() {
+        for kind in [TokenKind::Admin, TokenKind::Device] {
+            let e = Settings::from_map(&vars(&[]), "0.0.0.0:1", Some(kind)).unwrap_err();
+            assert_eq!(e.var, kind.var());
+            let e = Settings::from_map(&vars(&[(kind.var(), "short")]), "0.0.0.0:1", Some(kind))
+                .unwrap_err();
+            assert_eq!(e.var, kind.var());
+            let published = "replace-with-the-output-of-openssl-rand-base64-48";
+            let e = Settings::from_map(&vars(&[(kind.var(), published)]), "0.0.0.0:1", Some(kind))
+                .unwrap_err();
+            assert_eq!(e.var, kind.var());
+            let e = Settings::from_map(
+                &vars(&[(kind.var(), KEY), (kind.previous_var(), "short")]),
+                "0.0.0.0:1",
+                Some(kind),
+            )
+            .unwrap_err();
+            assert_eq!(e.var, kind.previous_var());
+        }
+    }
+
+    #[test]
+    fn the_jwt_secret_alone_is_refused_naming_the_new_key_and_ignored_beside_it() {
+        let e = Settings::from_map(
+            &vars(&[(JWT_SECRET, KEY)]),
+            "0.0.0.0:1",
+            Some(TokenKind::Device),
+        )
+        .unwrap_err();
+        assert_eq!(e.var, DEVICE_TOKEN_KEY);
+        let line = e.to_string();
+        assert!(line.contains(JWT_SECRET) && !line.contains('\n'), "{line}");
+        assert!(!line.contains(KEY), "{line}");
+
+        let s = Settings::from_map(
+            &vars(&[(JWT_SECRET, OLD_KEY), (ADMIN_TOKEN_KEY, KEY)]),
+            "0.0.0.0:1",
+            Some(TokenKind::Admin),
+        )
+        .unwrap();
+        assert_eq!(s.admin_token_keys.unwrap().current.expose(), KEY);
+        assert!(
+            s.warnings.iter().any(|w| w.contains(JWT_SECRET)),
+            "{:?}",
+            s.warnings
+        );
+
+        // The monitor needs no key: the old one is only worth a warning.
+        let s = Settings::from_map(&vars(&[(JWT_SECRET, KEY)]), "0.0.0.0:1", None).unwrap();
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(!s.warnings[0].contains(KEY));
     }
 
     #[test]
@@ -278,8 +404,12 @@ mod tests {
             (ARTIFACT_STORE, "file://relative/dir"),
             (ARTIFACT_STORE, "s3:///prefix"),
         ] {
-            let e = Settings::from_map(&vars(&[(JWT_SECRET, KEY), (var, value)]), "0.0.0.0:1")
-                .unwrap_err();
+            let e = Settings::from_map(
+                &vars(&[(ADMIN_TOKEN_KEY, KEY), (var, value)]),
+                "0.0.0.0:1",
+                Some(TokenKind::Admin),
+            )
+            .unwrap_err();
             assert_eq!(e.var, var, "{value}");
         }
     }
@@ -287,13 +417,18 @@ mod tests {
     #[test]
     fn secrets_stay_out_of_debug_output() {
         let s = Settings::from_map(
-            &vars(&[(JWT_SECRET, KEY), (BOOTSTRAP_ADMIN, "root:hunter2hunter2")]),
+            &vars(&[
+                (ADMIN_TOKEN_KEY, KEY),
+                (ADMIN_TOKEN_PREVIOUS_KEYS, OLD_KEY),
+                (BOOTSTRAP_ADMIN, "root:hunter2hunter2"),
+            ]),
             "0.0.0.0:8080",
+            Some(TokenKind::Admin),
         )
         .unwrap();
         let shown = format!("{s:?}");
         assert!(
-            !shown.contains(KEY) && !shown.contains("hunter2"),
+            !shown.contains(KEY) && !shown.contains(OLD_KEY) && !shown.contains("hunter2"),
             "{shown}"
         );
     }

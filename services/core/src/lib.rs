@@ -9,6 +9,7 @@
 //! - [`retry`]: backoff, outage logging and startup retries, for every loop;
 //! - [`auth`]: tokens, passwords and device secrets;
 //! - [`signing`]: the platform's key that signs every instruction;
+//! - [`token_key`]: the token keys, one per service, checked at start;
 //! - [`error`]: the error policy and [`error::ApiError`], the problem+json answer;
 //! - [`http`]: extractor settings, request metrics and the endpoints every service has;
 //! - [`service`]: a service process's life, from `main` to its exit code;
@@ -28,5 +29,6 @@ pub mod shutdown;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod token_key;
 
 pub use config::Settings;

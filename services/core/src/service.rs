@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use crate::Settings;
 use crate::shutdown::Shutdown;
+use crate::token_key::TokenKind;
 
 /// A service that [`main`] can run.
 pub trait Service: Sized {
@@ -15,6 +16,9 @@ pub trait Service: Sized {
     const NAME: &'static str;
     /// Where it listens unless `TEND_LISTEN` says otherwise.
     const DEFAULT_LISTEN: &'static str;
+    /// The token key it signs and verifies with: it reads that one and no
+    /// other (none for a service that handles no token).
+    const TOKEN_KEY: Option<TokenKind>;
 
     /// Connects to what it needs, migrates, binds its listener. `shutdown`
     /// is the process's; [`run`](Self::run) drains when it begins.
@@ -33,13 +37,33 @@ pub trait Service: Sized {
 /// a SIGTERM drain. The reason is one line on stderr.
 pub async fn main<S: Service>() -> ExitCode {
     crate::telemetry::init_logs();
-    let settings = match Settings::from_env(S::DEFAULT_LISTEN) {
+    let settings = match Settings::from_env(S::DEFAULT_LISTEN, S::TOKEN_KEY) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    for keys in [&settings.admin_token_keys, &settings.device_token_keys]
+        .into_iter()
+        .flatten()
+    {
+        let previous: Vec<String> = keys.previous_ids().iter().map(|k| k.to_string()).collect();
+        // Key ids only: they name a key without revealing it.
+        tracing::info!(
+            "{} tokens are signed with key {}{}",
+            keys.kind.as_str(),
+            keys.current_id(),
+            if previous.is_empty() {
+                String::new()
+            } else {
+                format!("; previous keys {} still verify", previous.join(", "))
+            }
+        );
+    }
     let shutdown = Shutdown::new();
     let service = match S::build(settings, shutdown.clone()).await {
         Ok(s) => s,

@@ -29,6 +29,7 @@ use tend_core::db::{self, Pool};
 use tend_core::live::Live;
 use tend_core::service::Service;
 use tend_core::shutdown::{self, Background, Shutdown};
+use tend_core::token_key::TokenKind;
 use tend_core::{Settings, http, telemetry};
 use tokio::sync::Notify;
 
@@ -51,6 +52,7 @@ pub struct Monitor {
 impl Service for Monitor {
     const NAME: &'static str = "tend-monitor";
     const DEFAULT_LISTEN: &'static str = "0.0.0.0:8082";
+    const TOKEN_KEY: Option<TokenKind> = None;
 
     /// Connects to everything, migrates, binds the HTTP listener (port 0 works).
     ///

@@ -13,8 +13,8 @@ use tend_monitor::Monitor;
 ///
 /// Configured by the environment: TEND_LISTEN (default 0.0.0.0:8082),
 /// TEND_DATABASE_URL, TEND_REDIS_URL, TEND_AMQP_URL, TEND_INSTANCE,
-/// TEND_JWT_SECRET (required), TEND_HEARTBEAT_S, TEND_SWEEP_INTERVAL_MS,
-/// TEND_SHUTDOWN_GRACE_S, TEND_LOG and TEND_LOG_FORMAT.
+/// TEND_HEARTBEAT_S, TEND_SWEEP_INTERVAL_MS, TEND_SHUTDOWN_GRACE_S, TEND_LOG
+/// and TEND_LOG_FORMAT. It handles no token and needs no token key.
 #[derive(Parser)]
 #[command(name = "tend-monitor", version)]
 struct Cli {}

@@ -63,7 +63,7 @@ fn authenticate(req: &HttpRequest) -> Result<Caller, ApiError> {
     let state = req
         .app_data::<Shared>()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("platform state missing")))?;
-    match state.tokens.verify_admin(token) {
+    match state.tokens.verify(token) {
         Ok(claims) => Ok(Caller(claims)),
         Err(TokenError::Expired) => Err(ApiError::Unauthorized(
             "the access token has expired; log in again".into(),

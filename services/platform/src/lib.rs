@@ -17,12 +17,13 @@ use std::net::TcpListener;
 
 use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
-use tend_core::auth::{self, Role, Tokens};
+use tend_core::auth::{self, AdminTokens, Role};
 use tend_core::db::{self, Pool, tenants, users};
 use tend_core::service::Service;
 use tend_core::shutdown::{self, Background, Shutdown};
 use tend_core::signing::{InstructionSigner, SIGNING_KEY_FILE};
 use tend_core::store::ArtifactStore;
+use tend_core::token_key::TokenKind;
 use tend_core::{Settings, http};
 
 use crate::state::State;
@@ -39,6 +40,7 @@ pub struct Platform {
 impl Service for Platform {
     const NAME: &'static str = "tend-platform";
     const DEFAULT_LISTEN: &'static str = "0.0.0.0:8080";
+    const TOKEN_KEY: Option<TokenKind> = Some(TokenKind::Admin);
 
     /// Connects to PostgreSQL, applies migrations, creates the bootstrap
     /// admin if asked and nobody exists yet, and binds the listener.
@@ -56,7 +58,11 @@ impl Service for Platform {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let store = ArtifactStore::connect(&settings.artifact_store).await?;
-        let tokens = Tokens::new(settings.jwt_secret.expose());
+        let keys = settings
+            .admin_token_keys
+            .as_ref()
+            .context("TEND_ADMIN_TOKEN_KEY: required, and not read")?;
+        let tokens = AdminTokens::new(keys);
         let signer = match &settings.signing_key_file {
             Some(path) => InstructionSigner::load(path)?,
             None => anyhow::bail!(

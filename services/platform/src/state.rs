@@ -2,7 +2,7 @@
 //! keys, the bound on password hashing, and the process's shutdown.
 
 use actix_web::web;
-use tend_core::auth::Tokens;
+use tend_core::auth::AdminTokens;
 use tend_core::db::Pool;
 use tend_core::error::ApiError;
 use tend_core::shutdown::Shutdown;
@@ -11,7 +11,7 @@ use tend_core::store::ArtifactStore;
 
 pub(crate) struct State {
     pub pool: Pool,
-    pub tokens: Tokens,
+    pub tokens: AdminTokens,
     /// Signs every command when it is queued.
     pub signer: InstructionSigner,
     /// Bounds concurrent argon2 work. Each hash takes about 19 MiB and a
@@ -31,7 +31,7 @@ pub(crate) type Shared = web::Data<State>;
 impl State {
     pub fn new(
         pool: Pool,
-        tokens: Tokens,
+        tokens: AdminTokens,
         signer: InstructionSigner,
         shutdown: Shutdown,
         store: ArtifactStore,

@@ -37,7 +37,7 @@ fn authenticate(req: &HttpRequest) -> Result<DeviceCaller, ApiError> {
     let (device, expires_s) = match verified_before(token) {
         Some(known) => known,
         None => {
-            let claims = state.tokens.verify_device(token).map_err(|e| match e {
+            let claims = state.tokens.verify(token).map_err(|e| match e {
                 TokenError::Expired => {
                     ApiError::Unauthorized("the device token has expired".into())
                 }

@@ -35,12 +35,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
-use tend_core::auth::Tokens;
+use tend_core::auth::DeviceTokens;
 use tend_core::db::{self, Pool};
 use tend_core::live::Live;
 use tend_core::service::Service;
 use tend_core::shutdown::{self, Background, Shutdown};
 use tend_core::store::ArtifactStore;
+use tend_core::token_key::TokenKind;
 use tend_core::{Settings, amqp, http};
 
 pub use revocations::Revocations;
@@ -59,7 +60,7 @@ pub(crate) struct State {
     /// The process's shutdown: `/readyz` answers 503 and held heartbeats
     /// are answered at once when the drain begins.
     pub shutdown: Shutdown,
-    pub tokens: Tokens,
+    pub tokens: DeviceTokens,
     pub revocations: Arc<Revocations>,
     pub heartbeat_s: u64,
     /// Whether the RabbitMQ consumer is connected: `/readyz` reports it,
@@ -86,6 +87,7 @@ pub struct SyncServer {
 impl Service for SyncServer {
     const NAME: &'static str = "tend-sync";
     const DEFAULT_LISTEN: &'static str = "0.0.0.0:8081";
+    const TOKEN_KEY: Option<TokenKind> = Some(TokenKind::Device);
 
     /// Connects to PostgreSQL, Redis and RabbitMQ, applies migrations, loads
     /// the revocation list and binds the listener.
@@ -114,7 +116,12 @@ impl Service for SyncServer {
             board,
             presence: Arc::new(presence::Presence::default()),
             shutdown,
-            tokens: Tokens::new(settings.jwt_secret.expose()),
+            tokens: DeviceTokens::new(
+                settings
+                    .device_token_keys
+                    .as_ref()
+                    .context("TEND_DEVICE_TOKEN_KEY: required, and not read")?,
+            ),
             revocations,
             heartbeat_s: settings.heartbeat.as_secs(),
             consuming: Arc::new(AtomicBool::new(false)),

@@ -90,9 +90,7 @@ async fn authenticate(
         tracing::info!(device.id = %body.device_id, "refused authentication of device {}", body.device_id);
         return Err(refused());
     }
-    let (token, expires_in) = state
-        .tokens
-        .issue_device(body.device_id, credential.tenant_id);
+    let (token, expires_in) = state.tokens.issue(body.device_id, credential.tenant_id);
     Ok(HttpResponse::Ok().json(AuthResponse {
         token,
         expires_in,

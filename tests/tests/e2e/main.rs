@@ -18,4 +18,5 @@ mod software;
 mod store;
 mod suricatta;
 mod tendctl;
+mod token_keys;
 mod updates;

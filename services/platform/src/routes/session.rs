@@ -47,7 +47,7 @@ pub async fn login(state: Shared, body: web::Json<Login>) -> Result<HttpResponse
     let (token, expires_in) =
         state
             .tokens
-            .issue_admin(user.id, user.tenant_id, user.role, user.is_system_admin);
+            .issue(user.id, user.tenant_id, user.role, user.is_system_admin);
     Ok(HttpResponse::Ok().json(AccessToken {
         access_token: token,
         token_type: "Bearer",
