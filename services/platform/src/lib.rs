@@ -12,12 +12,13 @@ mod routes;
 mod software;
 mod state;
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 
 use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
 use tend_core::auth::{self, Role, Tokens};
 use tend_core::db::{self, Pool, tenants, users};
+use tend_core::metrics_port::MetricsPort;
 use tend_core::service::Service;
 use tend_core::shutdown::{self, Background, Shutdown};
 use tend_core::store::ArtifactStore;
@@ -28,8 +29,13 @@ use crate::state::State;
 /// The largest JSON body the admin API reads; commands and devices are small.
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// Where `/metrics` is served unless `TEND_METRICS_LISTEN` says otherwise.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9080);
+
 pub struct Platform {
     listener: TcpListener,
+    metrics: MetricsPort,
     state: web::Data<State>,
     settings: Settings,
 }
@@ -39,7 +45,8 @@ impl Service for Platform {
     const DEFAULT_LISTEN: &'static str = "0.0.0.0:8080";
 
     /// Connects to PostgreSQL, applies migrations, creates the bootstrap
-    /// admin if asked and nobody exists yet, and binds the listener.
+    /// admin if asked and nobody exists yet, and binds the listeners (the
+    /// API's and the metrics').
     async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<Platform> {
         // The recorder first: counters recorded before it exists are lost.
         tend_core::telemetry::metrics();
@@ -53,6 +60,7 @@ impl Service for Platform {
         }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let metrics = MetricsPort::bind(settings.metrics_listen.unwrap_or(DEFAULT_METRICS_LISTEN))?;
         let store = ArtifactStore::connect(&settings.artifact_store).await?;
         let tokens = Tokens::new(settings.jwt_secret.expose());
         let state = web::Data::new(State::new(
@@ -64,13 +72,18 @@ impl Service for Platform {
         ));
         Ok(Platform {
             listener,
+            metrics,
             state,
             settings,
         })
     }
 
-    fn local_addr(&self) -> std::net::SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.local_addr()
     }
 
     /// Serves until the drain begins, then finishes in-flight requests
@@ -96,9 +109,13 @@ impl Service for Platform {
         .shutdown_timeout(grace.as_secs())
         .disable_signals()
         .run();
-        // The admin API has no background work: the outbox carries its
-        // events, and the monitor relays them.
-        let background = Background::default();
+        // The admin API's only background work is its metrics port: the
+        // outbox carries its events, and the monitor relays them.
+        let mut background = Background::default();
+        background.spawn(
+            "metrics",
+            self.metrics.serve(self.state.shutdown.background()),
+        );
         shutdown::serve(Self::NAME, server, background, &self.state.shutdown, grace).await
     }
 }
