@@ -129,7 +129,11 @@ fn init_tracing() {
 struct EscapedFields(DefaultFields);
 
 impl<'writer> FormatFields<'writer> for EscapedFields {
-    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
         let mut escaped = EscapeControls(&mut writer);
         self.0.format_fields(Writer::new(&mut escaped), fields)
     }
@@ -172,7 +176,10 @@ mod tests {
         assert_eq!(text.matches('\n').count(), 1, "{text:?}");
         assert!(!text.contains('\r') && !text.contains('\x1b'), "{text:?}");
         let escaped = "bad gateway\\nERROR tend_agent: rebooting now\\r\\x1b[31m";
-        assert!(text.contains(&format!("heartbeat failed: {escaped}")), "{text:?}");
+        assert!(
+            text.contains(&format!("heartbeat failed: {escaped}")),
+            "{text:?}"
+        );
         assert!(text.contains(&format!("error={escaped}")), "{text:?}");
     }
 }

@@ -186,7 +186,10 @@ mod tests {
             "user\\nINFO forged\\r\\x1b[31mred\\x07\\t\\x7f"
         );
         // C1 CSI, a line separator and a right-to-left override.
-        assert_eq!(escaped("a\u{9b}2Jb\u{2028}c\u{202e}d"), "a\\u{9b}2Jb\\u{2028}c\\u{202e}d");
+        assert_eq!(
+            escaped("a\u{9b}2Jb\u{2028}c\u{202e}d"),
+            "a\\u{9b}2Jb\\u{2028}c\\u{202e}d"
+        );
         let plain = "héllo wörld, \u{1F600} \\n \"quoted\"";
         assert_eq!(escaped(plain), plain);
         assert_eq!(escaped(""), "");

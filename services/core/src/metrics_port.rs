@@ -151,6 +151,9 @@ mod tests {
         let err = MetricsPort::bind(taken.local_addr().unwrap())
             .err()
             .expect("the port is taken");
-        assert!(format!("{err:#}").contains("TEND_METRICS_LISTEN"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("TEND_METRICS_LISTEN"),
+            "{err:#}"
+        );
     }
 }

@@ -43,7 +43,11 @@ pub fn init_logs() {
 pub struct EscapedFields(DefaultFields);
 
 impl<'writer> FormatFields<'writer> for EscapedFields {
-    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
         let mut escaped = EscapeControls(&mut writer);
         self.0.format_fields(Writer::new(&mut escaped), fields)
     }
@@ -121,10 +125,16 @@ mod tests {
         assert_eq!(lines.len(), 2, "{text:?}");
         assert!(lines[1].contains("second event"), "{text:?}");
         let first = lines[0];
-        assert!(!first.contains('\r') && !first.contains('\x1b'), "{first:?}");
+        assert!(
+            !first.contains('\r') && !first.contains('\x1b'),
+            "{first:?}"
+        );
         // The message, a Display field and the span's field, each escaped.
         let escaped = "alice\\nINFO tend_platform: login of root\\r\\x1b[31mok";
-        assert!(first.contains(&format!("login of {escaped} failed")), "{first:?}");
+        assert!(
+            first.contains(&format!("login of {escaped} failed")),
+            "{first:?}"
+        );
         assert!(first.contains(&format!("user={escaped}")), "{first:?}");
         assert!(first.contains(&format!("path={escaped}")), "{first:?}");
         // A Debug-quoted field was escaped by Debug already, and stays so.
