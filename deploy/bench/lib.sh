@@ -127,22 +127,28 @@ runs_binary() {
 
 # start_service NAME BINARY CPUS ENV...: starts BINARY on a fresh loopback
 # port with exactly ENV (plus PATH and HOME), logs to $BENCH_RUN/NAME.log,
-# waits for /readyz (or /healthz for bare_actix). Sets STARTED_PID and
-# STARTED_URL. Retries on another port if the chosen one was taken meanwhile.
+# waits for /readyz (or /healthz for bare_actix). Sets STARTED_PID,
+# STARTED_URL and STARTED_METRICS_URL (where /metrics is: a port of its own
+# for tend-platform and tend-sync, the one port of tend-monitor). Retries on
+# other ports if a chosen one was taken meanwhile.
 start_service() {
     local name="$1" binary="$2" cpus="$3"; shift 3
-    local attempt port pid url ready deadline prefix=()
+    local attempt port metrics_port pid url metrics_url ready deadline prefix=()
     mapfile -t prefix < <(pin "$cpus")
     for attempt in 1 2 3; do
         port="$(free_port)"
         url="http://127.0.0.1:$port"
+        metrics_url="$url"
         if [ "$name" = bare_actix ]; then
             ready="$url/healthz"
             env -i PATH="$PATH" HOME="${HOME:-/}" "${prefix[@]}" "$binary" "127.0.0.1:$port" \
                 </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
         else
             ready="$url/readyz"
+            metrics_port="$(free_port)"
+            [ "$name" = tend-monitor ] || metrics_url="http://127.0.0.1:$metrics_port"
             env -i PATH="$PATH" HOME="${HOME:-/}" "$@" TEND_LISTEN="127.0.0.1:$port" \
+                TEND_METRICS_LISTEN="127.0.0.1:$metrics_port" \
                 "${prefix[@]}" "$binary" </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
         fi
         pid=$!
@@ -154,7 +160,7 @@ start_service() {
             sleep 0.2
         done
         if alive "$pid"; then
-            STARTED_PID="$pid" STARTED_URL="$url"
+            STARTED_PID="$pid" STARTED_URL="$url" STARTED_METRICS_URL="$metrics_url"
             log "$name ready on $url (pid $pid${cpus:+, CPUs $cpus})"
             return 0
         fi
@@ -197,11 +203,11 @@ start_stack() {
     mapfile -t env < <(service_env "$1")
     create_db
     start_service tend-platform "$BENCH_BIN/tend-platform" "" "${env[@]}"
-    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL"
+    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL" PLATFORM_METRICS_URL="$STARTED_METRICS_URL"
     start_service tend-monitor "$BENCH_BIN/tend-monitor" "" "${env[@]}"
     MONITOR_PID="$STARTED_PID" MONITOR_URL="$STARTED_URL"
     start_service tend-sync "$BENCH_BIN/tend-sync" "${BENCH_SERVER_CPUS:-}" "${env[@]}"
-    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL"
+    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL" SYNC_METRICS_URL="$STARTED_METRICS_URL"
 }
 
 # provision COUNT FILE [SECRETS_FILE]: devices and their tokens ("id token
@@ -216,7 +222,8 @@ provision() {
         || die "provisioning failed"
 }
 
-# metric URL NAME: the value of an unlabelled Prometheus series (0 if absent).
+# metric URL NAME: the value of an unlabelled Prometheus series (0 if absent)
+# at URL/metrics; URL is a metrics URL ($SYNC_METRICS_URL, $MONITOR_URL).
 metric() {
     curl -fs --max-time 5 "$1/metrics" \
         | awk -v n="$2" '$1 == n { v = $2 } END { printf "%d\n", (v == "" ? 0 : v) }'
@@ -300,11 +307,11 @@ start_artifact_stack() {
     env+=("TEND_ARTIFACT_STORE=file://$1")
     create_db
     start_service tend-platform "$BENCH_BIN/tend-platform" "" "${env[@]}"
-    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL"
+    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL" PLATFORM_METRICS_URL="$STARTED_METRICS_URL"
     start_service tend-monitor "$BENCH_BIN/tend-monitor" "" "${env[@]}"
     MONITOR_PID="$STARTED_PID" MONITOR_URL="$STARTED_URL"
     start_service tend-sync "$BENCH_BIN/tend-sync" "" "${env[@]}"
-    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL"
+    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL" SYNC_METRICS_URL="$STARTED_METRICS_URL"
 }
 
 # admin_login: the admin's access token into $BENCH_RUN/admin.header. The

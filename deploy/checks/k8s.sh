@@ -5,7 +5,8 @@
 #     (unknown fields, wrong types, missing required fields, unknown kinds);
 #   - against tend's own rules (deploy/checks/k8s_policy.py): restricted
 #     security context, requests and limits, liveness on /healthz only,
-#     shutdown timings, no Secret in base or prod, prod images by digest.
+#     shutdown timings, no Secret in base or prod, prod images by digest,
+#     /metrics on a port of its own open to the monitoring namespace only.
 # Prints one line per rendering; exits non-zero on the first failure, and
 # never passes when kubectl is missing.
 #

@@ -42,6 +42,7 @@ psql "$PG_ADMIN_URL" -qc "CREATE DATABASE $DB" >/dev/null
 PASSWORD="openapi-check-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 env -i PATH="$PATH" \
     TEND_LISTEN=127.0.0.1:0 \
+    TEND_METRICS_LISTEN=127.0.0.1:0 \
     TEND_DATABASE_URL="$DB_URL" \
     TEND_JWT_SECRET="openapi-check-signing-key-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
     TEND_BOOTSTRAP_ADMIN="fuzz:$PASSWORD" \
