@@ -133,7 +133,7 @@ runs_binary() {
 # other ports if a chosen one was taken meanwhile.
 start_service() {
     local name="$1" binary="$2" cpus="$3"; shift 3
-    local attempt port metrics_port pid url metrics_url ready deadline prefix=()
+    local attempt port metrics_port pid url metrics_url ready deadline prefix=() metrics_env=()
     mapfile -t prefix < <(pin "$cpus")
     for attempt in 1 2 3; do
         port="$(free_port)"
@@ -145,11 +145,15 @@ start_service() {
                 </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
         else
             ready="$url/readyz"
-            metrics_port="$(free_port)"
-            [ "$name" = tend-monitor ] || metrics_url="http://127.0.0.1:$metrics_port"
+            metrics_env=()
+            # The monitor's one port is its metrics port.
+            if [ "$name" != tend-monitor ]; then
+                metrics_port="$(free_port)"
+                metrics_url="http://127.0.0.1:$metrics_port"
+                metrics_env=(TEND_METRICS_LISTEN="127.0.0.1:$metrics_port")
+            fi
             env -i PATH="$PATH" HOME="${HOME:-/}" "$@" TEND_LISTEN="127.0.0.1:$port" \
-                TEND_METRICS_LISTEN="127.0.0.1:$metrics_port" \
-                "${prefix[@]}" "$binary" </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
+                "${metrics_env[@]}" "${prefix[@]}" "$binary" </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
         fi
         pid=$!
         BENCH_PIDS[$pid]="$binary"
