@@ -109,8 +109,9 @@ USER 65532:65532
 ENV TEND_LOG_FORMAT=json
 
 # tend-platform :8080 (admin API), tend-sync :8081 (device API),
-# tend-monitor :8082 (health and metrics).
-EXPOSE 8080 8081 8082
+# tend-monitor :8082 (health and metrics); /metrics of tend-platform on
+# :9080 and of tend-sync on :9081, for the monitoring system only.
+EXPOSE 8080 8081 8082 9080 9081
 
 # No ENTRYPOINT: the orchestrator names the binary. The services are PID 1
 # and handle SIGTERM themselves (they drain, then exit 0); they start no

@@ -1,15 +1,20 @@
 //! `tend-agent`: parses the command line, starts logging and runs the agent
 //! until SIGTERM or SIGINT.
 
+use std::fmt;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tend_agent::{Config, Stopped};
+use tend_proto::text::EscapeControls;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 
 /// `--version` says when the fault suite's fault points are compiled in,
 /// so that an armed build can never pass for a release.
@@ -101,6 +106,8 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Logs on stdout: JSON lines with `TEND_LOG_FORMAT=json`, else text lines
+/// whose fields are written by [`EscapedFields`].
 fn init_tracing() {
     let filter = EnvFilter::try_from_env("TEND_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -109,6 +116,70 @@ fn init_tracing() {
     if std::env::var("TEND_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().init();
     } else {
-        builder.init();
+        builder.fmt_fields(EscapedFields::default()).init();
+    }
+}
+
+/// The text format's fields, the message among them, with their control
+/// characters escaped ([`EscapeControls`]): a server's error message, a log
+/// line the agent quotes or a path can then never start a line of its own
+/// in the agent's log, nor send escape sequences to the terminal of whoever
+/// reads it. (The services write theirs the same way.)
+#[derive(Default)]
+struct EscapedFields(DefaultFields);
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'writer>,
+        fields: R,
+    ) -> fmt::Result {
+        let mut escaped = EscapeControls(&mut writer);
+        self.0.format_fields(Writer::new(&mut escaped), fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_server_error_with_control_characters_stays_on_one_log_line() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .fmt_fields(EscapedFields::default())
+            .finish();
+        let hostile = "bad gateway\nERROR tend_agent: rebooting now\r\x1b[31m";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(error = %hostile, "heartbeat failed: {hostile}");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text:?}");
+        assert!(!text.contains('\r') && !text.contains('\x1b'), "{text:?}");
+        let escaped = "bad gateway\\nERROR tend_agent: rebooting now\\r\\x1b[31m";
+        assert!(
+            text.contains(&format!("heartbeat failed: {escaped}")),
+            "{text:?}"
+        );
+        assert!(text.contains(&format!("error={escaped}")), "{text:?}");
     }
 }

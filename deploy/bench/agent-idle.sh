@@ -77,7 +77,7 @@ if [ -n "$LONG_POLL" ]; then
     sed -i "/^boot_id_file/a long_poll = $LONG_POLL" "$AGENT_DIR/agent.toml"
 fi
 
-hb_start="$(metric "$SYNC_URL" tend_heartbeats_total)"
+hb_start="$(metric "$SYNC_METRICS_URL" tend_heartbeats_total)"
 env -i PATH="$PATH" HOME="${HOME:-/}" "$BENCH_BIN/tend-agent" --config "$AGENT_DIR/agent.toml" \
     </dev/null >>"$BENCH_RUN/tend-agent.log" 2>&1 &
 AGENT_PID=$!
@@ -85,7 +85,7 @@ BENCH_PIDS[$AGENT_PID]="$BENCH_BIN/tend-agent"
 AGENT_T0="$(now_s)"
 log "tend-agent started (pid $AGENT_PID), waiting for its first heartbeat"
 deadline=$((SECONDS + 30))
-until [ "$(metric "$SYNC_URL" tend_heartbeats_total)" -gt "$hb_start" ]; do
+until [ "$(metric "$SYNC_METRICS_URL" tend_heartbeats_total)" -gt "$hb_start" ]; do
     alive "$AGENT_PID" || { tail -n 20 "$BENCH_RUN/tend-agent.log" >&2; die "tend-agent exited"; }
     [ "$SECONDS" -lt "$deadline" ] || { tail -n 20 "$BENCH_RUN/tend-agent.log" >&2; die "no heartbeat from tend-agent within 30 s"; }
     sleep 0.2
@@ -98,7 +98,7 @@ thread_ns "$AGENT_PID" >"$BENCH_RUN/ns-0"
 START_HWM="$(status_kb "$AGENT_PID" VmHWM)"
 START_RSS="$(status_kb "$AGENT_PID" VmRSS)"
 START_S="$(calc "round($(now_s) - $AGENT_T0, 2)")"
-hb0="$(metric "$SYNC_URL" tend_heartbeats_total)"
+hb0="$(metric "$SYNC_METRICS_URL" tend_heartbeats_total)"
 log "idle window of ${IDLE_S}s (agent up ${START_S}s, ${START_TICKS} ticks of CPU so far)"
 t0="$(now_s)"
 RSS_MIN="$START_RSS" RSS_MAX="$START_RSS"
@@ -114,7 +114,7 @@ done
 END_TICKS="$(cpu_ticks "$AGENT_PID")"
 thread_ns "$AGENT_PID" >"$BENCH_RUN/ns-1"
 t1="$(now_s)"
-hb1="$(metric "$SYNC_URL" tend_heartbeats_total)"
+hb1="$(metric "$SYNC_METRICS_URL" tend_heartbeats_total)"
 END_RSS="$(status_kb "$AGENT_PID" VmRSS)"
 HWM="$(status_kb "$AGENT_PID" VmHWM)"
 THREADS="$(awk '$1 == "Threads:" { print $2 }' "/proc/$AGENT_PID/status")"

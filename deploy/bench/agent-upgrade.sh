@@ -234,13 +234,13 @@ kind = "dir"
 path = "$AGENT_DIR/sw/web"
 health_check = ["true"]
 EOF
-    hb="$(metric "$SYNC_URL" tend_heartbeats_total)"
+    hb="$(metric "$SYNC_METRICS_URL" tend_heartbeats_total)"
     env -i PATH="$PATH" HOME="${HOME:-/}" "$AGENT_BIN" --config "$AGENT_DIR/agent.toml" \
         </dev/null >>"$AGENT_DIR/tend-agent.log" 2>&1 &
     AGENT_PID=$!
     BENCH_PIDS[$AGENT_PID]="$AGENT_BIN"
     deadline=$((SECONDS + AGENT_READY_S))
-    until [ "$(metric "$SYNC_URL" tend_heartbeats_total)" -gt "$hb" ]; do
+    until [ "$(metric "$SYNC_METRICS_URL" tend_heartbeats_total)" -gt "$hb" ]; do
         alive "$AGENT_PID" || { tail -n 20 "$AGENT_DIR/tend-agent.log" >&2; die "tend-agent exited"; }
         [ "$SECONDS" -lt "$deadline" ] || { tail -n 20 "$AGENT_DIR/tend-agent.log" >&2; die "no heartbeat from tend-agent within ${AGENT_READY_S}s"; }
         sleep 0.2

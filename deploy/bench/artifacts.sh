@@ -367,7 +367,7 @@ sleep 2
 SLOW_RSS0="$(status_kb "$SYNC_PID" VmRSS)"
 SLOW_THREADS0="$(status_kb "$SYNC_PID" Threads)"
 SLOW_FD0="$(fd_count "$SYNC_PID")"
-refused0="$(metric "$SYNC_URL" tend_sync_downloads_refused_total)"
+refused0="$(metric "$SYNC_METRICS_URL" tend_sync_downloads_refused_total)"
 rm -f "$BENCH_RUN/slow.ready"
 "$PYTHON" "$BENCH_ROOT/deploy/bench/slow_readers.py" --url "$SYNC_DOWNLOAD_URL" --tokens "$TOKENS" \
     --count "$SLOW" --rate-kb "$SLOW_RATE_KB" --hold-s "$SLOW_S" --ready-file "$BENCH_RUN/slow.ready" \
@@ -394,7 +394,7 @@ unset "BENCH_PIDS[$readers_pid]"
 SLOW_OK="$(jq -r .ok "$BENCH_RUN/slow.json")"
 SLOW_FAILED="$(jq -r '.failed + .broken' "$BENCH_RUN/slow.json")"
 SLOW_OPEN_S="$(jq -r .open_s "$BENCH_RUN/slow.json")"
-SLOW_REFUSED=$(( $(metric "$SYNC_URL" tend_sync_downloads_refused_total) - refused0 ))
+SLOW_REFUSED=$(( $(metric "$SYNC_METRICS_URL" tend_sync_downloads_refused_total) - refused0 ))
 sleep 3
 SLOW_RSS_AFTER="$(status_kb "$SYNC_PID" VmRSS)"
 [ "$SLOW_OK" -gt 0 ] || die "no slow download got its first bytes: $(cat "$BENCH_RUN/slow.json")"

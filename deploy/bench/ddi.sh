@@ -261,14 +261,14 @@ IDLE_XACTS=$((x1 - x0))
 IDLE_WINDOW_S="$(calc "round($tb - $ta, 1)")"
 
 SERVER_PID="$SYNC_PID"
-polls0="$(metric "$SYNC_URL" tend_ddi_polls_total)"
+polls0="$(metric "$SYNC_METRICS_URL" tend_ddi_polls_total)"
 y0="$(pg_xacts)"; tc="$(now_s)"
 poll_load tend-sync "$SYNC_URL" "$TEND_DEVICES" "$TENANT"
 declare -A TEND=()
 for k in "${!R[@]}"; do TEND[$k]="${R[$k]}"; done
 sleep "$PG_STATS_DELAY_S"
 y1="$(pg_xacts)"; td="$(now_s)"
-polls1="$(metric "$SYNC_URL" tend_ddi_polls_total)"
+polls1="$(metric "$SYNC_METRICS_URL" tend_ddi_polls_total)"
 LOAD_XACTS=$((y1 - y0))
 LOAD_WINDOW_S="$(calc "round($td - $tc, 1)")"
 SERVED=$((polls1 - polls0))

@@ -138,23 +138,33 @@ token_key_env() {
 # start_service NAME BINARY CPUS ENV...: starts BINARY on a fresh loopback
 # port with exactly ENV and NAME's token key (plus PATH and HOME), logs to
 # $BENCH_RUN/NAME.log, waits for /readyz (or /healthz for bare_actix). Sets
-# STARTED_PID and STARTED_URL. Retries on another port if the chosen one was taken meanwhile.
+# STARTED_PID, STARTED_URL and STARTED_METRICS_URL (where /metrics is: a port
+# of its own for tend-platform and tend-sync, the one port of tend-monitor).
+# Retries on other ports if a chosen one was taken meanwhile.
 start_service() {
     local name="$1" binary="$2" cpus="$3"; shift 3
-    local attempt port pid url ready deadline prefix=() key=()
+    local attempt port metrics_port pid url metrics_url ready deadline prefix=() key=() metrics_env=()
     mapfile -t prefix < <(pin "$cpus")
     mapfile -t key < <(token_key_env "$name")
     for attempt in 1 2 3; do
         port="$(free_port)"
         url="http://127.0.0.1:$port"
+        metrics_url="$url"
         if [ "$name" = bare_actix ]; then
             ready="$url/healthz"
             env -i PATH="$PATH" HOME="${HOME:-/}" "${prefix[@]}" "$binary" "127.0.0.1:$port" \
                 </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
         else
             ready="$url/readyz"
+            metrics_env=()
+            # The monitor's one port is its metrics port.
+            if [ "$name" != tend-monitor ]; then
+                metrics_port="$(free_port)"
+                metrics_url="http://127.0.0.1:$metrics_port"
+                metrics_env=(TEND_METRICS_LISTEN="127.0.0.1:$metrics_port")
+            fi
             env -i PATH="$PATH" HOME="${HOME:-/}" "$@" "${key[@]}" TEND_LISTEN="127.0.0.1:$port" \
-                "${prefix[@]}" "$binary" </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
+                "${metrics_env[@]}" "${prefix[@]}" "$binary" </dev/null >>"$BENCH_RUN/$name.log" 2>&1 &
         fi
         pid=$!
         BENCH_PIDS[$pid]="$binary"
@@ -165,7 +175,7 @@ start_service() {
             sleep 0.2
         done
         if alive "$pid"; then
-            STARTED_PID="$pid" STARTED_URL="$url"
+            STARTED_PID="$pid" STARTED_URL="$url" STARTED_METRICS_URL="$metrics_url"
             log "$name ready on $url (pid $pid${cpus:+, CPUs $cpus})"
             return 0
         fi
@@ -207,7 +217,7 @@ start_platform() {
         || die "cannot make the instruction-signing key $BENCH_RUN/signing-key.pem"
     start_service tend-platform "$BENCH_BIN/tend-platform" "" "$@" \
         "TEND_SIGNING_KEY_FILE=$BENCH_RUN/signing-key.pem"
-    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL"
+    PLATFORM_PID="$STARTED_PID" PLATFORM_URL="$STARTED_URL" PLATFORM_METRICS_URL="$STARTED_METRICS_URL"
 }
 
 # start_stack HEARTBEAT_S: scratch database and the three services (the
@@ -221,7 +231,7 @@ start_stack() {
     start_service tend-monitor "$BENCH_BIN/tend-monitor" "" "${env[@]}"
     MONITOR_PID="$STARTED_PID" MONITOR_URL="$STARTED_URL"
     start_service tend-sync "$BENCH_BIN/tend-sync" "${BENCH_SERVER_CPUS:-}" "${env[@]}"
-    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL"
+    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL" SYNC_METRICS_URL="$STARTED_METRICS_URL"
 }
 
 # provision COUNT FILE [SECRETS_FILE]: devices and their tokens ("id token
@@ -236,7 +246,8 @@ provision() {
         || die "provisioning failed"
 }
 
-# metric URL NAME: the value of an unlabelled Prometheus series (0 if absent).
+# metric URL NAME: the value of an unlabelled Prometheus series (0 if absent)
+# at URL/metrics; URL is a metrics URL ($SYNC_METRICS_URL, $MONITOR_URL).
 metric() {
     curl -fs --max-time 5 "$1/metrics" \
         | awk -v n="$2" '$1 == n { v = $2 } END { printf "%d\n", (v == "" ? 0 : v) }'
@@ -323,7 +334,7 @@ start_artifact_stack() {
     start_service tend-monitor "$BENCH_BIN/tend-monitor" "" "${env[@]}"
     MONITOR_PID="$STARTED_PID" MONITOR_URL="$STARTED_URL"
     start_service tend-sync "$BENCH_BIN/tend-sync" "" "${env[@]}"
-    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL"
+    SYNC_PID="$STARTED_PID" SYNC_URL="$STARTED_URL" SYNC_METRICS_URL="$STARTED_METRICS_URL"
 }
 
 # admin_login: the admin's access token into $BENCH_RUN/admin.header. The

@@ -8,7 +8,8 @@
 #     shutdown timings, no Secret in base or prod, prod images by digest,
 #     a token key per service (the platform reads only the admin key, sync
 #     only the device key, nothing else either) and the instruction signing
-#     key mounted by the platform alone.
+#     key mounted by the platform alone; /metrics on a port of its own
+#     open to the monitoring namespace only.
 # Renders a copy of deploy/k8s in which each overlay's make-keys.sh (the dev
 # overlay's) has made fresh keys, so no key of yours is read or written.
 # Prints one line per rendering; exits non-zero on the first failure, and

@@ -3,6 +3,11 @@
 Usage: k8s_policy.py NAME RENDERED.yaml
 
 NAME is `base` or an overlay's name; `prod` must pin images by digest.
+Besides the workload rules, it checks the boundary of /metrics: every tend
+service has a container port named `metrics`, which its listen variable,
+its scrape annotations and the NetworkPolicies agree on; no policy opens it
+to every source, and one opens it to a namespace (the monitoring one).
+
 Prints one problem per line and exits 1 if there is any. Run by k8s.sh with
 the check venv's Python (PyYAML comes with kubernetes-validate).
 """
@@ -130,9 +135,92 @@ def main() -> int:
         for problem in generated_key_problems(secret):
             bad(f"secret/{sname}: {problem}")
 
+    check_metrics_ports(by_kind, bad)
+
     for p in problems:
         print(f"POLICY {name}: {p}")
     return 1 if problems else 0
+
+
+def check_metrics_ports(by_kind, bad):
+    """/metrics stays off the public ports and open to monitoring alone."""
+    policies = list(by_kind.get("NetworkPolicy", {}).values())
+    for wname, w in by_kind.get("Deployment", {}).items():
+        template = w["spec"]["template"]
+        labels = template["metadata"].get("labels", {})
+        if labels.get("app.kubernetes.io/name") != "tend":
+            continue
+        where = f"deployment/{wname}"
+        container = template["spec"]["containers"][0]
+        ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+        metrics = ports.get("metrics")
+        if metrics is None:
+            bad(f"{where}: no container port named metrics")
+            continue
+        if ports.get("http") == metrics:
+            bad(f"{where}: /metrics is served on the public port {metrics}")
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        # Platform and sync serve /metrics on TEND_METRICS_LISTEN; the
+        # monitor, which has no public port, on its one TEND_LISTEN.
+        listen = env.get("TEND_METRICS_LISTEN") if "http" in ports else env.get("TEND_LISTEN")
+        if listen is None or listen.rsplit(":", 1)[-1] != str(metrics):
+            bad(f"{where}: the metrics port {metrics} is not where the service listens for "
+                f"/metrics ({listen})")
+        annotations = template["metadata"].get("annotations", {})
+        if (annotations.get("prometheus.io/scrape") == "true"
+                and annotations.get("prometheus.io/port") != str(metrics)):
+            bad(f"{where}: prometheus.io/port is not the metrics port {metrics}")
+        if not policies:
+            continue
+        scraped = False
+        for pol in policies:
+            spec = pol["spec"]
+            if not selects(spec.get("podSelector", {}), labels):
+                continue
+            if "Ingress" not in spec.get("policyTypes", ["Ingress"]):
+                continue
+            for rule in spec.get("ingress", []):
+                opened = rule_ports(rule)
+                if opened is not None and metrics not in opened and "metrics" not in opened:
+                    continue
+                sources = rule.get("from", [])
+                if not sources:
+                    bad(f"{where}: networkpolicy/{pol['metadata']['name']} opens the metrics "
+                        f"port {metrics} to every source")
+                elif any("namespaceSelector" in src for src in sources):
+                    scraped = True
+        if not scraped:
+            bad(f"{where}: no NetworkPolicy lets a monitoring namespace reach the metrics "
+                f"port {metrics}")
+
+
+def selects(selector, labels):
+    """Whether a label selector (matchLabels, matchExpressions) selects `labels`."""
+    for k, v in selector.get("matchLabels", {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def rule_ports(rule):
+    """The ports (numbers or names) an ingress rule opens; None for all."""
+    opened = set()
+    for p in rule.get("ports") or [None]:
+        if p is None or p.get("port") is None:
+            return None
+        port, end = p["port"], p.get("endPort")
+        opened.update(range(port, end + 1) if end is not None else [port])
+    return opened
 
 
 def refs(container):

@@ -44,6 +44,7 @@ target/debug/tend-platform signing-key --create "$WORK/signing-key.pem" >/dev/nu
     || { echo "openapi: cannot make an instruction-signing key" >&2; exit 1; }
 env -i PATH="$PATH" \
     TEND_LISTEN=127.0.0.1:0 \
+    TEND_METRICS_LISTEN=127.0.0.1:0 \
     TEND_DATABASE_URL="$DB_URL" \
     TEND_ADMIN_TOKEN_KEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
     TEND_BOOTSTRAP_ADMIN="fuzz:$PASSWORD" \

@@ -3,7 +3,8 @@
 #   1. PostgreSQL, Redis, RabbitMQ (deploy/local/backing-services.sh),
 #   2. release build of the binaries, database `tend`,
 #   3. tend-platform :8080, tend-sync :8081, tend-monitor :8082 in the
-#      background (stopping those of a previous run first),
+#      background (stopping those of a previous run first), with the
+#      metrics of platform and sync on :9080 and :9081,
 #   4. a demo device "demo-kiosk" provisioned through the admin API and its
 #      tend-agent running under deploy/demo/supervise.sh, with harmless fake
 #      reboot/shutdown actions (deploy/demo/fake-*.sh) and a harmless
@@ -25,6 +26,9 @@ BIN="$ROOT/target/release"
 PLATFORM_URL="http://127.0.0.1:8080"
 SYNC_URL="http://127.0.0.1:8081"
 MONITOR_URL="http://127.0.0.1:8082"
+# /metrics of tend-platform and tend-sync: a port of its own each.
+PLATFORM_METRICS_URL="http://127.0.0.1:9080"
+SYNC_METRICS_URL="http://127.0.0.1:9081"
 READY_TIMEOUT_S=60
 COMMAND_TIMEOUT_S=90
 
@@ -214,14 +218,18 @@ export TEND_LOG="${TEND_LOG:-info}"
 # --- 4. services ----------------------------------------------------------------
 SERVICES=(tend-platform tend-sync tend-monitor)
 declare -A LISTEN=([tend-platform]=127.0.0.1:8080 [tend-sync]=127.0.0.1:8081 [tend-monitor]=127.0.0.1:8082)
+# The monitor's one port is its metrics port: it has no TEND_METRICS_LISTEN.
+declare -A METRICS_LISTEN=([tend-platform]=127.0.0.1:9080 [tend-sync]=127.0.0.1:9081 [tend-monitor]=)
 declare -A URL=([tend-platform]="$PLATFORM_URL" [tend-sync]="$SYNC_URL" [tend-monitor]="$MONITOR_URL")
 
 step "services"
 for svc in "${SERVICES[@]}"; do
-    port="${LISTEN[$svc]##*:}"
-    if port_in_use "$port"; then
-        die "port $port (for $svc) is already in use by a process up.sh did not start; free it first"
-    fi
+    for addr in "${LISTEN[$svc]}" ${METRICS_LISTEN[$svc]}; do
+        port="${addr##*:}"
+        if port_in_use "$port"; then
+            die "port $port (for $svc) is already in use by a process up.sh did not start; free it first"
+        fi
+    done
 done
 # The platform signs every instruction with its own Ed25519 key (made once,
 # kept in the run directory); the demo agent pins the public key and runs
@@ -230,6 +238,10 @@ SIGNING_PUBLIC_KEY="$("$BIN/tend-platform" signing-key --create "$RUN/signing-ke
     || die "cannot make or read the instruction-signing key $RUN/signing-key.pem"
 for svc in "${SERVICES[@]}"; do
     rotate_log "$svc"
+    metrics_env=()
+    if [ -n "${METRICS_LISTEN[$svc]}" ]; then
+        metrics_env=(TEND_METRICS_LISTEN="${METRICS_LISTEN[$svc]}")
+    fi
     # setsid: own session, so a Ctrl-C in this terminal does not reach them.
     # The keys go through the environment of a subshell, not a command line
     # that `ps` shows; the monitor needs none.
@@ -241,7 +253,7 @@ for svc in "${SERVICES[@]}"; do
             tend-sync)     TEND_DEVICE_TOKEN_KEY="$(cat "$RUN/device_token_key")"
                            export TEND_DEVICE_TOKEN_KEY ;;
         esac
-        TEND_LISTEN="${LISTEN[$svc]}" exec setsid "$BIN/$svc" </dev/null >>"$RUN/$svc.log" 2>&1
+        exec env TEND_LISTEN="${LISTEN[$svc]}" "${metrics_env[@]}" setsid "$BIN/$svc" </dev/null >>"$RUN/$svc.log" 2>&1
     ) &
     echo $! >"$RUN/$svc.pid"
     info "$svc started (pid $!, log $RUN/$svc.log)"
@@ -444,7 +456,8 @@ cat <<EOF
 ==> tend is up (instance tend-local)
     admin API    $PLATFORM_URL   (OpenAPI: $PLATFORM_URL/api/v1/openapi.json)
     device API   $SYNC_URL
-    monitor      $MONITOR_URL/metrics
+    metrics      $PLATFORM_METRICS_URL/metrics (platform), $SYNC_METRICS_URL/metrics (sync),
+                 $MONITOR_URL/metrics (monitor)
     admin login  username: $ADMIN_USER   password: $ADMIN_PASSWORD
                  (kept in $RUN/admin_password)
     demo device  demo-kiosk $DEVICE_ID (agent config $RUN/agent.toml)

@@ -5,7 +5,8 @@
 //! crate holds what crosses the device boundary (the device API of
 //! `tend-sync`), the command vocabulary both sides must agree on, the rules
 //! a command's params must follow, the one rule for NUL characters in
-//! stored text, and the event payloads the services exchange over RabbitMQ.
+//! stored text (and for control characters in text logs), and the event
+//! payloads the services exchange over RabbitMQ.
 
 pub mod command;
 pub mod device;

@@ -1,5 +1,6 @@
 //! NUL characters in what crosses the device boundary: one rule, for the
-//! agent that sends and the server that stores.
+//! agent that sends and the server that stores. And control characters in
+//! text logs: one rule, for the agent and the services that write them.
 //!
 //! The services store reports and inventory in PostgreSQL `jsonb`, which
 //! refuses the `\u0000` escape: one NUL in an action's output or in a log
@@ -9,6 +10,7 @@
 //! sees that something was there rather than text silently joined up.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use serde_json::{Map, Value};
 
@@ -82,6 +84,45 @@ impl Report {
     }
 }
 
+/// A [`fmt::Write`] that hands text on to the writer it wraps with every
+/// control character escaped. Text logs write their field values (the
+/// message included) through it, so that a value that came from outside (a
+/// login name, a device's error, a path) can neither start a line of its
+/// own, which would forge a log line, nor send a terminal an escape
+/// sequence. JSON logs need no such thing: JSON escapes them already.
+///
+/// Escaped: the C0 controls, DEL and the C1 controls (`\n`, `\r`, `\t`,
+/// then `\x1b` and the like, C1 as `\u{9b}`), and the Unicode line and
+/// paragraph separators and bidirectional overrides, which some viewers
+/// also take as line breaks or use to show a line in another order than it
+/// was written.
+pub struct EscapeControls<W>(pub W);
+
+/// Whether `c` is written escaped by [`EscapeControls`].
+pub fn is_log_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+impl<W: fmt::Write> fmt::Write for EscapeControls<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Clean runs are handed on whole; only the controls are rewritten.
+        let mut clean_from = 0;
+        for (i, c) in s.char_indices().filter(|&(_, c)| is_log_control(c)) {
+            self.0.write_str(&s[clean_from..i])?;
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c if c.is_ascii() => write!(self.0, "\\x{:02x}", u32::from(c))?,
+                c => write!(self.0, "\\u{{{:x}}}", u32::from(c))?,
+            }
+            clean_from = i + c.len_utf8();
+        }
+        self.0.write_str(&s[clean_from..])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -130,5 +171,28 @@ mod tests {
             Some(json!({"stderr": "x\u{FFFD}", "k\u{FFFD}": [1, "\u{FFFD}"], "n": 3}))
         );
         assert!(!Report::status(ReportStatus::Succeeded).has_nul());
+    }
+
+    fn escaped(text: &str) -> String {
+        let mut out = EscapeControls(String::new());
+        fmt::Write::write_str(&mut out, text).unwrap();
+        out.0
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_other_text_is_kept() {
+        assert_eq!(
+            escaped("user\nINFO forged\r\x1b[31mred\x07\t\x7f"),
+            "user\\nINFO forged\\r\\x1b[31mred\\x07\\t\\x7f"
+        );
+        // C1 CSI, a line separator and a right-to-left override.
+        assert_eq!(
+            escaped("a\u{9b}2Jb\u{2028}c\u{202e}d"),
+            "a\\u{9b}2Jb\\u{2028}c\\u{202e}d"
+        );
+        let plain = "héllo wörld, \u{1F600} \\n \"quoted\"";
+        assert_eq!(escaped(plain), plain);
+        assert_eq!(escaped(""), "");
+        assert_eq!(escaped("\n"), "\\n");
     }
 }

@@ -73,6 +73,9 @@ struct Proc {
     n: usize,
     child: Option<Child>,
     port: u16,
+    /// Where it serves `/metrics`: a port of its own for the platform and
+    /// sync, the same as `port` for the monitor.
+    metrics_port: u16,
     log: PathBuf,
 }
 
@@ -213,6 +216,7 @@ impl Stack {
                 n: 0,
                 child: None,
                 port: 0,
+                metrics_port: 0,
                 log: dir.path().join(format!("{}.log", service.binary())),
             })
             .collect();
@@ -498,6 +502,7 @@ impl Stack {
             n,
             child: None,
             port: 0,
+            metrics_port: 0,
             log: self
                 .dir
                 .path()
@@ -536,6 +541,13 @@ impl Stack {
 
     pub fn url_nth(&self, s: Service, n: usize) -> String {
         format!("http://127.0.0.1:{}", self.proc(s, n).port)
+    }
+
+    /// Where the first process of a service serves `/metrics` (a base URL):
+    /// a port of its own for the platform and sync, the one port of the
+    /// monitor.
+    pub fn metrics_url(&self, s: Service) -> String {
+        format!("http://127.0.0.1:{}", self.proc(s, 0).metrics_port)
     }
 
     /// The listening addresses of every process of a service, for a
@@ -788,7 +800,7 @@ pub fn run_to_exit(s: Service, env: Vec<(String, String)>) -> (Option<i32>, Stri
 }
 
 /// Starts one service process with `env` and waits until it logs its
-/// address and answers `/readyz`.
+/// addresses and answers `/readyz`.
 async fn launch(http: &reqwest::Client, s: Service, env: Vec<(String, String)>, p: &mut Proc) {
     assert!(p.child.is_none(), "{s:?} is already running");
     let log = File::options()
@@ -797,10 +809,19 @@ async fn launch(http: &reqwest::Client, s: Service, env: Vec<(String, String)>, 
         .open(&p.log)
         .expect("the service's log file");
     let start_len = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let child = Command::new(bin(s.binary()))
+    let mut command = Command::new(bin(s.binary()));
+    command
         .env_clear()
         .envs(env)
-        .env("TEND_LISTEN", format!("127.0.0.1:{}", p.port))
+        .env("TEND_LISTEN", format!("127.0.0.1:{}", p.port));
+    // The monitor's one port is its metrics port.
+    if s != Service::Monitor {
+        command.env(
+            "TEND_METRICS_LISTEN",
+            format!("127.0.0.1:{}", p.metrics_port),
+        );
+    }
+    let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log handle"))
         .stderr(log)
@@ -809,18 +830,16 @@ async fn launch(http: &reqwest::Client, s: Service, env: Vec<(String, String)>, 
     p.child = Some(child);
 
     let log_path = p.log.clone();
-    p.port = eventually(
+    (p.port, p.metrics_port) = eventually(
         Duration::from_secs(60),
-        &format!("{} to log its address", s.binary()),
+        &format!("{} to log its addresses", s.binary()),
         || {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let fresh = text.get(start_len as usize..).unwrap_or("").to_owned();
             async move {
-                fresh.lines().find_map(|l| {
-                    let rest = l.split("listening on ").nth(1)?;
-                    let addr = rest.split_whitespace().next()?;
-                    addr.rsplit_once(':')?.1.parse::<u16>().ok()
-                })
+                let port = logged_port(&fresh, "listening on ")?;
+                let metrics_port = logged_port(&fresh, "serving /metrics on ")?;
+                Some((port, metrics_port))
             }
         },
     )
@@ -838,6 +857,15 @@ async fn launch(http: &reqwest::Client, s: Service, env: Vec<(String, String)>, 
         },
     )
     .await;
+}
+
+/// The port of the first address logged after `words` in `log`.
+fn logged_port(log: &str, words: &str) -> Option<u16> {
+    log.lines().find_map(|l| {
+        let rest = l.split(words).nth(1)?;
+        let addr = rest.split_whitespace().next()?;
+        addr.rsplit_once(':')?.1.parse::<u16>().ok()
+    })
 }
 
 /// Sends a signal with kill(1): the workspace forbids unsafe code, and

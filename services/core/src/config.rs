@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::token_key::{self, TokenKeySet, TokenKind};
 
 pub const LISTEN: &str = "TEND_LISTEN";
+pub const METRICS_LISTEN: &str = "TEND_METRICS_LISTEN";
 pub const DATABASE_URL: &str = "TEND_DATABASE_URL";
 pub const REDIS_URL: &str = "TEND_REDIS_URL";
 pub const AMQP_URL: &str = "TEND_AMQP_URL";
@@ -66,6 +67,10 @@ pub struct BootstrapAdmin {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served (`TEND_METRICS_LISTEN`), when set: a port
+    /// of its own, which the network lets only the monitoring system reach.
+    /// Each service has its own default ([`crate::service::Service`]).
+    pub metrics_listen: Option<SocketAddr>,
     pub database_url: Secret,
     pub redis_url: Secret,
     pub amqp_url: Secret,
@@ -139,6 +144,13 @@ impl Settings {
             .unwrap_or(default_listen)
             .parse()
             .map_err(|_| invalid(LISTEN, "expected an address such as 0.0.0.0:8080"))?;
+        let metrics_listen = get(METRICS_LISTEN)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    invalid(METRICS_LISTEN, "expected an address such as 0.0.0.0:9080")
+                })
+            })
+            .transpose()?;
 
         let database_url = get(DATABASE_URL).unwrap_or(DEFAULT_DATABASE_URL).to_owned();
         database_url
@@ -243,6 +255,7 @@ impl Settings {
 
         Ok(Settings {
             listen,
+            metrics_listen,
             database_url: Secret::new(database_url),
             redis_url: Secret::new(redis_url),
             amqp_url: Secret::new(amqp_url),
@@ -304,6 +317,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.listen.port(), 8080);
+        assert_eq!(s.metrics_listen, None);
         assert_eq!(s.instance, "tend");
         assert_eq!(s.heartbeat, Duration::from_secs(30));
         assert!(s.bootstrap_admin.is_none());
@@ -395,6 +409,7 @@ mod tests {
     fn bad_values_name_their_variable() {
         for (var, value) in [
             (LISTEN, "nowhere"),
+            (METRICS_LISTEN, "9080"),
             (HEARTBEAT_S, "0"),
             (HEARTBEAT_S, "ten"),
             (INSTANCE, "a b"),

@@ -12,6 +12,7 @@
 //! - [`token_key`]: the token keys, one per service, checked at start;
 //! - [`error`]: the error policy and [`error::ApiError`], the problem+json answer;
 //! - [`http`]: extractor settings, request metrics and the endpoints every service has;
+//! - [`metrics_port`]: `/metrics` on a port of its own, off the public ones;
 //! - [`service`]: a service process's life, from `main` to its exit code;
 //! - [`telemetry`] and [`shutdown`]: logs, metrics, and the token tree and
 //!   drain of SIGTERM.
@@ -23,6 +24,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod live;
+pub mod metrics_port;
 pub mod retry;
 pub mod service;
 pub mod shutdown;

@@ -27,6 +27,11 @@ pub trait Service: Sized {
     /// The address actually bound (a real port even when 0 was asked).
     fn local_addr(&self) -> SocketAddr;
 
+    /// Where `/metrics` is served, as bound: a port of its own
+    /// ([`crate::metrics_port`]), or for the monitor, whose one port serves
+    /// nothing but health and metrics, [`local_addr`](Self::local_addr).
+    fn metrics_addr(&self) -> SocketAddr;
+
     /// Serves until the drain begins and has finished.
     fn run(self) -> impl Future<Output = anyhow::Result<()>>;
 }
@@ -73,6 +78,8 @@ pub async fn main<S: Service>() -> ExitCode {
         }
     };
     tracing::info!("{} listening on {}", S::NAME, service.local_addr());
+    // Worded apart from the line above, which scripts and tests look for.
+    tracing::info!("{} serving /metrics on {}", S::NAME, service.metrics_addr());
     shutdown.on_signals();
     match service.run().await {
         Ok(()) => ExitCode::SUCCESS,

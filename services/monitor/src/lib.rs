@@ -59,6 +59,13 @@ impl Service for Monitor {
     /// Fails when the address cannot be bound, or when PostgreSQL, Redis or
     /// RabbitMQ cannot be reached within their retries (about 30 s each).
     async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<Monitor> {
+        if let Some(ignored) = settings.metrics_listen {
+            tracing::warn!(
+                "TEND_METRICS_LISTEN={ignored} is not used by tend-monitor: it serves /metrics \
+                 on its one port, TEND_LISTEN ({})",
+                settings.listen
+            );
+        }
         // Bound first: a taken port is reported at once, not after the
         // backing services' retries.
         let listener = TcpListener::bind(settings.listen)
@@ -86,6 +93,13 @@ impl Service for Monitor {
     }
 
     fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The one port: the monitor has no public API, so its listener
+    /// (`TEND_LISTEN`) is its metrics port, which only the monitoring
+    /// system may reach.
+    fn metrics_addr(&self) -> SocketAddr {
         self.addr
     }
 

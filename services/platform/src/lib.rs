@@ -13,12 +13,13 @@ mod signer;
 mod software;
 mod state;
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 
 use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
 use tend_core::auth::{self, AdminTokens, Role};
 use tend_core::db::{self, Pool, tenants, users};
+use tend_core::metrics_port::MetricsPort;
 use tend_core::service::Service;
 use tend_core::shutdown::{self, Background, Shutdown};
 use tend_core::signing::{InstructionSigner, SIGNING_KEY_FILE};
@@ -31,8 +32,13 @@ use crate::state::State;
 /// The largest JSON body the admin API reads; commands and devices are small.
 const BODY_LIMIT: usize = 64 * 1024;
 
+/// Where `/metrics` is served unless `TEND_METRICS_LISTEN` says otherwise.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9080);
+
 pub struct Platform {
     listener: TcpListener,
+    metrics: MetricsPort,
     state: web::Data<State>,
     settings: Settings,
 }
@@ -43,7 +49,8 @@ impl Service for Platform {
     const TOKEN_KEY: Option<TokenKind> = Some(TokenKind::Admin);
 
     /// Connects to PostgreSQL, applies migrations, creates the bootstrap
-    /// admin if asked and nobody exists yet, and binds the listener.
+    /// admin if asked and nobody exists yet, and binds the listeners (the
+    /// API's and the metrics').
     async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<Platform> {
         // The recorder first: counters recorded before it exists are lost.
         tend_core::telemetry::metrics();
@@ -57,6 +64,7 @@ impl Service for Platform {
         }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let metrics = MetricsPort::bind(settings.metrics_listen.unwrap_or(DEFAULT_METRICS_LISTEN))?;
         let store = ArtifactStore::connect(&settings.artifact_store).await?;
         let keys = settings
             .admin_token_keys
@@ -85,13 +93,18 @@ impl Service for Platform {
         ));
         Ok(Platform {
             listener,
+            metrics,
             state,
             settings,
         })
     }
 
-    fn local_addr(&self) -> std::net::SocketAddr {
+    fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.local_addr()
     }
 
     /// Serves until the drain begins, then finishes in-flight requests
@@ -118,8 +131,13 @@ impl Service for Platform {
         .disable_signals()
         .run();
         // The outbox carries the admin API's events and the monitor relays
-        // them; the one background task signs what tend-sync queued.
+        // them; in the background, the metrics port and the signer of what
+        // tend-sync queued.
         let mut background = Background::default();
+        background.spawn(
+            "metrics",
+            self.metrics.serve(self.state.shutdown.background()),
+        );
         background.spawn(
             "signer",
             signer::run(self.state.clone(), self.state.shutdown.background()),

@@ -29,7 +29,7 @@ mod revocations;
 mod routes;
 mod software;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -38,6 +38,7 @@ use anyhow::Context;
 use tend_core::auth::DeviceTokens;
 use tend_core::db::{self, Pool};
 use tend_core::live::Live;
+use tend_core::metrics_port::MetricsPort;
 use tend_core::service::Service;
 use tend_core::shutdown::{self, Background, Shutdown};
 use tend_core::store::ArtifactStore;
@@ -51,6 +52,10 @@ pub use revocations::Revocations;
 /// decompression (agents compress large reports), so it also bounds a
 /// compressed body that inflates without end.
 const BODY_LIMIT: usize = 4 * routes::MAX_OUTPUT_BYTES;
+
+/// Where `/metrics` is served unless `TEND_METRICS_LISTEN` says otherwise.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9081);
 
 pub(crate) struct State {
     pub pool: Pool,
@@ -79,6 +84,7 @@ pub(crate) type Shared = web::Data<State>;
 /// The device API server: built (connected, migrated, bound), then run.
 pub struct SyncServer {
     listener: TcpListener,
+    metrics: MetricsPort,
     state: web::Data<State>,
     settings: Settings,
     amqp: amqp::lapin::Connection,
@@ -90,7 +96,8 @@ impl Service for SyncServer {
     const TOKEN_KEY: Option<TokenKind> = Some(TokenKind::Device);
 
     /// Connects to PostgreSQL, Redis and RabbitMQ, applies migrations, loads
-    /// the revocation list and binds the listener.
+    /// the revocation list and binds the listeners (the device API's and
+    /// the metrics').
     async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<SyncServer> {
         // The recorder first: counters recorded before it exists are lost.
         tend_core::telemetry::metrics();
@@ -110,6 +117,7 @@ impl Service for SyncServer {
         let store = ArtifactStore::connect(&settings.artifact_store).await?;
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let metrics = MetricsPort::bind(settings.metrics_listen.unwrap_or(DEFAULT_METRICS_LISTEN))?;
         let state = web::Data::new(State {
             pool,
             live,
@@ -131,6 +139,7 @@ impl Service for SyncServer {
         });
         Ok(SyncServer {
             listener,
+            metrics,
             state,
             settings,
             amqp,
@@ -139,6 +148,10 @@ impl Service for SyncServer {
 
     fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.local_addr()
     }
 
     /// Serves until the drain begins, then finishes in-flight requests
@@ -166,6 +179,7 @@ impl Service for SyncServer {
         let state = &self.state;
         let stop = state.shutdown.background();
         let mut background = Background::default();
+        background.spawn("metrics", self.metrics.serve(stop.clone()));
         background.spawn(
             "revocations",
             revocations::keep_fresh(state.revocations.clone(), state.pool.clone(), stop.clone()),

@@ -34,10 +34,12 @@ const AUTH_LIMIT: usize = 4 * 1024;
 /// by the monitor in batches: keep it small.
 const HEARTBEAT_LIMIT: usize = 16 * 1024;
 
+/// The device API's routes, with health and readiness. `/metrics` has a
+/// port of its own ([`tend_core::metrics_port`]): devices, from anywhere,
+/// reach this one.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(http::healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(http::metrics))
         .service(
             web::scope("/device/v1")
                 .service(

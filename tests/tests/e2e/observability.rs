@@ -1,4 +1,5 @@
-//! What operators see: metrics after traffic.
+//! What operators see: metrics after traffic, on ports of their own, and
+//! log lines that input cannot forge.
 
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ async fn every_service_exports_its_named_series_after_traffic() {
     }
 
     let scrape = |s: Service| {
-        let url = format!("{}/metrics", stack.url(s));
+        let url = format!("{}/metrics", stack.metrics_url(s));
         let http = stack.http.clone();
         async move { http.get(url).send().await.ok()?.text().await.ok() }
     };
@@ -96,6 +97,72 @@ async fn every_service_exports_its_named_series_after_traffic() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn metrics_are_served_only_on_their_own_port_until_the_drain_ends() {
+    let mut stack = Stack::start().await;
+    for s in [Service::Platform, Service::Sync] {
+        let public = stack.url(s);
+        let metrics = stack.metrics_url(s);
+        assert_ne!(public, metrics, "{s:?} serves metrics on its public port");
+
+        let r = stack
+            .http
+            .get(format!("{public}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{s:?} answers /metrics on its public port");
+
+        let r = stack
+            .http
+            .get(format!("{metrics}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{s:?} /metrics");
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("tend_backing_store_errors_total"),
+            "{s:?}: {text}"
+        );
+        // The metrics port is for the monitoring system: no API there.
+        for path in ["/api/v1/devices", "/device/v1/heartbeat", "/readyz"] {
+            let r = stack
+                .http
+                .get(format!("{metrics}{path}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 404, "{s:?} {path} on the metrics port");
+        }
+        let r = stack
+            .http
+            .get(format!("{metrics}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{s:?} /healthz on the metrics port");
+    }
+    // The monitor keeps its one port for health and metrics.
+    assert_eq!(
+        stack.url(Service::Monitor),
+        stack.metrics_url(Service::Monitor)
+    );
+
+    // SIGTERM drains both servers and the process exits cleanly.
+    let metrics = stack.metrics_url(Service::Platform);
+    assert_eq!(stack.terminate(Service::Platform), Some(0));
+    assert!(
+        stack
+            .http
+            .get(format!("{metrics}/metrics"))
+            .send()
+            .await
+            .is_err(),
+        "the metrics port still answers after the drain"
+    );
 }
 
 #[tokio::test]
@@ -250,7 +317,7 @@ async fn the_grafana_dashboard_charts_only_exported_series() {
         for s in [Service::Platform, Service::Sync, Service::Monitor] {
             let r = stack
                 .http
-                .get(format!("{}/metrics", stack.url(s)))
+                .get(format!("{}/metrics", stack.metrics_url(s)))
                 .send()
                 .await;
             if let Ok(r) = r {

@@ -55,11 +55,11 @@ fn api(cfg: &mut ServiceConfig) {
 
 /// Registers every route; `doc` is this API's OpenAPI document, served at
 /// `/api/v1/openapi.json` and browsable with Swagger UI at `/docs/` (its
-/// files are compiled in, so it works offline).
+/// files are compiled in, so it works offline). `/metrics` is not among
+/// them: it has a port of its own ([`tend_core::metrics_port`]).
 pub fn configure(cfg: &mut web::ServiceConfig, doc: Document) {
     cfg.route("/healthz", web::get().to(http::healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(http::metrics))
         .route(
             "/docs",
             web::get().to(|| async {
