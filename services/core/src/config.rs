@@ -9,6 +9,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::tls::{AmqpTls, PostgresTls, RedisTls, StoreTls};
+
 pub const LISTEN: &str = "TEND_LISTEN";
 pub const DATABASE_URL: &str = "TEND_DATABASE_URL";
 pub const REDIS_URL: &str = "TEND_REDIS_URL";
@@ -22,6 +24,10 @@ pub const SHUTDOWN_GRACE_S: &str = "TEND_SHUTDOWN_GRACE_S";
 pub const ARTIFACT_STORE: &str = "TEND_ARTIFACT_STORE";
 pub const ARTIFACT_MAX_BYTES: &str = "TEND_ARTIFACT_MAX_BYTES";
 pub const DOWNLOADS_MAX: &str = "TEND_DOWNLOADS_MAX";
+/// CA files (PEM) for TLS to the stores: see [`crate::tls`].
+pub const DATABASE_CA_FILE: &str = "TEND_DATABASE_CA_FILE";
+pub const REDIS_CA_FILE: &str = "TEND_REDIS_CA_FILE";
+pub const AMQP_CA_FILE: &str = "TEND_AMQP_CA_FILE";
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tend";
 /// Where artifact bytes live by default: the directory the Debian package
@@ -58,9 +64,14 @@ pub struct BootstrapAdmin {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// `TEND_DATABASE_URL` without its `sslmode` and `sslrootcert`, which
+    /// are in [`Settings::tls`].
     pub database_url: Secret,
     pub redis_url: Secret,
     pub amqp_url: Secret,
+    /// TLS to PostgreSQL, Redis and RabbitMQ: what the URLs and the CA
+    /// files say, checked and loaded.
+    pub tls: StoreTls,
     /// Prefix of every AMQP name and Redis key of this installation.
     pub instance: String,
     pub jwt_secret: Secret,
@@ -94,7 +105,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
         reason: reason.into(),
@@ -119,15 +130,14 @@ impl Settings {
             .parse()
             .map_err(|_| invalid(LISTEN, "expected an address such as 0.0.0.0:8080"))?;
 
-        let database_url = get(DATABASE_URL).unwrap_or(DEFAULT_DATABASE_URL).to_owned();
-        database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| invalid(DATABASE_URL, format!("not a PostgreSQL URL: {e}")))?;
+        let (database_url, postgres_tls) = database(vars)?;
 
         let redis_url = get(REDIS_URL)
             .unwrap_or("redis://127.0.0.1:6379")
             .to_owned();
-        redis::Client::open(redis_url.as_str())
+        let redis_tls = RedisTls::from_url(&redis_url, get(REDIS_CA_FILE))?;
+        redis_tls
+            .client(&redis_url)
             .map_err(|e| invalid(REDIS_URL, format!("not a Redis URL: {e}")))?;
 
         let amqp_url = get(AMQP_URL)
@@ -136,6 +146,7 @@ impl Settings {
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             return Err(invalid(AMQP_URL, "expected an amqp:// or amqps:// URL"));
         }
+        let amqp_tls = AmqpTls::from_url(&amqp_url, get(AMQP_CA_FILE))?;
 
         let instance = get(INSTANCE).unwrap_or("tend").to_owned();
         if instance.len() > 64
@@ -193,9 +204,14 @@ impl Settings {
 
         Ok(Settings {
             listen,
-            database_url: Secret::new(database_url),
+            database_url,
             redis_url: Secret::new(redis_url),
             amqp_url: Secret::new(amqp_url),
+            tls: StoreTls {
+                postgres: postgres_tls,
+                redis: redis_tls,
+                amqp: amqp_tls,
+            },
             instance,
             jwt_secret: Secret::new(jwt_secret),
             bootstrap_admin,
@@ -207,6 +223,18 @@ impl Settings {
             download_concurrency: downloads_max as usize,
         })
     }
+}
+
+/// PostgreSQL as `TEND_DATABASE_URL` and `TEND_DATABASE_CA_FILE` name it:
+/// the URL for tokio-postgres, and its TLS. All that `tend-platform
+/// migrate` needs.
+pub fn database(vars: &HashMap<String, String>) -> Result<(Secret, PostgresTls), ConfigError> {
+    let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let url = get(DATABASE_URL).unwrap_or(DEFAULT_DATABASE_URL);
+    let (url, tls) = PostgresTls::from_url(url, get(DATABASE_CA_FILE))?;
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| invalid(DATABASE_URL, format!("not a PostgreSQL URL: {e}")))?;
+    Ok((Secret::new(url), tls))
 }
 
 fn parse_u64(
@@ -269,11 +297,37 @@ mod tests {
             (ARTIFACT_STORE, "http://x"),
             (ARTIFACT_STORE, "file://relative/dir"),
             (ARTIFACT_STORE, "s3:///prefix"),
+            (DATABASE_URL, "postgres://h/db?sslmode=verify-everything"),
+            (DATABASE_CA_FILE, "/nonexistent/ca.pem"),
+            (REDIS_URL, "rediss://h:6379/#insecure"),
+            (REDIS_CA_FILE, "/nonexistent/ca.pem"),
+            (AMQP_CA_FILE, "/nonexistent/ca.pem"),
         ] {
             let e = Settings::from_map(&vars(&[(JWT_SECRET, KEY), (var, value)]), "0.0.0.0:1")
                 .unwrap_err();
             assert_eq!(e.var, var, "{value}");
         }
+    }
+
+    #[test]
+    fn the_database_url_keeps_its_password_and_loses_what_tls_took() {
+        let s = Settings::from_map(
+            &vars(&[
+                (JWT_SECRET, KEY),
+                (
+                    DATABASE_URL,
+                    "postgres://u:pw@db/tend?sslmode=require&application_name=a",
+                ),
+            ]),
+            "0.0.0.0:8080",
+        )
+        .unwrap();
+        assert_eq!(
+            s.database_url.expose(),
+            "postgres://u:pw@db/tend?application_name=a"
+        );
+        assert_eq!(s.tls.postgres.mode(), crate::tls::SslMode::Require);
+        assert!(!s.tls.summary().contains("pw"), "{}", s.tls.summary());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`live`]: presence in Redis (the pending flags live in each sync
 //!   replica's memory);
 //! - [`amqp`]: RabbitMQ naming and connection;
+//! - [`tls`]: TLS to PostgreSQL, Redis and RabbitMQ, and the CA files;
 //! - [`store`]: artifact bytes, in a directory or an S3-compatible store;
 //! - [`retry`]: backoff, outage logging and startup retries, for every loop;
 //! - [`auth`]: tokens, passwords and device secrets;
@@ -26,5 +27,6 @@ pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Settings;

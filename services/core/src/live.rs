@@ -10,6 +10,8 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
+use crate::tls::RedisTls;
+
 pub use redis::RedisError;
 
 /// How long `/readyz` waits for Redis: a PING takes well under a
@@ -33,11 +35,11 @@ pub struct Beat {
 }
 
 impl Live {
-    /// Connects, retrying for about 30 seconds before giving up
-    /// ([`crate::retry::at_startup`]).
-    pub async fn connect(url: &str, instance: &str) -> anyhow::Result<Live> {
+    /// Connects, over TLS for a `rediss://` URL, retrying for about 30
+    /// seconds before giving up ([`crate::retry::at_startup`]).
+    pub async fn connect(url: &str, tls: &RedisTls, instance: &str) -> anyhow::Result<Live> {
         use anyhow::Context;
-        let client = redis::Client::open(url).context("TEND_REDIS_URL")?;
+        let client = tls.client(url).context("TEND_REDIS_URL")?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(5)));

@@ -33,6 +33,7 @@ pub trait Service: Sized {
 /// a SIGTERM drain. The reason is one line on stderr.
 pub async fn main<S: Service>() -> ExitCode {
     crate::telemetry::init_logs();
+    crate::tls::install_default_provider();
     let settings = match Settings::from_env(S::DEFAULT_LISTEN) {
         Ok(s) => s,
         Err(e) => {
@@ -40,6 +41,14 @@ pub async fn main<S: Service>() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    tracing::info!("stores: {}", settings.tls.summary());
+    if settings.tls.postgres.required_but_unverified() {
+        tracing::warn!(
+            "TEND_DATABASE_URL has sslmode=require without a CA: the connection is \
+             encrypted, but the server is not authenticated; name its CA in \
+             TEND_DATABASE_CA_FILE and use sslmode=verify-full"
+        );
+    }
     let shutdown = Shutdown::new();
     let service = match S::build(settings, shutdown.clone()).await {
         Ok(s) => s,
