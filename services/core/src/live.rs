@@ -43,8 +43,20 @@ impl Live {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(5)));
-        let conn = crate::retry::at_startup("Redis", crate::config::REDIS_URL, || {
-            client.get_connection_manager_with_config(config.clone())
+        let conn = crate::retry::at_startup("Redis", crate::config::REDIS_URL, || async {
+            // One connection alone first: the manager retries a failing
+            // connection six times by itself, which would hide for ten
+            // seconds a certificate that will never verify.
+            client
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+                        .set_response_timeout(Some(std::time::Duration::from_secs(5))),
+                )
+                .await?;
+            client
+                .get_connection_manager_with_config(config.clone())
+                .await
         })
         .await?;
         Ok(Live {

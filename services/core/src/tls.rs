@@ -831,10 +831,20 @@ pub fn is_handshake_refusal(e: &anyhow::Error) -> bool {
         if cause.is::<rustls::Error>() {
             return true;
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
+        // The redis crate keeps its cause in an `Arc`, which is what the
+        // chain then holds.
+        let shared = cause
+            .downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
+            .map(|e| &**e);
+        if shared.is_some_and(|e| e.is::<rustls::Error>()) {
+            return true;
+        }
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .or_else(|| shared.and_then(|e| e.downcast_ref::<std::io::Error>()));
+        if io
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| inner.is::<rustls::Error>())
         {
             return true;
         }
@@ -991,6 +1001,13 @@ cg1qQ/9n7JZqu/YSF7nw+/+vQg==
         assert!(is_handshake_refusal(
             &anyhow::Error::new(refused).context("connecting")
         ));
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        assert!(is_handshake_refusal(&anyhow::Error::new(
+            redis::RedisError::from(refused)
+        )));
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         assert!(!is_handshake_refusal(&anyhow::Error::new(reset)));
     }

@@ -17,4 +17,5 @@ mod software;
 mod store;
 mod suricatta;
 mod tendctl;
+mod tls;
 mod updates;
