@@ -27,15 +27,20 @@ bash "$ROOT/deploy/local/backing-services.sh"
 # The LAN tests (tests/tests/lan) build a private network of namespaces:
 # they need root, iproute2's `ip` and nftables' `nft`. The hawkBit DDI tests
 # (tests/src/swu.rs) run SWUpdate's suricatta client and build signed .swu
-# images with openssl and cpio. Tests fail with what is missing rather than
-# skip themselves.
-step "LAN and DDI client test tools"
+# images with openssl and cpio. The TLS tests (tests/tests/e2e/tls.rs) make
+# their certificates with openssl and start PostgreSQL (initdb, pg_ctl),
+# redis-server (checked with redis-cli) and RabbitMQ (with its own epmd)
+# servers of their own from the packages backing-services.sh installs.
+# Tests fail with what is missing rather than skip themselves.
+step "LAN, DDI client and TLS test tools"
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v swupdate >/dev/null 2>&1 || need+=(swupdate)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v cpio >/dev/null 2>&1 || need+=(cpio)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 if [ "${#need[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -20,6 +20,9 @@
 //! [`swu::Suricatta`] runs SWUpdate's hawkBit client against tend-sync's
 //! DDI API, and [`swu::Image`] builds the signed `.swu` images it installs.
 //!
+//! [`tls`] gives a test PostgreSQL, Redis and RabbitMQ servers of its own
+//! that speak TLS, with a CA made for the test.
+//!
 //! [`fleet`] is the fleet simulator behind the `tend-fleet` binary: many
 //! simulated agents over real HTTP, for load and latency figures.
 
@@ -32,6 +35,7 @@ pub mod redis_server;
 pub mod s3;
 mod stack;
 pub mod swu;
+pub mod tls;
 pub mod tree;
 
 pub use agent::{Agent, toml_array};

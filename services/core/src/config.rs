@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::tls::{AmqpTls, PostgresTls, RedisTls, StoreTls};
 use crate::token_key::{self, TokenKeySet, TokenKind};
 
 pub const LISTEN: &str = "TEND_LISTEN";
@@ -31,6 +32,10 @@ pub const SHUTDOWN_GRACE_S: &str = "TEND_SHUTDOWN_GRACE_S";
 pub const ARTIFACT_STORE: &str = "TEND_ARTIFACT_STORE";
 pub const ARTIFACT_MAX_BYTES: &str = "TEND_ARTIFACT_MAX_BYTES";
 pub const DOWNLOADS_MAX: &str = "TEND_DOWNLOADS_MAX";
+/// CA files (PEM) for TLS to the stores: see [`crate::tls`].
+pub const DATABASE_CA_FILE: &str = "TEND_DATABASE_CA_FILE";
+pub const REDIS_CA_FILE: &str = "TEND_REDIS_CA_FILE";
+pub const AMQP_CA_FILE: &str = "TEND_AMQP_CA_FILE";
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/tend";
 /// Where artifact bytes live by default: the directory the Debian package
@@ -71,9 +76,14 @@ pub struct Settings {
     /// of its own, which the network lets only the monitoring system reach.
     /// Each service has its own default ([`crate::service::Service`]).
     pub metrics_listen: Option<SocketAddr>,
+    /// `TEND_DATABASE_URL` without its `sslmode` and `sslrootcert`, which
+    /// are in [`Settings::tls`].
     pub database_url: Secret,
     pub redis_url: Secret,
     pub amqp_url: Secret,
+    /// TLS to PostgreSQL, Redis and RabbitMQ: what the URLs and the CA
+    /// files say, checked and loaded.
+    pub tls: StoreTls,
     /// Prefix of every AMQP name and Redis key of this installation.
     pub instance: String,
     /// The admin token keys: read by tend-platform only.
@@ -118,7 +128,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
         reason: reason.into(),
@@ -152,15 +162,14 @@ impl Settings {
             })
             .transpose()?;
 
-        let database_url = get(DATABASE_URL).unwrap_or(DEFAULT_DATABASE_URL).to_owned();
-        database_url
-            .parse::<tokio_postgres::Config>()
-            .map_err(|e| invalid(DATABASE_URL, format!("not a PostgreSQL URL: {e}")))?;
+        let (database_url, postgres_tls) = database(vars)?;
 
         let redis_url = get(REDIS_URL)
             .unwrap_or("redis://127.0.0.1:6379")
             .to_owned();
-        redis::Client::open(redis_url.as_str())
+        let redis_tls = RedisTls::from_url(&redis_url, get(REDIS_CA_FILE))?;
+        redis_tls
+            .client(&redis_url)
             .map_err(|e| invalid(REDIS_URL, format!("not a Redis URL: {e}")))?;
 
         let amqp_url = get(AMQP_URL)
@@ -169,6 +178,7 @@ impl Settings {
         if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
             return Err(invalid(AMQP_URL, "expected an amqp:// or amqps:// URL"));
         }
+        let amqp_tls = AmqpTls::from_url(&amqp_url, get(AMQP_CA_FILE))?;
 
         let instance = get(INSTANCE).unwrap_or("tend").to_owned();
         if instance.len() > 64
@@ -256,9 +266,14 @@ impl Settings {
         Ok(Settings {
             listen,
             metrics_listen,
-            database_url: Secret::new(database_url),
+            database_url,
             redis_url: Secret::new(redis_url),
             amqp_url: Secret::new(amqp_url),
+            tls: StoreTls {
+                postgres: postgres_tls,
+                redis: redis_tls,
+                amqp: amqp_tls,
+            },
             instance,
             admin_token_keys,
             device_token_keys,
@@ -275,6 +290,18 @@ impl Settings {
                 .map(std::path::PathBuf::from),
         })
     }
+}
+
+/// PostgreSQL as `TEND_DATABASE_URL` and `TEND_DATABASE_CA_FILE` name it:
+/// the URL for tokio-postgres, and its TLS. All that `tend-platform
+/// migrate` needs.
+pub fn database(vars: &HashMap<String, String>) -> Result<(Secret, PostgresTls), ConfigError> {
+    let get = |k: &str| vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let url = get(DATABASE_URL).unwrap_or(DEFAULT_DATABASE_URL);
+    let (url, tls) = PostgresTls::from_url(url, get(DATABASE_CA_FILE))?;
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| invalid(DATABASE_URL, format!("not a PostgreSQL URL: {e}")))?;
+    Ok((Secret::new(url), tls))
 }
 
 fn parse_u64(
@@ -418,6 +445,11 @@ mod tests {
             (ARTIFACT_STORE, "http://x"),
             (ARTIFACT_STORE, "file://relative/dir"),
             (ARTIFACT_STORE, "s3:///prefix"),
+            (DATABASE_URL, "postgres://h/db?sslmode=verify-everything"),
+            (DATABASE_CA_FILE, "/nonexistent/ca.pem"),
+            (REDIS_URL, "rediss://h:6379/#insecure"),
+            (REDIS_CA_FILE, "/nonexistent/ca.pem"),
+            (AMQP_CA_FILE, "/nonexistent/ca.pem"),
         ] {
             let e = Settings::from_map(
                 &vars(&[(ADMIN_TOKEN_KEY, KEY), (var, value)]),
@@ -427,6 +459,28 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.var, var, "{value}");
         }
+    }
+
+    #[test]
+    fn the_database_url_keeps_its_password_and_loses_what_tls_took() {
+        let s = Settings::from_map(
+            &vars(&[
+                (ADMIN_TOKEN_KEY, KEY),
+                (
+                    DATABASE_URL,
+                    "postgres://u:pw@db/tend?sslmode=require&application_name=a",
+                ),
+            ]),
+            "0.0.0.0:8080",
+            Some(TokenKind::Admin),
+        )
+        .unwrap();
+        assert_eq!(
+            s.database_url.expose(),
+            "postgres://u:pw@db/tend?application_name=a"
+        );
+        assert_eq!(s.tls.postgres.mode(), crate::tls::SslMode::Require);
+        assert!(!s.tls.summary().contains("pw"), "{}", s.tls.summary());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`live`]: presence in Redis (the pending flags live in each sync
 //!   replica's memory);
 //! - [`amqp`]: RabbitMQ naming and connection;
+//! - [`tls`]: TLS to PostgreSQL, Redis and RabbitMQ, and the CA files;
 //! - [`store`]: artifact bytes, in a directory or an S3-compatible store;
 //! - [`retry`]: backoff, outage logging and startup retries, for every loop;
 //! - [`auth`]: tokens, passwords and device secrets;
@@ -31,6 +32,7 @@ pub mod shutdown;
 pub mod signing;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token_key;
 
 pub use config::Settings;

@@ -10,6 +10,8 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
+use crate::tls::RedisTls;
+
 pub use redis::RedisError;
 
 /// How long `/readyz` waits for Redis: a PING takes well under a
@@ -33,16 +35,28 @@ pub struct Beat {
 }
 
 impl Live {
-    /// Connects, retrying for about 30 seconds before giving up
-    /// ([`crate::retry::at_startup`]).
-    pub async fn connect(url: &str, instance: &str) -> anyhow::Result<Live> {
+    /// Connects, over TLS for a `rediss://` URL, retrying for about 30
+    /// seconds before giving up ([`crate::retry::at_startup`]).
+    pub async fn connect(url: &str, tls: &RedisTls, instance: &str) -> anyhow::Result<Live> {
         use anyhow::Context;
-        let client = redis::Client::open(url).context("TEND_REDIS_URL")?;
+        let client = tls.client(url).context("TEND_REDIS_URL")?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
             .set_response_timeout(Some(std::time::Duration::from_secs(5)));
-        let conn = crate::retry::at_startup("Redis", crate::config::REDIS_URL, || {
-            client.get_connection_manager_with_config(config.clone())
+        let conn = crate::retry::at_startup("Redis", crate::config::REDIS_URL, || async {
+            // One connection alone first: the manager retries a failing
+            // connection six times by itself, which would hide for ten
+            // seconds a certificate that will never verify.
+            client
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+                        .set_response_timeout(Some(std::time::Duration::from_secs(5))),
+                )
+                .await?;
+            client
+                .get_connection_manager_with_config(config.clone())
+                .await
         })
         .await?;
         Ok(Live {

@@ -142,7 +142,10 @@ fn startup_backoff() -> Backoff {
 /// Tries `attempt` until it succeeds, at most [`STARTUP_ATTEMPTS`] times
 /// with backoff, logging each failure; the last failure is returned with
 /// "cannot reach {what} ({variable})" as its context, which is the
-/// one-line reason a service exits with.
+/// one-line reason a service exits with. A TLS handshake refused for a
+/// reason the next attempt would meet too (a certificate that does not
+/// verify, a server without TLS: [`crate::tls::is_handshake_refusal`])
+/// ends the retries at once.
 pub async fn at_startup<T, E, F, Fut>(
     what: &str,
     variable: &str,
@@ -156,16 +159,14 @@ where
     let mut backoff = startup_backoff();
     let mut tries = 1;
     loop {
-        match attempt().await {
+        match attempt().await.map_err(Into::<anyhow::Error>::into) {
             Ok(value) => return Ok(value),
-            Err(e) if tries < STARTUP_ATTEMPTS => {
-                let e: anyhow::Error = e.into();
+            Err(e) if tries < STARTUP_ATTEMPTS && !crate::tls::is_handshake_refusal(&e) => {
                 tracing::warn!(attempt = tries, "{what} not reachable yet: {e:#}");
                 tokio::time::sleep(backoff.next_delay()).await;
                 tries += 1;
             }
             Err(e) => {
-                let e: anyhow::Error = e.into();
                 return Err(e.context(format!("cannot reach {what} ({variable})")));
             }
         }

@@ -42,6 +42,7 @@ pub trait Service: Sized {
 /// a SIGTERM drain. The reason is one line on stderr.
 pub async fn main<S: Service>() -> ExitCode {
     crate::telemetry::init_logs();
+    crate::tls::install_default_provider();
     let settings = match Settings::from_env(S::DEFAULT_LISTEN, S::TOKEN_KEY) {
         Ok(s) => s,
         Err(e) => {
@@ -67,6 +68,14 @@ pub async fn main<S: Service>() -> ExitCode {
             } else {
                 format!("; previous keys {} still verify", previous.join(", "))
             }
+        );
+    }
+    tracing::info!("stores: {}", settings.tls.summary());
+    if settings.tls.postgres.required_but_unverified() {
+        tracing::warn!(
+            "TEND_DATABASE_URL has sslmode=require without a CA: the connection is \
+             encrypted, but the server is not authenticated; name its CA in \
+             TEND_DATABASE_CA_FILE and use sslmode=verify-full"
         );
     }
     let shutdown = Shutdown::new();

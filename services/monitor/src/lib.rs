@@ -71,12 +71,23 @@ impl Service for Monitor {
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr().context("reading the bound address")?;
-        let listen_config = wake::listen_config(settings.database_url.expose())?;
+        let listen_config =
+            wake::listen_config(settings.database_url.expose(), &settings.tls.postgres)?;
 
-        let pool = db::connect(settings.database_url.expose()).await?;
+        let pool = db::connect(settings.database_url.expose(), &settings.tls.postgres).await?;
         db::migrate(&pool).await?;
-        let live = Live::connect(settings.redis_url.expose(), &settings.instance).await?;
-        let link = Link::connect(settings.amqp_url.expose(), &settings.instance).await?;
+        let live = Live::connect(
+            settings.redis_url.expose(),
+            &settings.tls.redis,
+            &settings.instance,
+        )
+        .await?;
+        let link = Link::connect(
+            settings.amqp_url.expose(),
+            &settings.tls.amqp,
+            &settings.instance,
+        )
+        .await?;
 
         telemetry::metrics();
         register_metrics();
@@ -134,7 +145,12 @@ impl Service for Monitor {
         let mut background = Background::default();
         background.spawn(
             "listen",
-            wake::listen(self.listen_config, Arc::clone(&wake), stop.clone()),
+            wake::listen(
+                self.listen_config,
+                self.settings.tls.postgres.clone(),
+                Arc::clone(&wake),
+                stop.clone(),
+            ),
         );
         background.spawn(
             "relay",

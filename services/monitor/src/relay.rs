@@ -20,6 +20,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionStatus
 use tend_core::amqp;
 use tend_core::db::Pool;
 use tend_core::db::outbox::{self, Pending};
+use tend_core::tls::AmqpTls;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +82,7 @@ impl AmqpStatus {
 /// after they break.
 pub(crate) struct Link {
     url: String,
+    tls: AmqpTls,
     instance: String,
     conn: Option<Connection>,
     channel: Option<Channel>,
@@ -90,12 +92,13 @@ pub(crate) struct Link {
 impl Link {
     /// Connects (retrying for about 30 seconds), opens the channel and
     /// declares the exchange: the startup check of the monitor.
-    pub(crate) async fn connect(url: &str, instance: &str) -> anyhow::Result<Link> {
-        let conn = amqp::connect_with_retry(url, "tend-monitor").await?;
+    pub(crate) async fn connect(url: &str, tls: &AmqpTls, instance: &str) -> anyhow::Result<Link> {
+        let conn = amqp::connect_with_retry(url, tls, "tend-monitor").await?;
         let status = AmqpStatus::default();
         status.set(conn.status().clone());
         let mut link = Link {
             url: url.to_owned(),
+            tls: tls.clone(),
             instance: instance.to_owned(),
             conn: Some(conn),
             channel: None,
@@ -118,7 +121,7 @@ impl Link {
             Some(conn) if conn.status().connected() => conn,
             _ => {
                 self.channel = None;
-                let conn = amqp::connect(&self.url, "tend-monitor")
+                let conn = amqp::connect(&self.url, &self.tls, "tend-monitor")
                     .await
                     .context("connecting to RabbitMQ")?;
                 self.status.set(conn.status().clone());

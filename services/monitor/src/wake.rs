@@ -13,8 +13,9 @@ use std::time::Duration;
 use anyhow::anyhow;
 use futures_util::StreamExt;
 use futures_util::stream;
+use tend_core::tls::PostgresTls;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -29,8 +30,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection of tend (a connect timeout, and keepalives that notice a
 /// peer that vanished without closing, which matters most to a connection
 /// that only receives), under a name of its own.
-pub(crate) fn listen_config(database_url: &str) -> anyhow::Result<tokio_postgres::Config> {
-    let mut config = tend_core::db::pg_config(database_url)?;
+pub(crate) fn listen_config(
+    database_url: &str,
+    tls: &PostgresTls,
+) -> anyhow::Result<tokio_postgres::Config> {
+    let mut config = tend_core::db::pg_config(database_url, tls)?;
     config.application_name("tend-monitor listener");
     Ok(config)
 }
@@ -39,6 +43,7 @@ pub(crate) fn listen_config(database_url: &str) -> anyhow::Result<tokio_postgres
 /// cancelled, reconnecting whenever the connection breaks.
 pub(crate) async fn listen(
     config: tokio_postgres::Config,
+    tls: PostgresTls,
     wake: Arc<Notify>,
     token: CancellationToken,
 ) {
@@ -47,7 +52,7 @@ pub(crate) async fn listen(
     loop {
         let broken = tokio::select! {
             _ = token.cancelled() => return,
-            r = listen_once(&config, &wake, &mut backoff, &outage) => r,
+            r = listen_once(&config, &tls, &wake, &mut backoff, &outage) => r,
         };
         outage.failed(&broken);
         if !sleep_unless_cancelled(backoff.next_delay(), &token).await {
@@ -65,6 +70,7 @@ pub(crate) async fn listen(
 /// arrive, or the broken connection fails and is reopened.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &PostgresTls,
     wake: &Arc<Notify>,
     backoff: &mut Backoff,
     outage: &Outage,
@@ -72,7 +78,7 @@ async fn listen_once(
     // Bounded as a whole: `connect_timeout` covers only the TCP connect,
     // and a stalled server would hold the startup exchange forever.
     let (client, mut connection) =
-        match tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(config)).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => return anyhow!(e).context("connecting to PostgreSQL"),
             Err(_) => return anyhow!("PostgreSQL did not answer within {CONNECT_TIMEOUT:?}"),

@@ -54,7 +54,7 @@ impl Service for Platform {
     async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<Platform> {
         // The recorder first: counters recorded before it exists are lost.
         tend_core::telemetry::metrics();
-        let pool = db::connect(settings.database_url.expose()).await?;
+        let pool = db::connect(settings.database_url.expose(), &settings.tls.postgres).await?;
         db::migrate(&pool).await?;
         if let Some(admin) = &settings.bootstrap_admin {
             api::check_username(&admin.username)
@@ -187,7 +187,10 @@ async fn bootstrap(pool: &Pool, username: &str, password: &str) -> anyhow::Resul
 
 /// `tend-platform migrate`: applies migrations and returns. It needs only
 /// the database, not the signing key.
-pub async fn migrate_only(database_url: &str) -> anyhow::Result<()> {
-    let pool = db::connect(database_url).await?;
+pub async fn migrate_only(
+    database_url: &str,
+    tls: &tend_core::tls::PostgresTls,
+) -> anyhow::Result<()> {
+    let pool = db::connect(database_url, tls).await?;
     db::migrate(&pool).await
 }

@@ -36,9 +36,15 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Cmd::Migrate) = cli.command {
         telemetry::init_logs();
-        let url = std::env::var(config::DATABASE_URL)
-            .unwrap_or_else(|_| config::DEFAULT_DATABASE_URL.to_owned());
-        if let Err(e) = tend_platform::migrate_only(&url).await {
+        tend_core::tls::install_default_provider();
+        let (url, tls) = match config::database(&std::env::vars().collect()) {
+            Ok(database) => database,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = tend_platform::migrate_only(url.expose(), &tls).await {
             eprintln!("error: {e:#}");
             return ExitCode::from(1);
         }

@@ -31,6 +31,7 @@ use crate::board::Board;
 
 pub struct Consumer {
     pub url: String,
+    pub tls: tend_core::tls::AmqpTls,
     pub instance: String,
     pub live: Live,
     pub pool: tend_core::db::Pool,
@@ -53,7 +54,7 @@ pub async fn consume(c: Consumer, first: Option<lapin::Connection>, stop: Cancel
                 // seconds; a stopping replica does not wait for it.
                 None => tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
-                    c = amqp::connect(&c.url, "tend-sync") => c?,
+                    c = amqp::connect(&c.url, &c.tls, "tend-sync") => c?,
                 },
             };
             run_once(&c, &connection, &stop, &outage).await

@@ -101,10 +101,17 @@ impl Service for SyncServer {
     async fn build(settings: Settings, shutdown: Shutdown) -> anyhow::Result<SyncServer> {
         // The recorder first: counters recorded before it exists are lost.
         tend_core::telemetry::metrics();
-        let pool = db::connect(settings.database_url.expose()).await?;
+        let pool = db::connect(settings.database_url.expose(), &settings.tls.postgres).await?;
         db::migrate(&pool).await?;
-        let live = Live::connect(settings.redis_url.expose(), &settings.instance).await?;
-        let amqp = amqp::connect_with_retry(settings.amqp_url.expose(), "tend-sync").await?;
+        let live = Live::connect(
+            settings.redis_url.expose(),
+            &settings.tls.redis,
+            &settings.instance,
+        )
+        .await?;
+        let amqp =
+            amqp::connect_with_retry(settings.amqp_url.expose(), &settings.tls.amqp, "tend-sync")
+                .await?;
         let revocations = Arc::new(Revocations::default());
         revocations
             .refresh(&pool)
@@ -189,6 +196,7 @@ impl Service for SyncServer {
             events::consume(
                 events::Consumer {
                     url: self.settings.amqp_url.expose().to_owned(),
+                    tls: self.settings.tls.amqp.clone(),
                     instance: self.settings.instance.clone(),
                     live: state.live.clone(),
                     pool: state.pool.clone(),

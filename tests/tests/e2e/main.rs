@@ -18,5 +18,6 @@ mod software;
 mod store;
 mod suricatta;
 mod tendctl;
+mod tls;
 mod token_keys;
 mod updates;

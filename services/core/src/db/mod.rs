@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 pub use deadpool_postgres::{Client, GenericClient, Pool, Transaction};
-use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{ManagerConfig, RecyclingMethod};
 use tokio_postgres::error::SqlState;
+
+use crate::tls::PostgresTls;
 
 /// Errors of the store. Unique violations are told apart so that callers can
 /// answer 409 by constraint name.
@@ -128,8 +129,9 @@ const STATEMENT_TIMEOUT_MS: u32 = 30_000;
 /// None of these can notice a server that keeps the TCP connection open
 /// but stops answering (its kernel still acknowledges every byte): only a
 /// deadline around the work does, hence [`bounded`].
-pub fn pg_config(url: &str) -> anyhow::Result<tokio_postgres::Config> {
+pub fn pg_config(url: &str, tls: &PostgresTls) -> anyhow::Result<tokio_postgres::Config> {
     let mut pg: tokio_postgres::Config = url.parse().context("TEND_DATABASE_URL")?;
+    tls.apply(&mut pg);
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(Duration::from_secs(5));
     }
@@ -226,10 +228,9 @@ where
 /// it (the heartbeat runs none). In exchange a dead connection is replaced
 /// before the request uses it, and a stalled one is dropped after
 /// [`RECYCLE_TIMEOUT`] instead of hanging the request.
-pub fn pool(url: &str) -> anyhow::Result<Pool> {
-    let mgr = Manager::from_config(
-        pg_config(url)?,
-        NoTls,
+pub fn pool(url: &str, tls: &PostgresTls) -> anyhow::Result<Pool> {
+    let mgr = tls.manager(
+        pg_config(url, tls)?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         },
@@ -247,8 +248,8 @@ pub fn pool(url: &str) -> anyhow::Result<Pool> {
 /// Builds the pool and checks that the database answers, retrying for about
 /// 30 seconds ([`crate::retry::at_startup`]) so that a service started
 /// together with its database waits instead of crashing.
-pub async fn connect(url: &str) -> anyhow::Result<Pool> {
-    let pool = pool(url)?;
+pub async fn connect(url: &str, tls: &PostgresTls) -> anyhow::Result<Pool> {
+    let pool = pool(url, tls)?;
     // A connection that answers is the check; it goes back to the pool.
     let checked =
         crate::retry::at_startup("PostgreSQL", crate::config::DATABASE_URL, || pool.get()).await?;
@@ -353,6 +354,32 @@ pub async fn ping(pool: &Pool) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The TLS of a URL without `sslmode`: libpq's `prefer`.
+    fn tls() -> PostgresTls {
+        PostgresTls::from_url("postgres://h/db", None).unwrap().1
+    }
+
+    #[test]
+    fn tls_is_required_on_the_wire_whenever_the_url_requires_it() {
+        use tokio_postgres::config::SslMode;
+        let ca = crate::tls::tests::ca_file();
+        let ca = ca.path().to_str().unwrap();
+        for (mode, ca, wire) in [
+            ("disable", None, SslMode::Disable),
+            ("prefer", None, SslMode::Prefer),
+            ("require", None, SslMode::Require),
+            ("require", Some(ca), SslMode::Require),
+            ("verify-ca", Some(ca), SslMode::Require),
+            ("verify-full", Some(ca), SslMode::Require),
+        ] {
+            let url = format!("postgres://h/db?sslmode={mode}");
+            let (rest, tls) = PostgresTls::from_url(&url, ca).unwrap();
+            assert_eq!(rest, "postgres://h/db");
+            let pg = pg_config(&rest, &tls).unwrap();
+            assert_eq!(pg.get_ssl_mode(), wire, "{mode}");
+        }
+    }
+
     #[test]
     fn a_pool_timeout_or_a_deadline_means_unavailable() {
         for kind in [
@@ -380,7 +407,7 @@ mod tests {
 
     #[test]
     fn connection_settings_bound_every_wait_and_keep_what_the_url_says() {
-        let pg = pg_config("postgres://postgres@127.0.0.1/tend").unwrap();
+        let pg = pg_config("postgres://postgres@127.0.0.1/tend", &tls()).unwrap();
         assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(5)));
         assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(10));
         assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(20)));
@@ -389,6 +416,7 @@ mod tests {
         let pg = pg_config(
             "postgres://postgres@127.0.0.1/tend?connect_timeout=2&keepalives_idle=60\
              &options=-c%20search_path%3Dtend",
+            &tls(),
         )
         .unwrap();
         assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(2)));
@@ -398,14 +426,14 @@ mod tests {
             Some("-c search_path=tend -c statement_timeout=30000")
         );
 
-        let pg = pg_config("postgres://h/db?options=-c%20statement_timeout%3D0").unwrap();
+        let pg = pg_config("postgres://h/db?options=-c%20statement_timeout%3D0", &tls()).unwrap();
         assert_eq!(pg.get_options(), Some("-c statement_timeout=0"));
     }
 
     #[tokio::test]
     async fn a_refused_connection_is_unavailable() {
         // Port 1 on loopback: nothing listens, the kernel refuses at once.
-        let pool = pool("postgres://postgres@127.0.0.1:1/tend").unwrap();
+        let pool = pool("postgres://postgres@127.0.0.1:1/tend", &tls()).unwrap();
         let err = DbError::from(pool.get().await.unwrap_err());
         assert!(err.is_unavailable(), "{err}");
     }
@@ -422,7 +450,11 @@ mod tests {
                 held.push(socket);
             }
         });
-        let pool = pool(&format!("postgres://postgres@127.0.0.1:{port}/tend")).unwrap();
+        let pool = pool(
+            &format!("postgres://postgres@127.0.0.1:{port}/tend"),
+            &tls(),
+        )
+        .unwrap();
         let started = std::time::Instant::now();
         let err = bounded_by(Duration::from_millis(200), async {
             let client = pool.get().await?;
