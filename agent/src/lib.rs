@@ -16,15 +16,18 @@ pub mod config;
 mod executor;
 mod fault;
 mod journal;
+mod limits;
 mod lock;
 pub mod logquery;
 mod oplog;
 mod outcome;
+mod private;
 pub mod peer;
 mod runner;
 mod sanitize;
 mod software;
 mod system;
+mod tls;
 
 pub use config::Config;
 pub use runner::{Stopped, prove, run};
