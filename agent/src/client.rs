@@ -445,11 +445,11 @@ async fn decode<T: DeserializeOwned>(
 /// than `limit` (a `Content-Length` over it is refused before a byte is
 /// read). What a body costs the agent is the limit at most, whatever the
 /// server sends; a body that never ends is cut by the request timeout.
-async fn read_limited(mut response: Response, limit: usize) -> Result<Option<Vec<u8>>, ClientError> {
-    if response
-        .content_length()
-        .is_some_and(|n| n > limit as u64)
-    {
+async fn read_limited(
+    mut response: Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, ClientError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
         return Ok(None);
     }
     let mut body = Vec::new();

@@ -159,7 +159,11 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| one_line(text, &e))?;
 
         let server_url = validate_url(&raw.server_url)?;
-        let ca_file = raw.ca_file.as_deref().map(crate::tls::CaFile::load).transpose()?;
+        let ca_file = raw
+            .ca_file
+            .as_deref()
+            .map(crate::tls::CaFile::load)
+            .transpose()?;
         let device_id = Uuid::parse_str(raw.device_id.trim())
             .map_err(|e| anyhow!("device_id {:?} is not a UUID: {e}", raw.device_id))?;
         let device_secret = match (raw.device_secret, raw.device_secret_file) {

@@ -107,7 +107,10 @@ mod tests {
     #[test]
     fn shortened_text_keeps_whole_characters() {
         assert_eq!(shorten("reboot", MAX_KIND_BYTES), "reboot");
-        assert_eq!(shorten(&"k".repeat(1000), MAX_KIND_BYTES).len(), MAX_KIND_BYTES);
+        assert_eq!(
+            shorten(&"k".repeat(1000), MAX_KIND_BYTES).len(),
+            MAX_KIND_BYTES
+        );
         assert_eq!(shorten("aé", 2), "a");
         assert_eq!(shorten("", 0), "");
     }

@@ -272,14 +272,30 @@ mod tests {
             ("log_query", json!({"source": "app", "max_lines": 5})),
             ("format_disk", json!({"anything": true})),
         ] {
-            assert_eq!(check_params(&with_params(kind, params.clone())), Ok(()), "{kind} {params}");
+            assert_eq!(
+                check_params(&with_params(kind, params.clone())),
+                Ok(()),
+                "{kind} {params}"
+            );
         }
         for (kind, params, why) in [
             ("reboot", json!({"force": true}), "reboot takes no params"),
             ("shutdown", json!(null), "shutdown takes no params"),
-            ("log_query", json!({"source": "app", "path": "/etc/shadow"}), "no param \"path\""),
-            ("upgrade", json!({"artifact_id": uuid::Uuid::new_v4(), "force": 1}), "unknown field"),
-            ("restore", json!({"component": "app", "from": "usb"}), "unknown field"),
+            (
+                "log_query",
+                json!({"source": "app", "path": "/etc/shadow"}),
+                "no param \"path\"",
+            ),
+            (
+                "upgrade",
+                json!({"artifact_id": uuid::Uuid::new_v4(), "force": 1}),
+                "unknown field",
+            ),
+            (
+                "restore",
+                json!({"component": "app", "from": "usb"}),
+                "unknown field",
+            ),
             (
                 "reboot",
                 json!({"blob": "x".repeat(crate::limits::MAX_PARAMS_BYTES)}),

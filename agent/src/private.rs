@@ -29,7 +29,10 @@ const MAX_DEPTH: usize = 4;
 
 /// `fs::create_dir_all`, with every directory it creates 0700.
 pub fn create_dir_all(path: &Path) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(DIR_MODE).create(path)
+    DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
 }
 
 /// Open options that create a file 0600 (an existing file keeps its mode:

@@ -115,7 +115,10 @@ mod tests {
             "http://0.0.0.0:8081",
         ] {
             let warning = plain_http_warning(loud).unwrap_or_else(|| panic!("{loud}: no warning"));
-            assert!(warning.contains(loud) && warning.contains("https://"), "{warning}");
+            assert!(
+                warning.contains(loud) && warning.contains("https://"),
+                "{warning}"
+            );
         }
     }
 
@@ -158,7 +161,10 @@ egyzlPUEsPZHEqucTxE//sc=\n\
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
         let e = format!("{:#}", CaFile::load(&missing).unwrap_err());
-        assert!(e.contains("cannot read ca_file") && e.contains("missing.pem"), "{e}");
+        assert!(
+            e.contains("cannot read ca_file") && e.contains("missing.pem"),
+            "{e}"
+        );
 
         let key = dir.path().join("key.pem");
         std::fs::write(

@@ -20,11 +20,15 @@
 //! [`swu::Suricatta`] runs SWUpdate's hawkBit client against tend-sync's
 //! DDI API, and [`swu::Image`] builds the signed `.swu` images it installs.
 //!
+//! [`hostile::HostileServer`] is a sync server that answers what no working
+//! one does, for the real agent to outlast.
+//!
 //! [`fleet`] is the fleet simulator behind the `tend-fleet` binary: many
 //! simulated agents over real HTTP, for load and latency figures.
 
 mod agent;
 pub mod fleet;
+pub mod hostile;
 pub mod lan;
 pub mod proxy;
 pub mod recorder;

@@ -229,9 +229,8 @@ struct Agent {
 
 impl Agent {
     fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Agent> {
-        crate::private::tighten(&config.state_dir).with_context(|| {
-            format!("cannot create state_dir {}", config.state_dir.display())
-        })?;
+        crate::private::tighten(&config.state_dir)
+            .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
         // First of all: with a second agent on the same state_dir, even
         // reading the journal could lead to running a command twice.
         let state_lock = lock::acquire(&config.state_dir)?;

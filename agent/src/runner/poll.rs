@@ -108,7 +108,10 @@ pub(super) async fn heartbeat_loop(
     loop {
         let pause = pace.next_delay();
         if !pause.is_zero() {
-            debug!(pause_ms = pause.as_millis() as u64, "heartbeats come too fast; pausing");
+            debug!(
+                pause_ms = pause.as_millis() as u64,
+                "heartbeats come too fast; pausing"
+            );
             tokio::time::sleep(pause).await;
         }
         let wait_s = interval_s

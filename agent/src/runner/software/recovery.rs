@@ -121,11 +121,10 @@ pub(crate) async fn remember_device_type(agent: Arc<Agent>) {
         if let Some(device_type) = current {
             let kept = std::fs::read_to_string(&file).unwrap_or_default();
             if kept.trim() != device_type
-                && let Err(e) =
-                    crate::software::fs::write_private_atomic(
-                        &file,
-                        format!("{device_type}\n").as_bytes(),
-                    )
+                && let Err(e) = crate::software::fs::write_private_atomic(
+                    &file,
+                    format!("{device_type}\n").as_bytes(),
+                )
             {
                 warn!("cannot keep the device type in {}: {e}", file.display());
             }
