@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::limits::{ERROR_BODY_BYTES, INSTRUCTIONS_BODY_BYTES, SMALL_BODY_BYTES};
 use crate::sanitize;
 use crate::system::AGENT_VERSION;
 
@@ -49,6 +50,17 @@ pub enum ClientError {
     Status { status: StatusCode, body: String },
     #[error("cannot read the server's answer: {}", chain(.0))]
     Decode(reqwest::Error),
+    /// The answer is not the JSON the contract describes (malformed, a
+    /// number of the wrong type or out of range).
+    #[error("the server's answer to {what} is not valid: {error}")]
+    Invalid {
+        what: &'static str,
+        error: serde_json::Error,
+    },
+    /// The answer's body is larger than the agent reads for this request;
+    /// the rest was not read.
+    #[error("the server's answer to {what} is larger than {limit} bytes; not read further")]
+    TooLarge { what: &'static str, limit: usize },
     #[error("cannot encode the request: {0}")]
     Encode(std::io::Error),
 }
@@ -108,11 +120,17 @@ impl Client {
         let timeout = Duration::from_secs(config.request_timeout_s);
         // reqwest's default redirect policy (up to 10 hops) stays: an
         // artifact download may be sent on to the object store.
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .user_agent(format!("tend-agent/{AGENT_VERSION}"))
             .timeout(timeout)
-            .connect_timeout(CONNECT_TIMEOUT.min(timeout))
-            .build()?;
+            .connect_timeout(CONNECT_TIMEOUT.min(timeout));
+        // A private CA is trusted beside the system's roots, not instead of
+        // them: a download may be redirected to a public object store.
+        let builder = match &config.ca_file {
+            Some(ca) => builder.tls_certs_merge(ca.certificates.iter().cloned()),
+            None => builder,
+        };
+        let http = builder.build()?;
         Ok(Client {
             http,
             timeout,
@@ -158,7 +176,7 @@ impl Client {
                     .json(heartbeat)
             })
             .await?;
-        decode(response).await
+        decode(response, "the heartbeat", SMALL_BODY_BYTES).await
     }
 
     pub async fn instructions(&self) -> Result<Vec<Instruction>, ClientError> {
@@ -166,7 +184,7 @@ impl Client {
         let response = self
             .send_authed(|token| self.http.get(&url).bearer_auth(token))
             .await?;
-        decode::<Instructions>(response)
+        decode::<Instructions>(response, "the instructions fetch", INSTRUCTIONS_BODY_BYTES)
             .await
             .map(|list| list.instructions)
     }
@@ -181,7 +199,7 @@ impl Client {
         let response = self
             .send_authed(|token| self.http.post(&url).bearer_auth(token).json(check))
             .await?;
-        decode(response).await
+        decode(response, "the update check", SMALL_BODY_BYTES).await
     }
 
     /// Sends one report once (plus one retry after re-authenticating).
@@ -367,7 +385,7 @@ impl Client {
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(ClientError::AuthRefused);
         }
-        decode(response).await
+        decode(response, "the authentication", SMALL_BODY_BYTES).await
     }
 }
 
@@ -407,17 +425,55 @@ fn encode_report(report: &Report) -> std::io::Result<(Vec<u8>, bool)> {
     Ok((encoder.finish()?, true))
 }
 
-async fn decode<T: DeserializeOwned>(response: Response) -> Result<T, ClientError> {
+/// The JSON answer of a successful request, read up to `limit` bytes
+/// (`what` names the request in errors).
+async fn decode<T: DeserializeOwned>(
+    response: Response,
+    what: &'static str,
+    limit: usize,
+) -> Result<T, ClientError> {
     if !response.status().is_success() {
         return Err(status_error(response).await);
     }
-    response.json().await.map_err(ClientError::Decode)
+    let body = read_limited(response, limit)
+        .await?
+        .ok_or(ClientError::TooLarge { what, limit })?;
+    serde_json::from_slice(&body).map_err(|error| ClientError::Invalid { what, error })
 }
 
-async fn status_error(response: Response) -> ClientError {
+/// The whole body, read chunk by chunk; `None` as soon as it is larger
+/// than `limit` (a `Content-Length` over it is refused before a byte is
+/// read). What a body costs the agent is the limit at most, whatever the
+/// server sends; a body that never ends is cut by the request timeout.
+async fn read_limited(
+    mut response: Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, ClientError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(ClientError::Decode)? {
+        if chunk.len() > limit - body.len() {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+async fn status_error(mut response: Response) -> ClientError {
     let status = response.status();
-    let mut body = response.text().await.unwrap_or_default();
-    // Enough of a problem+json body to see its title and detail in a log.
+    // Enough of a problem+json body to see its title and detail in a log;
+    // the rest is never read.
+    let mut bytes = Vec::new();
+    while bytes.len() < ERROR_BODY_BYTES
+        && let Ok(Some(chunk)) = response.chunk().await
+    {
+        let take = chunk.len().min(ERROR_BODY_BYTES - bytes.len());
+        bytes.extend_from_slice(&chunk[..take]);
+    }
+    let mut body = String::from_utf8_lossy(&bytes).into_owned();
     if let Some((cut, _)) = body.char_indices().nth(300) {
         body.truncate(cut);
     }
@@ -635,6 +691,83 @@ mod tests {
         let renew_at = client.token.lock().await.as_ref().unwrap().renew_at;
         assert!(renew_at <= Instant::now() + MAX_TOKEN_LIFETIME);
         server.verify().await;
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_its_limit_is_refused_without_being_read_whole() {
+        let server = MockServer::start().await;
+        auth_gives(&server, "t", 1).await;
+        // Declared: refused before a byte of the body is read.
+        let huge = format!(
+            "{{\"instructions\": [], \"padding\": \"{}\"}}",
+            "x".repeat(INSTRUCTIONS_BODY_BYTES)
+        );
+        Mock::given(method("GET"))
+            .and(path("/device/v1/instructions"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(huge))
+            .mount(&server)
+            .await;
+        let client = fast_client(&server);
+        let e = client.instructions().await.unwrap_err();
+        assert!(matches!(e, ClientError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
+
+        // A heartbeat answer is held to the small limit.
+        Mock::given(method("POST"))
+            .and(path("/device/v1/heartbeat"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(format!(
+                "{{\"pending\": false, \"next_heartbeat_s\": 1, \"x\": \"{}\"}}",
+                "y".repeat(SMALL_BODY_BYTES)
+            )))
+            .mount(&server)
+            .await;
+        let e = client.heartbeat(&Heartbeat::default()).await.unwrap_err();
+        assert!(matches!(e, ClientError::TooLarge { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn numbers_of_the_wrong_type_or_sign_are_an_invalid_answer() {
+        for body in [
+            r#"{"pending": false, "next_heartbeat_s": -1}"#,
+            r#"{"pending": false, "next_heartbeat_s": 2.5}"#,
+            r#"{"pending": false, "next_heartbeat_s": "30"}"#,
+            r#"{"pending": false, "next_heartbeat_s": 18446744073709551616}"#,
+            r#"{"pending": false, "#,
+        ] {
+            let server = MockServer::start().await;
+            auth_gives(&server, "t", 1).await;
+            Mock::given(method("POST"))
+                .and(path("/device/v1/heartbeat"))
+                .respond_with(ResponseTemplate::new(200).set_body_string(body))
+                .mount(&server)
+                .await;
+            let e = fast_client(&server)
+                .heartbeat(&Heartbeat::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ClientError::Invalid { .. }), "{body}: {e}");
+            assert!(e.to_string().contains("the heartbeat is not valid"), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_is_read_only_as_far_as_a_log_line_needs() {
+        let server = MockServer::start().await;
+        auth_gives(&server, "t", 1).await;
+        Mock::given(method("POST"))
+            .and(path("/device/v1/heartbeat"))
+            .respond_with(ResponseTemplate::new(500).set_body_string("e".repeat(10 << 20)))
+            .mount(&server)
+            .await;
+        let e = fast_client(&server)
+            .heartbeat(&Heartbeat::default())
+            .await
+            .unwrap_err();
+        let ClientError::Status { status, body } = e else {
+            panic!("{e}");
+        };
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body.len(), 300);
     }
 
     #[tokio::test]

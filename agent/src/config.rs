@@ -26,6 +26,8 @@ pub struct Config {
     pub path: Option<PathBuf>,
     /// Base URL of `tend-sync`, without a trailing slash.
     pub server_url: String,
+    /// `ca_file`: a private CA trusted beside the system's roots.
+    pub ca_file: Option<crate::tls::CaFile>,
     pub device_id: Uuid,
     /// Resolved from `device_secret_file` when that key is used.
     pub device_secret: String,
@@ -98,6 +100,7 @@ pub const DEFAULT_REQUEST_TIMEOUT_S: u64 = 30;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     server_url: String,
+    ca_file: Option<PathBuf>,
     device_id: String,
     device_secret: Option<String>,
     device_secret_file: Option<PathBuf>,
@@ -163,6 +166,11 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| one_line(text, &e))?;
 
         let server_url = validate_url(&raw.server_url)?;
+        let ca_file = raw
+            .ca_file
+            .as_deref()
+            .map(crate::tls::CaFile::load)
+            .transpose()?;
         let device_id = Uuid::parse_str(raw.device_id.trim())
             .map_err(|e| anyhow!("device_id {:?} is not a UUID: {e}", raw.device_id))?;
         let device_secret = match (raw.device_secret, raw.device_secret_file) {
@@ -273,6 +281,7 @@ impl Config {
         Ok(Config {
             path: None,
             server_url,
+            ca_file,
             device_id,
             device_secret,
             state_dir,
@@ -296,6 +305,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("server_url", &self.server_url)
+            .field("ca_file", &self.ca_file)
             .field("device_id", &self.device_id)
             .field("device_secret", &"<redacted>")
             .field("state_dir", &self.state_dir)

@@ -124,14 +124,14 @@ fn spawn(
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
-    fs::create_dir_all(dir)?;
+    crate::private::create_dir_all(dir)?;
     Command::new(program)
         .args(args)
         .env(INSTRUCTION_ID_ENV, instruction_id.to_string())
         .envs(env.iter().copied())
         .stdin(Stdio::null())
-        .stdout(File::create(stdout)?)
-        .stderr(File::create(stderr)?)
+        .stdout(crate::private::create(stdout)?)
+        .stderr(crate::private::create(stderr)?)
         // Its own process group, so a Ctrl-C meant for the agent in a
         // terminal does not also interrupt a running shutdown.
         .process_group(0)

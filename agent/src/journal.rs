@@ -13,7 +13,7 @@
 //! the older ones, and compaction can simply write one line per entry.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -149,7 +149,7 @@ impl Journal {
     }
 
     fn open_at(state_dir: &Path, now: DateTime<Utc>) -> Result<Journal, JournalError> {
-        fs::create_dir_all(state_dir).map_err(io_error("create", state_dir))?;
+        crate::private::create_dir_all(state_dir).map_err(io_error("create", state_dir))?;
         let path = state_dir.join(FILE_NAME);
         let mut entries = match fs::read(&path) {
             Ok(bytes) => fold(&bytes, &path),
@@ -160,7 +160,7 @@ impl Journal {
         // Rewriting at every start also drops a torn final line, which a
         // later append would otherwise turn into a garbled middle line.
         rewrite(&path, &entries)?;
-        let file = OpenOptions::new()
+        let file = crate::private::options()
             .append(true)
             .open(&path)
             .map_err(io_error("open", &path))?;
@@ -241,7 +241,7 @@ fn rewrite(path: &Path, entries: &HashMap<Uuid, Entry>) -> Result<(), JournalErr
         text.push(b'\n');
     }
     let tmp = path.with_extension("jsonl.tmp");
-    let mut file = File::create(&tmp).map_err(io_error("create", &tmp))?;
+    let mut file = crate::private::create(&tmp).map_err(io_error("create", &tmp))?;
     file.write_all(&text)
         .and_then(|()| file.sync_all())
         .map_err(io_error("write", &tmp))?;
@@ -254,6 +254,8 @@ fn rewrite(path: &Path, entries: &HashMap<Uuid, Entry>) -> Result<(), JournalErr
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+
     use tend_proto::command::ReportStatus;
 
     use super::*;

@@ -16,15 +16,18 @@ pub mod config;
 mod executor;
 mod fault;
 mod journal;
+mod limits;
 mod lock;
 pub mod logquery;
 mod oplog;
 mod outcome;
 pub mod peer;
+mod private;
 mod runner;
 mod sanitize;
 mod software;
 mod system;
+mod tls;
 pub mod trust;
 
 pub use config::Config;

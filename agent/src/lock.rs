@@ -9,7 +9,7 @@
 //! drops the lock when the holder exits, however it exits, so a crash never
 //! leaves a stale lock behind.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
@@ -25,10 +25,10 @@ pub struct StateLock {
 
 /// Locks `state_dir` (creating it if needed), or says which agent holds it.
 pub fn acquire(state_dir: &Path) -> anyhow::Result<StateLock> {
-    fs::create_dir_all(state_dir)
+    crate::private::create_dir_all(state_dir)
         .with_context(|| format!("cannot create state_dir {}", state_dir.display()))?;
     let path = state_dir.join(FILE_NAME);
-    let mut file = OpenOptions::new()
+    let mut file = crate::private::options()
         .create(true)
         .truncate(false)
         .read(true)

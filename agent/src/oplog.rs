@@ -9,7 +9,7 @@
 //! file past `max_bytes`, `operations.log` becomes `operations.log.1`, the
 //! older ones move up by one, and the one past `keep` is deleted.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -128,7 +128,10 @@ impl OpLog {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    crate::private::options()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 fn remove_if_exists(path: &Path) -> io::Result<()> {

@@ -131,12 +131,38 @@ pub fn interrupted() -> Report {
 }
 
 pub fn unsupported(kind: &str) -> Report {
+    let kind = crate::limits::shorten(kind, crate::limits::MAX_KIND_BYTES);
+    rejected(format!(
+        "this agent (tend-agent {AGENT_VERSION}) does not support `{kind}` instructions yet"
+    ))
+}
+
+/// Refuses params larger than [`crate::limits::MAX_PARAMS_BYTES`], and
+/// params that do not fit a kind this agent knows (an unknown field, a
+/// wrong type): the same rules the platform applies when the command is
+/// created ([`tend_proto::params::parse`]), so only a forged or corrupted
+/// instruction is refused here. An unknown kind is left to
+/// [`unsupported`].
+pub fn check_params(instruction: &tend_proto::device::Instruction) -> Result<(), Report> {
+    use crate::limits::{MAX_PARAMS_BYTES, json_larger_than};
+    if json_larger_than(&instruction.params, MAX_PARAMS_BYTES) {
+        return Err(rejected(format!(
+            "the params are larger than {MAX_PARAMS_BYTES} bytes: refused, and not kept"
+        )));
+    }
+    match instruction.known_kind() {
+        Some(kind) => tend_proto::params::parse(kind, &instruction.params)
+            .map(drop)
+            .map_err(|e| rejected(format!("the instruction's params are invalid: {e}"))),
+        None => Ok(()),
+    }
+}
+
+fn rejected(error: String) -> Report {
     Report {
         status: ReportStatus::Rejected,
         output: None,
-        error: Some(format!(
-            "this agent (tend-agent {AGENT_VERSION}) does not support `{kind}` instructions yet"
-        )),
+        error: Some(error),
         detail: None,
     }
 }
@@ -238,6 +264,70 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    fn with_params(kind: &str, params: serde_json::Value) -> tend_proto::device::Instruction {
+        tend_proto::device::Instruction {
+            id: uuid::Uuid::new_v4(),
+            kind: kind.into(),
+            params,
+            issued_at: chrono::Utc::now(),
+            expires_at: chrono::Utc::now(),
+            timeout_s: 60,
+            trace_id: None,
+            key_id: None,
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn params_a_kind_does_not_know_or_too_large_to_keep_are_rejected() {
+        for (kind, params) in [
+            ("reboot", json!({})),
+            ("shutdown", json!({})),
+            ("log_query", json!({"source": "app", "max_lines": 5})),
+            ("format_disk", json!({"anything": true})),
+        ] {
+            assert_eq!(
+                check_params(&with_params(kind, params.clone())),
+                Ok(()),
+                "{kind} {params}"
+            );
+        }
+        for (kind, params, why) in [
+            ("reboot", json!({"force": true}), "reboot takes no params"),
+            ("shutdown", json!(null), "shutdown takes no params"),
+            (
+                "log_query",
+                json!({"source": "app", "path": "/etc/shadow"}),
+                "no param \"path\"",
+            ),
+            (
+                "upgrade",
+                json!({"artifact_id": uuid::Uuid::new_v4(), "force": 1}),
+                "unknown field",
+            ),
+            (
+                "restore",
+                json!({"component": "app", "from": "usb"}),
+                "unknown field",
+            ),
+            (
+                "reboot",
+                json!({"blob": "x".repeat(crate::limits::MAX_PARAMS_BYTES)}),
+                "larger than 16384 bytes",
+            ),
+            (
+                "format_disk",
+                json!({"blob": "x".repeat(crate::limits::MAX_PARAMS_BYTES)}),
+                "larger than",
+            ),
+        ] {
+            let report = check_params(&with_params(kind, params)).unwrap_err();
+            assert_eq!(report.status, ReportStatus::Rejected);
+            let error = report.error.unwrap();
+            assert!(error.contains(why), "{kind}: {error}");
+        }
+    }
 
     fn exited(code: i32, stderr: &str) -> ActionResult {
         ActionResult {

@@ -195,7 +195,8 @@ if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigur
         fi
     fi
     if [ "$1" = configure ] && [ -z "$2" ]; then
-        echo "tend-agent: set server_url, device_id and device_secret in /etc/tend/agent.toml,"
+        echo "tend-agent: set server_url (https://), device_id and device_secret in /etc/tend/agent.toml"
+        echo "tend-agent: (and ca_file when the server's certificate comes from a private CA),"
         echo "tend-agent: then run: systemctl start tend-agent"
     fi
 fi

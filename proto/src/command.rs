@@ -5,6 +5,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The longest `timeout_s` a command may have (a day): the platform
+/// refuses more when a command is created, and the agent never lets an
+/// instruction's command run longer, whatever the instruction says.
+pub const MAX_TIMEOUT_S: u32 = 86_400;
+
 /// What a command asks a device to do.
 ///
 /// Every kind is listed so that the agent and the platform share one

@@ -22,12 +22,15 @@
 //!
 //! [`tls`] gives a test PostgreSQL, Redis and RabbitMQ servers of its own
 //! that speak TLS, with a CA made for the test.
+//! [`hostile::HostileServer`] is a sync server that answers what no working
+//! one does, for the real agent to outlast.
 //!
 //! [`fleet`] is the fleet simulator behind the `tend-fleet` binary: many
 //! simulated agents over real HTTP, for load and latency figures.
 
 mod agent;
 pub mod fleet;
+pub mod hostile;
 pub mod lan;
 pub mod proxy;
 pub mod recorder;

@@ -9,7 +9,6 @@
 //! is journaled and left to the reporter ([`super::delivery`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use tend_proto::CommandKind;
@@ -23,6 +22,7 @@ use crate::client::Delivery;
 use crate::executor::{self, End};
 use crate::fault;
 use crate::journal::{self, Entry, State};
+use crate::limits;
 use crate::logquery::{self, QueryError};
 use crate::outcome::{self, Action, Verdict};
 
@@ -58,8 +58,16 @@ impl Agent {
             return self.refuse(instruction, report);
         }
         let now = Utc::now();
-        if now > instruction.expires_at + EXPIRY_TOLERANCE {
+        // Checked: an `expires_at` at the end of time must not panic.
+        if instruction
+            .expires_at
+            .checked_add_signed(EXPIRY_TOLERANCE)
+            .is_some_and(|last| now > last)
+        {
             let report = outcome::expired(instruction.expires_at, now);
+            return self.refuse(instruction, report);
+        }
+        if let Err(report) = outcome::check_params(&instruction) {
             return self.refuse(instruction, report);
         }
         match (instruction.known_kind(), Action::of(&instruction.kind)) {
@@ -103,8 +111,16 @@ impl Agent {
         let now = Utc::now();
         Entry {
             id: instruction.id,
-            kind: instruction.kind,
-            params: instruction.params,
+            kind: limits::shorten(&instruction.kind, limits::MAX_KIND_BYTES).to_owned(),
+            // Params over the limit were refused; they are not kept whole.
+            params: if limits::json_larger_than(&instruction.params, limits::MAX_PARAMS_BYTES) {
+                serde_json::Value::String(format!(
+                    "(params larger than {} bytes, not kept)",
+                    limits::MAX_PARAMS_BYTES
+                ))
+            } else {
+                instruction.params
+            },
             state: State::Started,
             boot_id: self.boot_id.clone(),
             started_at: now,
@@ -122,7 +138,7 @@ impl Agent {
 
     async fn perform(&self, action: Action, instruction: Instruction) {
         let id = instruction.id;
-        let timeout = Duration::from_secs(instruction.timeout_s.max(1).into());
+        let timeout = limits::instruction_timeout(instruction.timeout_s);
         let entry = self.started(instruction);
         if let Err(e) = self.journal().append(entry.clone()) {
             error!(instruction.id = %id, "cannot journal instruction {id}, so not running it: {:#}", anyhow::Error::from(e));
@@ -182,7 +198,7 @@ impl Agent {
     /// report follows within the instruction's timeout.
     async fn query_logs(&self, instruction: Instruction) {
         let id = instruction.id;
-        let timeout = Duration::from_secs(instruction.timeout_s.max(1).into());
+        let timeout = limits::instruction_timeout(instruction.timeout_s);
         let entry = self.started(instruction);
         if let Err(e) = self.journal().append(entry.clone()) {
             error!(instruction.id = %id, "cannot journal instruction {id}, so not running it: {:#}", anyhow::Error::from(e));
@@ -235,6 +251,8 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use serde_json::json;
     use tokio_util::sync::CancellationToken;
     use wiremock::matchers::{method, path, path_regex};

@@ -77,6 +77,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         boot_id = %agent.boot_id,
         "tend-agent {AGENT_VERSION} started for device {}", agent.config.device_id
     );
+    if let Some(warning) = crate::tls::plain_http_warning(&agent.config.server_url) {
+        warn!("INSECURE: {warning}");
+    }
     let trust = &agent.config.trust;
     if trust.accepts_unsigned() {
         warn!(
@@ -239,6 +242,8 @@ struct Agent {
 
 impl Agent {
     fn start(config: Config, shutdown: CancellationToken) -> anyhow::Result<Agent> {
+        crate::private::tighten(&config.state_dir)
+            .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
         // First of all: with a second agent on the same state_dir, even
         // reading the journal could lead to running a command twice.
         let state_lock = lock::acquire(&config.state_dir)?;

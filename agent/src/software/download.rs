@@ -240,8 +240,11 @@ pub async fn fetch_from(
     let total = target.size;
     let files = Files::new(target.dir, target.sha256)
         .ok_or_else(|| DownloadError::Unusable(format!("{:?} is not a SHA-256", target.sha256)))?;
-    tokio::fs::create_dir_all(target.dir)
+    let dir = target.dir.to_owned();
+    tokio::task::spawn_blocking(move || crate::private::create_dir_all(&dir))
         .await
+        .map_err(io::Error::other)
+        .flatten()
         .map_err(io_at(target.dir))?;
 
     if already_complete(&files, total, stop).await? {
@@ -459,7 +462,7 @@ impl Partial {
     /// Opens the partial file at the recorded offset, cutting off what was
     /// written after it: those bytes may not have reached the disk.
     async fn open(files: &Files, total: u64, segment_bytes: u64) -> Result<Partial, DownloadError> {
-        let file = tokio::fs::OpenOptions::new()
+        let file = tokio::fs::OpenOptions::from(crate::private::options())
             .create(true)
             .append(true)
             .open(&files.part)
@@ -566,7 +569,7 @@ async fn read_offset(path: &Path) -> u64 {
 /// Replaces the offset file in one rename; synced first, so the record
 /// after a crash is either the old offset or the new one.
 fn write_offset(path: &Path, tmp: &Path, offset: u64) -> io::Result<()> {
-    let mut file = std::fs::File::create(tmp)?;
+    let mut file = crate::private::create(tmp)?;
     writeln!(file, "{offset}")?;
     file.sync_data()?;
     std::fs::rename(tmp, path)

@@ -117,6 +117,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     rename(tmp, path)
 }
 
+/// As [`write_atomic`], for a file of the state directory: created 0600
+/// (see [`crate::private`]).
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = Path::new(&tmp);
+    let mut file = crate::private::create(tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    rename(tmp, path)
+}
+
 /// The version in the first line of `file`, if it holds a valid one.
 pub fn read_version(file: &Path) -> Option<String> {
     let mut text = String::new();

@@ -92,10 +92,10 @@ impl Installed {
 
     fn write(&mut self, records: BTreeMap<String, Record>) -> io::Result<()> {
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::private::create_dir_all(dir)?;
         }
         let bytes = serde_json::to_vec_pretty(&records)?;
-        fs::write_atomic(&self.path, &bytes)?;
+        fs::write_private_atomic(&self.path, &bytes)?;
         self.records = records;
         Ok(())
     }

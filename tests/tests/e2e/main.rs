@@ -4,6 +4,7 @@
 mod artifacts;
 mod bulk;
 mod ddi;
+mod hostile;
 mod input;
 mod isolation;
 mod latency;

@@ -79,7 +79,9 @@ impl Agent {
     pub(super) async fn change_software(&self, instruction: Instruction) {
         let _one_at_a_time = self.software.lock().await;
         let id = instruction.id;
-        let deadline = Utc::now() + TimeDelta::seconds(instruction.timeout_s.max(1).into());
+        let deadline = Utc::now()
+            + TimeDelta::from_std(crate::limits::instruction_timeout(instruction.timeout_s))
+                .unwrap_or(TimeDelta::hours(1));
         let entry = self.started(instruction);
         if let Err(e) = self.journal().append(entry.clone()) {
             error!(instruction.id = %id, "cannot journal instruction {id}, so not running it: {:#}", anyhow::Error::from(e));
@@ -492,7 +494,9 @@ impl Agent {
                 .map_err(|e| format!("cannot read the file system of {}: {e}", path.display()))?;
             match by_device.iter_mut().find(|(d, ..)| *d == device) {
                 Some((_, _, total, whats)) => {
-                    *total += bytes;
+                    // Saturating: an absurd size must fail the check, not
+                    // wrap around and pass it.
+                    *total = total.saturating_add(bytes);
                     whats.push(what);
                 }
                 None => by_device.push((device, path, bytes, vec![what])),
@@ -583,7 +587,7 @@ impl Agent {
             );
         };
         let dir = self.downloads_dir();
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        if let Err(e) = crate::private::create_dir_all(&dir) {
             return failed(format!("cannot create {}: {e}", dir.display()));
         }
         // The image may still be here (the download of what the component
@@ -830,14 +834,22 @@ impl Agent {
                         format!("cannot unpack the artifact: {e}")
                     })?;
                 }
-                Kind::File { .. } => {
+                Kind::File { path } => {
                     fs::copy_file(&download, &staged)
                         .map_err(|e| format!("cannot stage the new file: {e}"))?;
-                    if component.name == AGENT {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
-                            .map_err(|e| format!("cannot make the new agent executable: {e}"))?;
-                    }
+                    // The download is private to the agent (0600); the new
+                    // file gets the mode of the one it replaces, 0644 for
+                    // a first install, and the agent's own binary 0755.
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = if component.name == AGENT {
+                        0o755
+                    } else {
+                        std::fs::metadata(path)
+                            .map(|m| m.permissions().mode() & 0o7777)
+                            .unwrap_or(0o644)
+                    };
+                    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+                        .map_err(|e| format!("cannot set the mode of the new file: {e}"))?;
                 }
                 Kind::Command { .. } => unreachable!("handled above"),
             }

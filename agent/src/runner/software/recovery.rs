@@ -121,8 +121,10 @@ pub(crate) async fn remember_device_type(agent: Arc<Agent>) {
         if let Some(device_type) = current {
             let kept = std::fs::read_to_string(&file).unwrap_or_default();
             if kept.trim() != device_type
-                && let Err(e) =
-                    crate::software::fs::write_atomic(&file, format!("{device_type}\n").as_bytes())
+                && let Err(e) = crate::software::fs::write_private_atomic(
+                    &file,
+                    format!("{device_type}\n").as_bytes(),
+                )
             {
                 warn!("cannot keep the device type in {}: {e}", file.display());
             }
@@ -283,7 +285,7 @@ impl Agent {
         let file = self.attempts_file();
         let written = serde_json::to_vec(&attempts)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| crate::software::fs::write_atomic(&file, &bytes));
+            .and_then(|bytes| crate::software::fs::write_private_atomic(&file, &bytes));
         if let Err(e) = written {
             warn!(
                 "cannot record the recovery attempt in {}: {e}",

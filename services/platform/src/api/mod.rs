@@ -208,7 +208,7 @@ pub struct NewCommand {
 }
 
 pub const DEFAULT_TIMEOUT_S: i64 = 600;
-pub const MAX_TIMEOUT_S: i64 = 86_400;
+pub const MAX_TIMEOUT_S: i64 = tend_proto::command::MAX_TIMEOUT_S as i64;
 pub const DEFAULT_EXPIRES_IN_S: i64 = 7 * 86_400;
 pub const MAX_EXPIRES_IN_S: i64 = 30 * 86_400;
 
