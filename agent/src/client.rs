@@ -338,7 +338,18 @@ impl Client {
             return Ok(token.value.clone());
         }
         let auth = self.authenticate().await?;
-        if let Some(device_type) = auth.device_type.clone() {
+        let device_type = auth.device_type.clone().filter(|t| {
+            let valid = tend_proto::device::is_device_type(t);
+            if !valid {
+                // Kept on disk and sent to peers: only a real type name.
+                warn!(
+                    "the server named a device type that is not one ({} bytes); ignoring it",
+                    t.len()
+                );
+            }
+            valid
+        });
+        if let Some(device_type) = device_type {
             self.device_type.send_if_modified(|known| {
                 let changed = known.as_ref() != Some(&device_type);
                 *known = Some(device_type);

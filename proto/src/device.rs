@@ -99,6 +99,16 @@ pub struct Instruction {
     pub signature: Option<String>,
 }
 
+/// A device type is a token devices are grouped by (`kiosk`, `camera-v2`):
+/// 1 to 64 of letters, digits, '.', '_' and '-'. The platform accepts no
+/// other, and the agent keeps no other a server tells it.
+pub fn is_device_type(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 /// Trace ids are W3C trace-context ids: 32 lowercase hex digits, not all 0.
 pub fn is_trace_id(s: &str) -> bool {
     s.len() == 32
@@ -176,6 +186,23 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_type_is_a_short_token() {
+        for ok in ["kiosk", "camera-v2", "ticket_machine.3", &"k".repeat(64)] {
+            assert!(is_device_type(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "kiosk\nroot",
+            "a b",
+            "k/../x",
+            &"k".repeat(65),
+            "kiosk\u{202e}",
+        ] {
+            assert!(!is_device_type(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn traceparent_headers_round_trip_their_trace_id() {

@@ -102,6 +102,30 @@ async fn an_endless_token_lifetime_neither_panics_nor_stops_the_heartbeats() {
 }
 
 #[tokio::test]
+async fn a_device_type_that_is_not_one_is_neither_kept_nor_believed() {
+    let server = HostileServer::start(|request, _| {
+        is(request, "POST", "/device/v1/auth").then(|| {
+            Answer::json(&json!({"token": "t", "expires_in": 3600,
+                "device_type": format!("kiosk\n{}", "x".repeat(60_000))}))
+        })
+    })
+    .await;
+    let agent = outlasts(&server, 3, "device-type").await;
+    let kept = agent.dir.join("state");
+    let found: Vec<_> = std::fs::read_dir(&kept)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("device_type"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().len())
+        .collect();
+    assert!(found.iter().all(|&len| len == 0), "kept: {found:?}");
+    assert!(
+        server.requests_to("/device/v1/heartbeat").len() >= 2,
+        "the agent stopped heartbeating"
+    );
+}
+
+#[tokio::test]
 async fn a_heartbeat_interval_of_2_pow_63_seconds_is_held_to_an_hour() {
     let server = HostileServer::start(|request, _| {
         is(request, "POST", "/device/v1/heartbeat")

@@ -104,7 +104,7 @@ impl Agent {
     pub(crate) fn load_device_type(&self) {
         if let Ok(text) = std::fs::read_to_string(self.device_type_file()) {
             let known = text.trim();
-            if !known.is_empty() && known.len() <= 128 {
+            if tend_proto::device::is_device_type(known) {
                 self.client.assume_device_type(known.to_owned());
             }
         }

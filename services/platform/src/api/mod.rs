@@ -306,12 +306,7 @@ pub fn check_password(v: &str) -> Result<(), ApiError> {
 
 /// A device type is a token devices are grouped by (`kiosk`, `camera-v2`).
 pub fn check_device_type(v: &str) -> Result<(), ApiError> {
-    if v.is_empty()
-        || v.len() > 64
-        || !v
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    if !tend_proto::device::is_device_type(v) {
         return Err(unprocessable(
             "device_type must be 1 to 64 of letters, digits, '.', '_' and '-'",
         ));
