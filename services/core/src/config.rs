@@ -26,6 +26,7 @@ pub const ADMIN_TOKEN_PREVIOUS_KEYS: &str = "TEND_ADMIN_TOKEN_PREVIOUS_KEYS";
 pub const DEVICE_TOKEN_KEY: &str = "TEND_DEVICE_TOKEN_KEY";
 pub const DEVICE_TOKEN_PREVIOUS_KEYS: &str = "TEND_DEVICE_TOKEN_PREVIOUS_KEYS";
 pub const BOOTSTRAP_ADMIN: &str = "TEND_BOOTSTRAP_ADMIN";
+pub const TRUSTED_PROXIES: &str = "TEND_TRUSTED_PROXIES";
 pub const HEARTBEAT_S: &str = "TEND_HEARTBEAT_S";
 pub const SWEEP_INTERVAL_MS: &str = "TEND_SWEEP_INTERVAL_MS";
 pub const SHUTDOWN_GRACE_S: &str = "TEND_SHUTDOWN_GRACE_S";
@@ -119,6 +120,9 @@ pub struct Settings {
     /// ([`crate::signing::InstructionSigner::load`]); the other services
     /// never read it.
     pub signing_key_file: Option<std::path::PathBuf>,
+    /// Proxies whose `X-Forwarded-For` names the client (login throttling
+    /// and the audit log); none by default, so the peer is the client.
+    pub trusted_proxies: Vec<crate::http::Cidr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +250,20 @@ impl Settings {
             }
         };
 
+        let trusted_proxies = get(TRUSTED_PROXIES)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(|c| {
+                        c.parse()
+                            .map_err(|why| invalid(TRUSTED_PROXIES, format!("{c:?}: {why}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+
         let heartbeat_s = parse_u64(get(HEARTBEAT_S), HEARTBEAT_S, 30, 1, 3600)?;
         let sweep_ms = parse_u64(get(SWEEP_INTERVAL_MS), SWEEP_INTERVAL_MS, 5000, 50, 10_000)?;
         let grace_s = parse_u64(get(SHUTDOWN_GRACE_S), SHUTDOWN_GRACE_S, 20, 0, 3600)?;
@@ -288,6 +306,7 @@ impl Settings {
             signing_key_file: get(crate::signing::SIGNING_KEY_FILE)
                 .filter(|p| !p.trim().is_empty())
                 .map(std::path::PathBuf::from),
+            trusted_proxies,
         })
     }
 }

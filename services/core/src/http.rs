@@ -310,3 +310,150 @@ mod tests {
         assert_eq!(body_of(res).await["checks"]["draining"], "shutting down");
     }
 }
+
+/// An address block such as `10.0.0.0/8` or `fd00::/8`; a bare address is
+/// a block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<Cidr, &'static str> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let net: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| "expected an address or a block such as 10.0.0.0/8")?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or("the prefix length is out of range")?,
+        };
+        Ok(Cidr { net, bits })
+    }
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy,
+/// the nearest address in `X-Forwarded-For` that is not one (walking from
+/// the right, as each proxy appends the address it saw). An address the
+/// client wrote itself is never believed past an untrusted hop.
+pub fn client_address(req: &actix_web::HttpRequest, trusted: &[Cidr]) -> Option<std::net::IpAddr> {
+    let peer = req.peer_addr()?.ip();
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    let hops: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in hops.iter().rev() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !is_trusted(ip) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Some(client)
+}
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::*;
+
+    #[test]
+    fn blocks_contain_their_addresses_only() {
+        let c: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(c.contains("10.1.200.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one: Cidr = "192.0.2.7".parse().unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()));
+        assert!(!one.contains("192.0.2.8".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.1".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("nonsense".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_through_trusted_proxies() {
+        use actix_web::test::TestRequest;
+        let proxy: Vec<Cidr> = vec!["127.0.0.1".parse().unwrap()];
+        let req = |peer: &str, xff: &str| {
+            TestRequest::default()
+                .peer_addr(format!("{peer}:5000").parse().unwrap())
+                .insert_header(("x-forwarded-for", xff))
+                .to_http_request()
+        };
+        let ip = |s: &str| Some(s.parse().unwrap());
+        // Through the trusted proxy: the address it saw.
+        assert_eq!(
+            client_address(&req("127.0.0.1", "198.51.100.4"), &proxy),
+            ip("198.51.100.4")
+        );
+        // A client's own forged entry left of the real one is not believed.
+        assert_eq!(
+            client_address(&req("127.0.0.1", "10.9.9.9, 198.51.100.4"), &proxy),
+            ip("198.51.100.4")
+        );
+        // Not through a trusted proxy: the header is ignored.
+        assert_eq!(
+            client_address(&req("203.0.113.5", "198.51.100.4"), &proxy),
+            ip("203.0.113.5")
+        );
+        assert_eq!(
+            client_address(&req("127.0.0.1", "198.51.100.4"), &[]),
+            ip("127.0.0.1")
+        );
+        // Garbage stops the walk at the last good address.
+        assert_eq!(
+            client_address(&req("127.0.0.1", "junk"), &proxy),
+            ip("127.0.0.1")
+        );
+    }
+}

@@ -8,6 +8,7 @@
 
 mod api;
 mod caller;
+mod client;
 mod routes;
 mod signer;
 mod software;
@@ -90,6 +91,7 @@ impl Service for Platform {
             shutdown,
             store,
             settings.artifact_max_bytes,
+            settings.trusted_proxies.clone(),
         ));
         Ok(Platform {
             listener,

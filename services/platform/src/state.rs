@@ -24,6 +24,8 @@ pub(crate) struct State {
     pub store: ArtifactStore,
     /// The largest artifact an upload may bring.
     pub artifact_max_bytes: u64,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<tend_core::http::Cidr>,
 }
 
 pub(crate) type Shared = web::Data<State>;
@@ -36,6 +38,7 @@ impl State {
         shutdown: Shutdown,
         store: ArtifactStore,
         artifact_max_bytes: u64,
+        trusted_proxies: Vec<tend_core::http::Cidr>,
     ) -> State {
         State {
             pool,
@@ -47,6 +50,7 @@ impl State {
             shutdown,
             store,
             artifact_max_bytes,
+            trusted_proxies,
         }
     }
 

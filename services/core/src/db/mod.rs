@@ -5,6 +5,7 @@
 //! inside a transaction. Nothing outside this module writes SQL.
 
 pub mod artifacts;
+pub mod audit;
 pub mod commands;
 pub mod ddi;
 pub mod devices;
@@ -272,6 +273,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "signatures",
         include_str!("migrations/0005_signatures.sql"),
     ),
+    (6, "audit", include_str!("migrations/0006_audit.sql")),
 ];
 
 /// Key of the advisory lock that serializes migrations across processes.

@@ -6,7 +6,9 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, delete, get, post, web};
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use serde_json::json;
 use tend_core::auth::{self, Role};
+use tend_core::db::audit::{self, Target};
 use tend_core::db::devices::{self, Filter, Presence};
 use tend_core::db::{self, GenericClient};
 use tend_core::error::ApiError;
@@ -18,6 +20,7 @@ use crate::api::{
     NewDevices, check_device_type, check_labels, check_name,
 };
 use crate::caller::Caller;
+use crate::client::Client;
 use crate::state::Shared;
 
 /// Register a device
@@ -38,6 +41,7 @@ use crate::state::Shared;
 pub async fn create(
     state: Shared,
     caller: Caller,
+    client: Client,
     body: web::Json<NewDevice>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
@@ -46,9 +50,9 @@ pub async fn create(
     let secret = auth::new_device_secret();
     let hash = auth::hash_device_secret(&secret);
 
-    // Two rows (the device and its credentials): both or neither.
+    // The device, its credentials and the audit row: all or none.
     let device = db::in_tx(&state.pool, async |tx| {
-        devices::create(
+        let device = devices::create(
             tx,
             devices::NewDevice {
                 tenant_id: caller.tenant(),
@@ -58,7 +62,19 @@ pub async fn create(
                 secret_sha256: &hash,
             },
         )
-        .await
+        .await?;
+        let summary = json!({"name": device.name, "device_type": device.device_type});
+        audit::record(
+            tx,
+            &client.audit(
+                &caller,
+                "device.create",
+                Target::new("device", device.id),
+                summary,
+            ),
+        )
+        .await?;
+        Ok::<_, db::DbError>(device)
     })
     .await?;
     tracing::info!(device.id = %device.id, "registered device {} ({})", device.id, device.name);
