@@ -488,6 +488,12 @@ impl Stack {
         self.procs.iter().filter(|p| p.service == s).count()
     }
 
+    /// The process id of process `n` of a service while it runs, to read
+    /// its `/proc` entries.
+    pub fn pid(&self, s: Service, n: usize) -> Option<u32> {
+        self.proc(s, n).child.as_ref().map(Child::id)
+    }
+
     /// Whether process `n` of a service is running.
     pub fn is_running(&self, s: Service, n: usize) -> bool {
         self.proc(s, n).child.is_some()

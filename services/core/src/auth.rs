@@ -261,6 +261,8 @@ impl DeviceTokens {
 
 /// Hashes a password with argon2id and a random salt. Slow on purpose:
 /// call it from a blocking thread (`web::block`), not an async worker.
+/// It allocates argon2's working memory afresh: a service that hashes
+/// often uses [`hash_password_in`] with a [`HashMemory`] it keeps.
 pub fn hash_password(password: &str) -> String {
     Argon2::default()
         .hash_password(password.as_bytes())
@@ -269,7 +271,7 @@ pub fn hash_password(password: &str) -> String {
 }
 
 /// Checks a password against a stored hash. Slow on purpose, like
-/// [`hash_password`].
+/// [`hash_password`], and allocating like it.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|h| {
@@ -278,6 +280,97 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// argon2's working memory (19 MiB with the default parameters), kept by
+/// one hashing thread and reused for every hash it computes. Allocated
+/// afresh per hash on ever-changing threads, these blocks stay in the
+/// allocator's per-thread arenas and the process grows with every burst
+/// of logins; kept, the memory of password checks is fixed at one block
+/// set per hashing thread.
+pub struct HashMemory(Vec<argon2::Block>);
+
+impl HashMemory {
+    pub fn new() -> HashMemory {
+        HashMemory(vec![
+            argon2::Block::default();
+            argon2::Params::default().block_count()
+        ])
+    }
+
+    /// The first `blocks` blocks; grows (once, and for good) only for a
+    /// stored hash made with more memory than today's default.
+    fn blocks(&mut self, blocks: usize) -> &mut [argon2::Block] {
+        if self.0.len() < blocks {
+            self.0.resize(blocks, argon2::Block::default());
+        }
+        &mut self.0[..blocks]
+    }
+}
+
+impl Default for HashMemory {
+    fn default() -> HashMemory {
+        HashMemory::new()
+    }
+}
+
+/// [`hash_password`] in `memory`: the same PHC string, without allocating
+/// argon2's blocks.
+pub fn hash_password_in(memory: &mut HashMemory, password: &str) -> String {
+    use argon2::password_hash::phc::{Output, ParamsString, Salt};
+    let argon = Argon2::default();
+    let params = argon.params().clone();
+    let salt: [u8; 16] = rand::random();
+    let mut out = [0u8; argon2::Params::DEFAULT_OUTPUT_LEN];
+    argon
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            &salt,
+            &mut out,
+            memory.blocks(params.block_count()),
+        )
+        .expect("argon2 with default parameters and a 16-byte salt cannot fail");
+    PasswordHash {
+        algorithm: argon2::Algorithm::default().ident(),
+        version: Some(argon2::Version::default().into()),
+        params: ParamsString::try_from(&params).expect("default parameters serialize"),
+        salt: Some(Salt::new(&salt).expect("a 16-byte salt is valid")),
+        hash: Some(Output::new(&out).expect("a 32-byte output is valid")),
+    }
+    .to_string()
+}
+
+/// [`verify_password`] in `memory`: the parameters, salt and algorithm
+/// come from the stored hash; the comparison is constant-time.
+pub fn verify_password_in(memory: &mut HashMemory, password: &str, hash: &str) -> bool {
+    use argon2::password_hash::phc::Output;
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(h.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match h.version.map(argon2::Version::try_from) {
+        None => argon2::Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let Ok(params) = argon2::Params::try_from(&h) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let argon = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    if argon
+        .hash_password_into_with_memory(password.as_bytes(), &salt, &mut out, memory.blocks(blocks))
+        .is_err()
+    {
+        return false;
+    }
+    Output::new(&out).is_ok_and(|got| got == expected)
 }
 
 /// A hash of a password nobody knows, checked when a login names an unknown
@@ -458,6 +551,18 @@ mod tests {
         assert!(verify_password("correct horse", &h));
         assert!(!verify_password("wrong horse", &h));
         assert!(!verify_password("correct horse", "garbage"));
+
+        let mut memory = HashMemory::new();
+        let kept = hash_password_in(&mut memory, "correct horse");
+        assert!(
+            kept.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{kept}"
+        );
+        assert!(verify_password("correct horse", &kept));
+        assert!(verify_password_in(&mut memory, "correct horse", &kept));
+        assert!(verify_password_in(&mut memory, "correct horse", &h));
+        assert!(!verify_password_in(&mut memory, "wrong horse", &h));
+        assert!(!verify_password_in(&mut memory, "correct horse", "garbage"));
     }
 
     #[test]

@@ -9,10 +9,12 @@
 mod api;
 mod caller;
 mod client;
+mod hashing;
 mod routes;
 mod signer;
 mod software;
 mod state;
+mod throttle;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 
@@ -92,7 +94,19 @@ impl Service for Platform {
             store,
             settings.artifact_max_bytes,
             settings.trusted_proxies.clone(),
+            throttle::LoginThrottle::new(&settings.instance),
         ));
+        // Logins never wait for Redis: until it answers, and whenever it
+        // does not, each replica throttles by what it saw itself.
+        {
+            let state = state.clone();
+            let url = settings.redis_url.clone();
+            let tls = settings.tls.redis.clone();
+            let stop = state.shutdown.background();
+            tokio::spawn(async move {
+                state.throttle.connect(url.expose(), &tls, stop).await;
+            });
+        }
         Ok(Platform {
             listener,
             metrics,

@@ -1,5 +1,6 @@
 //! What every handler of the admin API can reach: the pool, the token
-//! keys, the bound on password hashing, and the process's shutdown.
+//! keys, the password hashing threads and login throttle, and the
+//! process's shutdown.
 
 use actix_web::web;
 use tend_core::auth::AdminTokens;
@@ -14,10 +15,11 @@ pub(crate) struct State {
     pub tokens: AdminTokens,
     /// Signs every command when it is queued.
     pub signer: InstructionSigner,
-    /// Bounds concurrent argon2 work. Each hash takes about 19 MiB and a
-    /// core for tens of milliseconds; unbounded, a flood of logins would
-    /// exhaust memory. Two per core keeps the cores busy and no more.
-    pub hashing: tokio::sync::Semaphore,
+    /// Where argon2 work runs: one thread per core, each reusing its own
+    /// 19 MiB of working memory ([`crate::hashing`]).
+    pub hashers: crate::hashing::Hashers,
+    /// Failed logins per username and address ([`crate::throttle`]).
+    pub throttle: crate::throttle::LoginThrottle,
     /// `/readyz` answers 503 once the drain has begun.
     pub shutdown: Shutdown,
     /// Where uploads go.
@@ -31,6 +33,10 @@ pub(crate) struct State {
 pub(crate) type Shared = web::Data<State>;
 
 impl State {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one part of the state, built once at startup"
+    )]
     pub fn new(
         pool: Pool,
         tokens: AdminTokens,
@@ -39,14 +45,14 @@ impl State {
         store: ArtifactStore,
         artifact_max_bytes: u64,
         trusted_proxies: Vec<tend_core::http::Cidr>,
+        throttle: crate::throttle::LoginThrottle,
     ) -> State {
         State {
             pool,
             tokens,
             signer,
-            hashing: tokio::sync::Semaphore::new(
-                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            hashers: crate::hashing::Hashers::per_core(),
+            throttle,
             shutdown,
             store,
             artifact_max_bytes,
@@ -54,20 +60,12 @@ impl State {
         }
     }
 
-    /// Runs argon2 work on a blocking thread, at most a few at a time; 503
-    /// when the queue does not move within a few seconds.
+    /// Runs argon2 work on a hashing thread, with that thread's memory;
+    /// 503 when no thread is free within a few seconds.
     pub async fn hash_work<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&mut tend_core::auth::HashMemory) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        let wait = std::time::Duration::from_secs(5);
-        let _permit = tokio::time::timeout(wait, self.hashing.acquire())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| {
-                ApiError::Unavailable("too many password checks at once; try again shortly".into())
-            })?;
-        Ok(web::block(work).await?)
+        self.hashers.run(work).await
     }
 }

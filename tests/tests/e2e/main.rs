@@ -10,6 +10,7 @@ mod isolation;
 mod latency;
 mod lifecycle;
 mod log_query;
+mod login;
 mod longpoll;
 mod observability;
 mod rauc_hawkbit;

@@ -36,7 +36,7 @@ pub async fn create(
     check_password(&body.admin.password)?;
     let password = body.admin.password;
     let hash = state
-        .hash_work(move || auth::hash_password(&password))
+        .hash_work(move |m| auth::hash_password_in(m, &password))
         .await?;
 
     let tenant = db::in_tx(&state.pool, async |tx| {

@@ -36,7 +36,7 @@ pub async fn create(
     check_password(&body.password)?;
     let password = body.password;
     let hash = state
-        .hash_work(move || auth::hash_password(&password))
+        .hash_work(move |m| auth::hash_password_in(m, &password))
         .await?;
 
     let user = db::with_client(&state.pool, async |client| {
