@@ -12,6 +12,7 @@ use crate::state::Shared;
 ///
 /// Trades a username and password for a short-lived access token.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["anyone"]))),
     tag = "auth",
     request_body = Login,
     responses(
