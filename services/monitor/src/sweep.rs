@@ -1,5 +1,6 @@
-//! The periodic command sweeps: commands past their deadlines, commands
-//! still waiting to be announced again, and the outbox gauges.
+//! The periodic sweeps: commands past their deadlines, commands still
+//! waiting to be announced again, the outbox gauges, and audit rows past
+//! their retention.
 //!
 //! The sweeps lock their rows with `SKIP LOCKED`, so every replica runs
 //! them every tick without doing the same work twice. Presence has a loop

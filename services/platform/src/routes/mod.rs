@@ -202,6 +202,7 @@ mod tests {
             ("/api/v1/artifacts/{id}/denylist/{device_id}", "get"),
             ("/api/v1/artifacts/{id}/denylist/{device_id}", "put"),
             ("/api/v1/artifacts/{id}/denylist/{device_id}", "delete"),
+            ("/api/v1/audit", "get"),
         ] {
             assert!(
                 paths.get(path).and_then(|p| p.get(method)).is_some(),
