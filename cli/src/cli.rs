@@ -94,6 +94,14 @@ pub enum Cmd {
     // version flag of its own.
     #[command(disable_version_flag = true)]
     Restore(RestoreArgs),
+    /// Read the tenant's audit log, newest first (admins only)
+    ///
+    /// Who did what to which object, from which address and when. Filters:
+    /// --actor (a user id or username), --action (exact, such as
+    /// device.create, or every action of a type with a trailing dot:
+    /// device.), --target (an object's id), --since (inclusive) and --until
+    /// (exclusive), RFC 3339 times.
+    Audit(AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +152,27 @@ pub struct DeviceListArgs {
     /// Only devices with this label, repeatable (all must match)
     #[arg(long = "label", value_name = "KEY:VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// A user id, or a username as it was when they acted
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// An action (device.create), or a type's actions (device.)
+    #[arg(long)]
+    pub action: Option<String>,
+    /// The id of the object acted on
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Rows at or after this RFC 3339 time
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Rows before this RFC 3339 time
+    #[arg(long)]
+    pub until: Option<String>,
     #[command(flatten)]
     pub page: PageArgs,
 }

@@ -212,6 +212,25 @@ pub fn commands(items: &[Value]) -> String {
     t.render()
 }
 
+pub fn audit(items: &[Value]) -> String {
+    let mut t = Table::new(&["AT", "ACTOR", "ACTION", "TARGET", "ADDRESS", "SUMMARY"]);
+    for r in items {
+        t.row(vec![
+            cell(&r["at"]),
+            cell(&r["actor"]["username"]),
+            cell(&r["action"]),
+            format!(
+                "{} {}",
+                cell(&r["target"]["type"]),
+                cell(&r["target"]["id"])
+            ),
+            cell(&r["address"]),
+            compact(&r["summary"]),
+        ]);
+    }
+    t.render()
+}
+
 /// A command's output in `show`: enough to see what happened; the rest is
 /// one `--json` away (or `tendctl logs` for a log query).
 const OUTPUT_LINES: usize = 20;

@@ -3,6 +3,7 @@
 
 mod actions;
 mod artifacts;
+mod audit;
 mod devices;
 mod history;
 mod session;
@@ -28,6 +29,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<Exit, Failure> {
         Cmd::Artifacts(c) => artifacts::run(ctx, c).await,
         Cmd::Upgrade(a) => actions::upgrade(ctx, a).await,
         Cmd::Restore(a) => actions::restore(ctx, a).await,
+        Cmd::Audit(a) => audit::run(ctx, a).await,
     }
 }
 

@@ -30,6 +30,7 @@ pub const TRUSTED_PROXIES: &str = "TEND_TRUSTED_PROXIES";
 pub const HEARTBEAT_S: &str = "TEND_HEARTBEAT_S";
 pub const SWEEP_INTERVAL_MS: &str = "TEND_SWEEP_INTERVAL_MS";
 pub const SHUTDOWN_GRACE_S: &str = "TEND_SHUTDOWN_GRACE_S";
+pub const AUDIT_RETENTION_DAYS: &str = "TEND_AUDIT_RETENTION_DAYS";
 pub const ARTIFACT_STORE: &str = "TEND_ARTIFACT_STORE";
 pub const ARTIFACT_MAX_BYTES: &str = "TEND_ARTIFACT_MAX_BYTES";
 pub const DOWNLOADS_MAX: &str = "TEND_DOWNLOADS_MAX";
@@ -123,6 +124,9 @@ pub struct Settings {
     /// Proxies whose `X-Forwarded-For` names the client (login throttling
     /// and the audit log); none by default, so the peer is the client.
     pub trusted_proxies: Vec<crate::http::Cidr>,
+    /// How long audit rows are kept (`TEND_AUDIT_RETENTION_DAYS`, default
+    /// 365, at least 1); the monitor sweeps older ones.
+    pub audit_retention_days: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +271,14 @@ impl Settings {
         let heartbeat_s = parse_u64(get(HEARTBEAT_S), HEARTBEAT_S, 30, 1, 3600)?;
         let sweep_ms = parse_u64(get(SWEEP_INTERVAL_MS), SWEEP_INTERVAL_MS, 5000, 50, 10_000)?;
         let grace_s = parse_u64(get(SHUTDOWN_GRACE_S), SHUTDOWN_GRACE_S, 20, 0, 3600)?;
+        // A hundred years: beyond it, "keep forever" is what is meant.
+        let audit_days = parse_u64(
+            get(AUDIT_RETENTION_DAYS),
+            AUDIT_RETENTION_DAYS,
+            365,
+            1,
+            36_500,
+        )?;
 
         let artifact_store = get(ARTIFACT_STORE)
             .unwrap_or(DEFAULT_ARTIFACT_STORE)
@@ -307,6 +319,7 @@ impl Settings {
                 .filter(|p| !p.trim().is_empty())
                 .map(std::path::PathBuf::from),
             trusted_proxies,
+            audit_retention_days: audit_days as u32,
         })
     }
 }

@@ -76,6 +76,12 @@ impl Service for Monitor {
 
         let pool = db::connect(settings.database_url.expose(), &settings.tls.postgres).await?;
         db::migrate(&pool).await?;
+        {
+            let client = pool.get().await.context("setting the audit retention")?;
+            db::audit::set_retention(&client, settings.audit_retention_days)
+                .await
+                .context("setting the audit retention")?;
+        }
         let live = Live::connect(
             settings.redis_url.expose(),
             &settings.tls.redis,

@@ -1,5 +1,6 @@
-//! The periodic command sweeps: commands past their deadlines, commands
-//! still waiting to be announced again, and the outbox gauges.
+//! The periodic sweeps: commands past their deadlines, commands still
+//! waiting to be announced again, the outbox gauges, and audit rows past
+//! their retention.
 //!
 //! The sweeps lock their rows with `SKIP LOCKED`, so every replica runs
 //! them every tick without doing the same work twice. Presence has a loop
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tend_core::db::commands::{self, SWEEP_BATCH};
-use tend_core::db::{self, Pool, devices, outbox};
+use tend_core::db::{self, Pool, audit, devices, outbox};
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::AmqpStatus;
@@ -28,6 +29,10 @@ const REANNOUNCE_AFTER_BEATS: u32 = 2;
 /// seconds gains nothing from fresher counts.
 const FLEET_GAUGES_EVERY: Duration = Duration::from_secs(15);
 
+/// Audit rows deleted per transaction: small enough that a year of backlog
+/// never holds locks for long.
+const AUDIT_SWEEP_BATCH: i64 = 1000;
+
 pub(crate) struct Sweeper {
     pool: Pool,
     interval: Duration,
@@ -36,6 +41,7 @@ pub(crate) struct Sweeper {
     amqp: AmqpStatus,
     commands_outage: Outage,
     backlog_outage: Outage,
+    audit_outage: Outage,
     /// When the fleet gauges were last counted.
     fleet_gauges_at: Option<std::time::Instant>,
 }
@@ -54,6 +60,7 @@ impl Sweeper {
             amqp,
             commands_outage: Outage::new("command sweeps"),
             backlog_outage: Outage::new("outbox backlog and fleet gauges"),
+            audit_outage: Outage::new("audit retention sweep"),
             fleet_gauges_at: None,
         }
     }
@@ -82,6 +89,34 @@ impl Sweeper {
             Ok(()) => self.backlog_outage.recovered(),
             Err(e) => self.backlog_outage.failed(&e),
         };
+        match self.sweep_audit().await {
+            Ok(()) => self.audit_outage.recovered(),
+            Err(e) => self.audit_outage.failed(&e),
+        };
+    }
+
+    /// Deletes audit rows past the retention period the database holds
+    /// (set from `TEND_AUDIT_RETENTION_DAYS` at start). One replica at a
+    /// time: the others find the advisory lock taken and skip their turn.
+    async fn sweep_audit(&self) -> anyhow::Result<()> {
+        let mut client = self.pool.get().await.context("audit: PostgreSQL pool")?;
+        let mut total = 0;
+        loop {
+            let n = audit::sweep(&mut client, AUDIT_SWEEP_BATCH)
+                .await
+                .context("audit: deleting expired rows")?;
+            total += n;
+            if n < AUDIT_SWEEP_BATCH as u64 {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(
+                count = total,
+                "{total} audit rows past their retention deleted"
+            );
+        }
+        Ok(())
     }
 
     async fn sweep_commands(&self) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! RabbitMQ, each test with its own database and instance prefix.
 
 mod artifacts;
+mod audit;
 mod bulk;
 mod ddi;
 mod hostile;
@@ -15,6 +16,7 @@ mod longpoll;
 mod observability;
 mod rauc_hawkbit;
 mod resilience;
+mod routes;
 mod signing;
 mod software;
 mod store;

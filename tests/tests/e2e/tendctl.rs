@@ -604,3 +604,37 @@ async fn an_unreachable_server_exits_4() {
         "{r:?}"
     );
 }
+
+#[tokio::test]
+async fn tendctl_audit_reads_the_log_with_the_apis_filters() {
+    let stack = Stack::start().await;
+    let ctl = Tendctl::new(&stack.dir.path().join("tendctl"));
+    ctl.login(&stack).await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+    stack
+        .queue(&admin, device.id, serde_json::json!({ "kind": "reboot" }))
+        .await;
+
+    let r = ctl.run(&["audit", "--action", "device."]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("device.create"), "{r:?}");
+    assert!(r.stdout.contains(&device.id.to_string()), "{r:?}");
+    assert!(!r.stdout.contains("command.create"), "{r:?}");
+
+    let r = ctl
+        .run(&["--json", "audit", "--actor", ADMIN_USER, "--all"])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let page = r.json();
+    let actions: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["command.create", "device.create"], "{r:?}");
+
+    let r = ctl.run(&["audit", "--since", "yesterday"]).await;
+    assert_eq!(r.code, 3, "an invalid filter is the API's refusal: {r:?}");
+}

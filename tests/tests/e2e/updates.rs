@@ -241,6 +241,22 @@ async fn an_upgrade_that_rolled_back_denies_the_artifact_to_the_device() {
     let shown = stack.command(&admin, command.parse().unwrap()).await;
     assert_eq!(shown["result"]["detail"]["rolled_back"], true);
     assert_eq!(shown["result"]["detail"]["running_version"], "1.0.0");
+    // The audit log names no actor: tend did it, on the device's report.
+    let (status, log) = stack.get(&admin, "/audit?action=denylist.add").await;
+    assert_eq!(status, 200, "{log}");
+    let row = &log["items"][0];
+    assert_eq!(
+        row["actor"],
+        json!({ "id": null, "username": null }),
+        "{log}"
+    );
+    assert_eq!(
+        row["target"],
+        json!({ "type": "artifact", "id": &id }),
+        "{log}"
+    );
+    assert_eq!(row["summary"]["device_id"], device.id.to_string(), "{log}");
+    assert_eq!(row["summary"]["automatic"], true, "{log}");
 
     let (_, v) = check(&stack, &token, json!({ "app": "1.0.0" })).await;
     assert_eq!(v["pending"], false, "{v}");

@@ -640,15 +640,24 @@ async fn deny_rolled_back(c: &impl GenericClient, cmd: &Command, report: &Report
     if reason.chars().count() > 1000 {
         reason = reason.chars().take(999).chain(['…']).collect();
     }
+    // Its audit row has no actor: tend did it, on the device's report.
     let stmt = c
         .prepare_cached(
-            "INSERT INTO artifact_denylist (artifact_id, device_id, reason)
-             SELECT artifact_id, device_id, $2 FROM commands
-             WHERE id = $1 AND artifact_id IS NOT NULL
-             ON CONFLICT (artifact_id, device_id) DO NOTHING",
+            "WITH added AS (
+                 INSERT INTO artifact_denylist (artifact_id, device_id, reason)
+                 SELECT artifact_id, device_id, $2 FROM commands
+                 WHERE id = $1 AND artifact_id IS NOT NULL
+                 ON CONFLICT (artifact_id, device_id) DO NOTHING
+                 RETURNING artifact_id, device_id)
+             INSERT INTO audit_log (tenant_id, action, target_type, target_id, summary)
+             SELECT $3, 'denylist.add', 'artifact', artifact_id::text,
+                    jsonb_build_object('device_id', device_id, 'reason', $2::text,
+                                       'automatic', true, 'command_id', $1::uuid)
+             FROM added",
         )
         .await?;
-    c.execute(&stmt, &[&cmd.id, &reason]).await?;
+    c.execute(&stmt, &[&cmd.id, &reason, &cmd.tenant_id])
+        .await?;
     Ok(())
 }
 

@@ -274,6 +274,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0005_signatures.sql"),
     ),
     (6, "audit", include_str!("migrations/0006_audit.sql")),
+    (
+        8,
+        "audit_guard",
+        include_str!("migrations/0008_audit_guard.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations across processes.

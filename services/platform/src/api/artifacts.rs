@@ -14,6 +14,7 @@ pub const MAX_DEVICE_TYPES: usize = 64;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"component": "firmware", "version": "1.2.0", "device_types": ["kiosk"]}))]
 pub struct NewArtifact {
     /// The component it installs, as the agent's `[components.NAME]` names
     /// it (`agent` for the agent itself): 1 to 64 of letters, digits, `.`,
@@ -38,6 +39,7 @@ pub struct NewArtifact {
 /// `PATCH /artifacts/{id}`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"released": false}))]
 pub struct ArtifactPatch {
     /// A released artifact is offered at every update check of a device of
     /// a listed type that runs an older version.
@@ -89,6 +91,7 @@ pub struct ArtifactList {
 /// `PUT /artifacts/{id}/denylist/{device_id}`.
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "crashes on this hardware"}))]
 pub struct DenyBody {
     /// Why the device must not get this artifact (at most 1000 characters).
     pub reason: Option<String>,

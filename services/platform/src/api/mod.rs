@@ -21,6 +21,7 @@ pub use self::artifacts::*;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "jane", "password": "a-long-unusual-passphrase-7"}))]
 pub struct Login {
     pub username: String,
     pub password: String,
@@ -37,6 +38,7 @@ pub struct AccessToken {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "acme", "admin": {"username": "acme-admin", "password": "a-long-unusual-passphrase-7"}}))]
 pub struct NewTenant {
     pub name: String,
     /// The tenant's first admin.
@@ -59,6 +61,7 @@ pub struct TenantOut {
 /// `POST /gateway-tokens`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "gateway"}))]
 pub struct NewGatewayToken {
     /// What the token is for (a site, a gateway); "gateway" if not given.
     pub name: Option<String>,
@@ -94,6 +97,7 @@ pub struct GatewayTokenList {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"username": "jane", "password": "a-long-unusual-passphrase-7", "role": "operator"}))]
 pub struct NewUser {
     pub username: String,
     pub password: String,
@@ -111,6 +115,7 @@ pub struct UserOut {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "kiosk-17", "device_type": "kiosk", "labels": {"site": "station-3"}}))]
 pub struct NewDevice {
     pub name: String,
     pub device_type: String,
@@ -175,6 +180,7 @@ pub const MAX_BULK_DEVICES: usize = 1000;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"devices": [{"name": "kiosk-18", "device_type": "kiosk"}]}))]
 pub struct NewDevices {
     /// 1 to 1000 devices, each as for `POST /devices`.
     pub devices: Vec<NewDevice>,
@@ -194,6 +200,7 @@ pub struct DeviceList {
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "reboot", "params": {}}))]
 pub struct NewCommand {
     /// `reboot`, `shutdown`, `log_query`, `upgrade` or `restore`.
     pub kind: String,

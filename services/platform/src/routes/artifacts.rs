@@ -4,8 +4,10 @@
 
 use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, put, web};
 use serde::Deserialize;
+use serde_json::json;
 use tend_core::auth::Role;
 use tend_core::db::artifacts::{self, ArtifactStatus, Completed, Delete, Filter};
+use tend_core::db::audit::{self, Target};
 use tend_core::db::{self, GenericClient, devices};
 use tend_core::error::ApiError;
 use utoipa::IntoParams;
@@ -18,6 +20,7 @@ use crate::api::{
     NewArtifact, check_new_artifact, check_reason,
 };
 use crate::caller::Caller;
+use crate::client::Client;
 use crate::state::Shared;
 
 /// Create an artifact
@@ -26,6 +29,7 @@ use crate::state::Shared;
 /// `PUT /artifacts/{id}/content`. A `sha256` or `size` given here is what
 /// the upload must match. Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "artifacts",
     request_body = NewArtifact,
     security(("bearer" = [])),
@@ -39,6 +43,7 @@ use crate::state::Shared;
 pub async fn create(
     state: Shared,
     caller: Caller,
+    client: Client,
     body: web::Json<NewArtifact>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
@@ -52,9 +57,9 @@ pub async fn create(
             state.artifact_max_bytes
         )));
     }
-    let artifact = db::with_client(&state.pool, async |client| {
-        artifacts::create(
-            client,
+    let artifact = db::in_tx(&state.pool, async |tx| {
+        let artifact = artifacts::create(
+            tx,
             artifacts::NewArtifact {
                 tenant_id: caller.tenant(),
                 component: &body.component,
@@ -66,7 +71,20 @@ pub async fn create(
                 created_by: caller.user(),
             },
         )
-        .await
+        .await?;
+        let summary = json!({
+            "component": artifact.component,
+            "version": artifact.version,
+            "device_types": artifact.device_types,
+        });
+        let entry = client.audit(
+            &caller,
+            "artifact.create",
+            Target::new("artifact", artifact.id),
+            summary,
+        );
+        audit::record(tx, &entry).await?;
+        Ok::<_, db::DbError>(artifact)
     })
     .await?;
     tracing::info!(artifact.id = %artifact.id, component = %artifact.component,
@@ -84,6 +102,7 @@ pub async fn create(
 /// upload completed the artifact is `ready`, and another upload is a 409.
 /// Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "artifacts",
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -103,6 +122,7 @@ pub async fn create(
 pub async fn upload(
     state: Shared,
     caller: Caller,
+    client: Client,
     id: web::Path<Uuid>,
     req: HttpRequest,
     body: web::Payload,
@@ -140,8 +160,20 @@ pub async fn upload(
         discard(&state, &key).await;
         return Err(ApiError::Unprocessable(format!("{why}; nothing was kept")));
     }
-    let completed = db::with_client(&state.pool, async |client| {
-        artifacts::complete_upload(client, caller.tenant(), artifact.id, &key, &stored).await
+    let completed = db::in_tx(&state.pool, async |tx| {
+        let completed =
+            artifacts::complete_upload(tx, caller.tenant(), artifact.id, &key, &stored).await?;
+        if let Completed::Ready(artifact) = &completed {
+            let summary = json!({"size": stored.size, "sha256": stored.sha256});
+            let entry = client.audit(
+                &caller,
+                "artifact.upload",
+                Target::new("artifact", artifact.id),
+                summary,
+            );
+            audit::record(tx, &entry).await?;
+        }
+        Ok::<_, db::DbError>(completed)
     })
     .await;
     match completed {
@@ -193,6 +225,7 @@ pub struct ArtifactQuery {
 ///
 /// Newest first; filters `component` and `device_type`.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
     tag = "artifacts",
     security(("bearer" = [])),
     params(ArtifactQuery),
@@ -225,6 +258,7 @@ pub async fn list(
 
 /// Show an artifact
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
     tag = "artifacts",
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -249,6 +283,7 @@ pub async fn get(
 /// device on its denylist). Only a `ready` artifact can be released.
 /// Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "artifacts",
     request_body = ArtifactPatch,
     security(("bearer" = [])),
@@ -264,6 +299,7 @@ pub async fn get(
 pub async fn update(
     state: Shared,
     caller: Caller,
+    client: Client,
     id: web::Path<Uuid>,
     body: web::Json<ArtifactPatch>,
 ) -> Result<HttpResponse, ApiError> {
@@ -276,9 +312,23 @@ pub async fn update(
                 "upload the artifact's bytes before releasing it".into(),
             ));
         }
-        artifacts::set_released(tx, caller.tenant(), artifact.id, released)
+        let artifact = artifacts::set_released(tx, caller.tenant(), artifact.id, released)
             .await?
-            .ok_or_else(no_such_artifact)
+            .ok_or_else(no_such_artifact)?;
+        let action = if released {
+            "artifact.release"
+        } else {
+            "artifact.withdraw"
+        };
+        let summary = json!({"component": artifact.component, "version": artifact.version});
+        let entry = client.audit(
+            &caller,
+            action,
+            Target::new("artifact", artifact.id),
+            summary,
+        );
+        audit::record(tx, &entry).await?;
+        Ok::<_, ApiError>(artifact)
     })
     .await?;
     tracing::info!(artifact.id = %artifact.id, released,
@@ -291,6 +341,7 @@ pub async fn update(
 /// Deletes the artifact and its bytes. Commands that used it keep their
 /// history. Refused while an open command uses it. Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "artifacts",
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -305,11 +356,22 @@ pub async fn update(
 pub async fn remove(
     state: Shared,
     caller: Caller,
+    client: Client,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
     let deleted = db::in_tx(&state.pool, async |tx| {
-        artifacts::delete(tx, caller.tenant(), *id).await
+        let deleted = artifacts::delete(tx, caller.tenant(), *id).await?;
+        if let Delete::Deleted(_) = &deleted {
+            let entry = client.audit(
+                &caller,
+                "artifact.delete",
+                Target::new("artifact", *id),
+                json!({}),
+            );
+            audit::record(tx, &entry).await?;
+        }
+        Ok::<_, db::DbError>(deleted)
     })
     .await?;
     match deleted {
@@ -331,6 +393,7 @@ pub async fn remove(
 ///
 /// The devices this artifact is never offered or sent to, newest first.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
     tag = "artifacts",
     security(("bearer" = [])),
     params(("id" = Uuid, Path), PageQuery),
@@ -360,6 +423,7 @@ pub async fn denylist(
 
 /// Show a denylist entry
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
     tag = "artifacts",
     security(("bearer" = [])),
     params(("id" = Uuid, Path), ("device_id" = Uuid, Path)),
@@ -392,6 +456,7 @@ pub async fn denylist_entry(
 /// device was already on the denylist (the entry is unchanged). Admins
 /// only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "artifacts",
     request_body = DenyBody,
     security(("bearer" = [])),
@@ -408,6 +473,7 @@ pub async fn denylist_entry(
 pub async fn deny(
     state: Shared,
     caller: Caller,
+    client: Client,
     ids: web::Path<(Uuid, Uuid)>,
     body: Option<web::Json<DenyBody>>,
 ) -> Result<HttpResponse, ApiError> {
@@ -415,18 +481,28 @@ pub async fn deny(
     let (id, device_id) = ids.into_inner();
     let body = body.map(web::Json::into_inner).unwrap_or_default();
     check_reason(body.reason.as_deref())?;
-    let (entry, added) = db::with_client(&state.pool, async |client| {
-        let (artifact, device) = find_pair(client, &caller, id, device_id).await?;
-        Ok::<_, ApiError>(
-            artifacts::deny(
-                client,
-                artifact,
-                device,
-                body.reason.as_deref(),
-                Some(caller.user()),
-            )
-            .await?,
+    // A device already on the denylist changes nothing, so leaves no row.
+    let (entry, added) = db::in_tx(&state.pool, async |tx| {
+        let (artifact, device) = find_pair(tx, &caller, id, device_id).await?;
+        let (entry, added) = artifacts::deny(
+            tx,
+            artifact,
+            device,
+            body.reason.as_deref(),
+            Some(caller.user()),
         )
+        .await?;
+        if added {
+            let summary = json!({"device_id": device, "reason": body.reason});
+            let row = client.audit(
+                &caller,
+                "denylist.add",
+                Target::new("artifact", artifact),
+                summary,
+            );
+            audit::record(tx, &row).await?;
+        }
+        Ok::<_, ApiError>((entry, added))
     })
     .await?;
     if added {
@@ -440,6 +516,7 @@ pub async fn deny(
 
 /// Allow an artifact to a device again
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "artifacts",
     security(("bearer" = [])),
     params(("id" = Uuid, Path), ("device_id" = Uuid, Path)),
@@ -453,13 +530,24 @@ pub async fn deny(
 pub async fn allow(
     state: Shared,
     caller: Caller,
+    client: Client,
     ids: web::Path<(Uuid, Uuid)>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
     let (id, device_id) = ids.into_inner();
-    let removed = db::with_client(&state.pool, async |client| {
-        let (artifact, device) = find_pair(client, &caller, id, device_id).await?;
-        Ok::<_, ApiError>(artifacts::allow(client, artifact, device).await?)
+    let removed = db::in_tx(&state.pool, async |tx| {
+        let (artifact, device) = find_pair(tx, &caller, id, device_id).await?;
+        let removed = artifacts::allow(tx, artifact, device).await?;
+        if removed {
+            let entry = client.audit(
+                &caller,
+                "denylist.remove",
+                Target::new("artifact", artifact),
+                json!({"device_id": device}),
+            );
+            audit::record(tx, &entry).await?;
+        }
+        Ok::<_, ApiError>(removed)
     })
     .await?;
     if !removed {

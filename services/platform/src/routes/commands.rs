@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, get, post, web};
 use serde_json::Value;
 use tend_core::auth::Role;
 use tend_core::db;
+use tend_core::db::audit::{self, Target};
 use tend_core::db::commands::{self, Cancel};
 use tend_core::error::ApiError;
 use tend_core::http;
@@ -16,6 +17,7 @@ use crate::api::{
     MAX_TIMEOUT_S, NewCommand, check_command, check_seconds,
 };
 use crate::caller::Caller;
+use crate::client::Client;
 use crate::software;
 use crate::state::Shared;
 use tend_core::db::devices;
@@ -29,6 +31,7 @@ use tend_core::db::devices;
 /// and `until` are inclusive RFC 3339 times; `pattern` a regular
 /// expression; `max_lines` 1 to 10000, default 1000). Admins and operators.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator"]))),
     tag = "commands",
     request_body = NewCommand,
     security(("bearer" = [])),
@@ -44,6 +47,7 @@ use tend_core::db::devices;
 pub async fn create(
     state: Shared,
     caller: Caller,
+    client: Client,
     id: web::Path<Uuid>,
     body: web::Json<NewCommand>,
     req: actix_web::HttpRequest,
@@ -102,6 +106,14 @@ pub async fn create(
             )),
             _ => e.into(),
         })?;
+        let summary = serde_json::json!({"device_id": device.id, "kind": command.kind});
+        let entry = client.audit(
+            &caller,
+            "command.create",
+            Target::new("command", command.id),
+            summary,
+        );
+        audit::record(tx, &entry).await?;
         Ok::<_, ApiError>((device, command))
     })
     .await;
@@ -117,6 +129,7 @@ pub async fn create(
 ///
 /// Newest first.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
     tag = "commands",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The device"), PageQuery),
@@ -148,6 +161,7 @@ pub async fn list_for_device(
 
 /// Show a command
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
     tag = "commands",
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -171,6 +185,7 @@ pub async fn get(
 /// The `output` of the command's result as plain text (a log query's
 /// matching lines, say), for files too large to read inside JSON.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
     tag = "commands",
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -206,6 +221,7 @@ pub async fn output(
 /// Cancels a command that is still `queued`. Once the device has received
 /// it, cancelling is a 409. Admins and operators.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator"]))),
     tag = "commands",
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -220,11 +236,23 @@ pub async fn output(
 pub async fn cancel(
     state: Shared,
     caller: Caller,
+    client: Client,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin, Role::Operator])?;
     let outcome = db::in_tx(&state.pool, async |tx| {
-        commands::cancel(tx, caller.tenant(), *id).await
+        let outcome = commands::cancel(tx, caller.tenant(), *id).await?;
+        if let Cancel::Cancelled(command) = &outcome {
+            let summary = serde_json::json!({"device_id": command.device_id, "kind": command.kind});
+            let entry = client.audit(
+                &caller,
+                "command.cancel",
+                Target::new("command", command.id),
+                summary,
+            );
+            audit::record(tx, &entry).await?;
+        }
+        Ok::<_, db::DbError>(outcome)
     })
     .await?;
     match outcome {

@@ -28,6 +28,7 @@ use crate::state::Shared;
 /// Creates a device and its credentials. The secret is in this answer only:
 /// the platform keeps its hash. Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "devices",
     request_body = NewDevice,
     security(("bearer" = [])),
@@ -94,6 +95,7 @@ pub async fn create(
 /// `POST /devices`; the answer lists them with their secrets, shown once,
 /// in the order of the request. The body may be up to 4 MiB. Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "devices",
     request_body = NewDevices,
     security(("bearer" = [])),
@@ -108,6 +110,7 @@ pub async fn create(
 pub async fn create_bulk(
     state: Shared,
     caller: Caller,
+    client: Client,
     body: BulkJson<NewDevices>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
@@ -148,7 +151,28 @@ pub async fn create_bulk(
         })
         .collect();
 
-    let created = db::in_tx(&state.pool, async |tx| devices::create_many(tx, &new).await).await?;
+    // One `device.create` row per device, as for `POST /devices`, so a
+    // device's history reads the same however it was registered.
+    let created = db::in_tx(&state.pool, async |tx| {
+        let created = devices::create_many(tx, &new).await?;
+        for device in &created {
+            let summary = json!({
+                "name": device.name, "device_type": device.device_type, "bulk": true,
+            });
+            audit::record(
+                tx,
+                &client.audit(
+                    &caller,
+                    "device.create",
+                    Target::new("device", device.id),
+                    summary,
+                ),
+            )
+            .await?;
+        }
+        Ok::<_, db::DbError>(created)
+    })
+    .await?;
     tracing::info!(
         devices = created.len(),
         "registered {} devices in bulk",
@@ -207,6 +231,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for BulkJson<T> {
 /// (repeatable; all must match) and `component=NAME:VERSION`. Pages with `limit` (1 to 500, default 50)
 /// and `cursor` (the previous page's `next_cursor`).
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
     tag = "devices",
     security(("bearer" = [])),
     params(
@@ -281,6 +306,7 @@ pub async fn list(
 
 /// Show a device
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
     tag = "devices",
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -306,6 +332,7 @@ pub async fn get(
 /// server within seconds, and cancels its queued commands. Its command
 /// history is kept. Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "devices",
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -319,11 +346,22 @@ pub async fn get(
 pub async fn decommission(
     state: Shared,
     caller: Caller,
+    client: Client,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
     let found = db::in_tx(&state.pool, async |tx| {
-        devices::decommission(tx, caller.tenant(), *id).await
+        let found = devices::decommission(tx, caller.tenant(), *id).await?;
+        if found {
+            let entry = client.audit(
+                &caller,
+                "device.delete",
+                Target::new("device", *id),
+                json!({}),
+            );
+            audit::record(tx, &entry).await?;
+        }
+        Ok::<_, db::DbError>(found)
     })
     .await?;
     if !found {

@@ -5,19 +5,23 @@
 //! seconds.
 
 use actix_web::{HttpResponse, delete, get, post, web};
+use serde_json::json;
 use tend_core::auth::{self, Role};
+use tend_core::db::audit::{self, Target};
 use tend_core::db::{self, ddi};
 use tend_core::error::ApiError;
 use uuid::Uuid;
 
 use crate::api::{GatewayTokenList, GatewayTokenOut, NewGatewayToken, check_name};
 use crate::caller::Caller;
+use crate::client::Client;
 use crate::state::Shared;
 
 /// Create a gateway token
 ///
 /// The token is in this answer only; tend keeps its hash. Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "gateway-tokens",
     request_body = NewGatewayToken,
     security(("bearer" = [])),
@@ -31,6 +35,7 @@ use crate::state::Shared;
 pub async fn create(
     state: Shared,
     caller: Caller,
+    client: Client,
     body: web::Json<NewGatewayToken>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
@@ -39,8 +44,17 @@ pub async fn create(
     // As strong as a device secret, and hashed the same way.
     let token = auth::new_device_secret();
     let hash = auth::hash_device_secret(&token);
-    let created = db::with_client(&state.pool, async |client| {
-        ddi::create_gateway_token(client, caller.tenant(), &name, &hash, caller.user()).await
+    let created = db::in_tx(&state.pool, async |tx| {
+        let created =
+            ddi::create_gateway_token(tx, caller.tenant(), &name, &hash, caller.user()).await?;
+        let entry = client.audit(
+            &caller,
+            "gateway_token.create",
+            Target::new("gateway_token", created.id),
+            json!({"name": name}),
+        );
+        audit::record(tx, &entry).await?;
+        Ok::<_, db::DbError>(created)
     })
     .await?;
     tracing::info!(gateway_token.id = %created.id, "created gateway token {}", created.id);
@@ -55,6 +69,7 @@ pub async fn create(
 /// The tenant's active gateway tokens, newest first, without the tokens.
 /// Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "gateway-tokens",
     security(("bearer" = [])),
     responses(
@@ -78,6 +93,7 @@ pub async fn list(state: Shared, caller: Caller) -> Result<HttpResponse, ApiErro
 ///
 /// Every sync replica refuses it within 2 seconds. Admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "gateway-tokens",
     security(("bearer" = [])),
     params(("id" = Uuid, Path)),
@@ -91,11 +107,22 @@ pub async fn list(state: Shared, caller: Caller) -> Result<HttpResponse, ApiErro
 pub async fn revoke(
     state: Shared,
     caller: Caller,
+    client: Client,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
-    let revoked = db::with_client(&state.pool, async |client| {
-        ddi::revoke_gateway_token(client, caller.tenant(), *id).await
+    let revoked = db::in_tx(&state.pool, async |tx| {
+        let revoked = ddi::revoke_gateway_token(tx, caller.tenant(), *id).await?;
+        if revoked {
+            let entry = client.audit(
+                &caller,
+                "gateway_token.revoke",
+                Target::new("gateway_token", *id),
+                json!({}),
+            );
+            audit::record(tx, &entry).await?;
+        }
+        Ok::<_, db::DbError>(revoked)
     })
     .await?;
     if !revoked {

@@ -1,6 +1,7 @@
 //! The admin API's routes and the OpenAPI document generated from them.
 
 mod artifacts;
+mod audit;
 mod commands;
 mod devices;
 mod gateway_tokens;
@@ -50,7 +51,8 @@ fn api(cfg: &mut ServiceConfig) {
         .service(artifacts::allow)
         .service(gateway_tokens::create)
         .service(gateway_tokens::list)
-        .service(gateway_tokens::revoke);
+        .service(gateway_tokens::revoke)
+        .service(audit::list);
 }
 
 /// Registers every route; `doc` is this API's OpenAPI document, served at
@@ -94,6 +96,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, doc: Document) {
         (name = "devices", description = "Devices and their credentials"),
         (name = "commands", description = "Remote commands and their lifecycle"),
         (name = "artifacts", description = "Software images, their release and their denylists"),
+        (name = "audit", description = "Who did what, from where, and when"),
     )
 )]
 struct Doc;
@@ -199,6 +202,7 @@ mod tests {
             ("/api/v1/artifacts/{id}/denylist/{device_id}", "get"),
             ("/api/v1/artifacts/{id}/denylist/{device_id}", "put"),
             ("/api/v1/artifacts/{id}/denylist/{device_id}", "delete"),
+            ("/api/v1/audit", "get"),
         ] {
             assert!(
                 paths.get(path).and_then(|p| p.get(method)).is_some(),

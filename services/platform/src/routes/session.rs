@@ -24,6 +24,7 @@ use crate::state::Shared;
 /// repeated failures a username, and with a higher bound a client
 /// address, is refused for a growing time (429 with `Retry-After`).
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["anyone"]))),
     tag = "auth",
     request_body = Login,
     responses(

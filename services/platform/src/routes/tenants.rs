@@ -1,18 +1,22 @@
 //! `POST /tenants`: system admins create tenants with their first admin.
 
 use actix_web::{HttpResponse, post, web};
+use serde_json::json;
 use tend_core::auth::{self, Role};
+use tend_core::db::audit::{self, Target};
 use tend_core::db::{self, DbError, tenants, users};
 use tend_core::error::ApiError;
 
 use crate::api::{NewTenant, TenantOut, check_name, check_password, check_username};
 use crate::caller::Caller;
+use crate::client::Client;
 use crate::state::Shared;
 
 /// Create a tenant
 ///
 /// Creates a tenant and its first admin user. System admins only.
 #[utoipa::path(
+    extensions(("x-tend-roles" = json!(["system_admin"]))),
     tag = "tenants",
     request_body = NewTenant,
     security(("bearer" = [])),
@@ -27,6 +31,7 @@ use crate::state::Shared;
 pub async fn create(
     state: Shared,
     caller: Caller,
+    client: Client,
     body: web::Json<NewTenant>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_system_admin()?;
@@ -52,6 +57,16 @@ pub async fn create(
             },
         )
         .await?;
+        // In the system admin's own tenant's log: the actor's tenant is
+        // where their actions are read.
+        let summary = json!({"name": tenant.name, "admin": body.admin.username});
+        let entry = client.audit(
+            &caller,
+            "tenant.create",
+            Target::new("tenant", tenant.id),
+            summary,
+        );
+        audit::record(tx, &entry).await?;
         Ok::<_, DbError>(tenant)
     })
     .await
