@@ -16,7 +16,7 @@ use crate::state::Shared;
     request_body = Login,
     responses(
         (status = 200, description = "Logged in", body = AccessToken),
-        (status = 401, description = "Unknown user or wrong password"),
+        (status = 401, description = "Unknown or disabled user, or wrong password"),
     )
 )]
 #[post("/auth/login")]
@@ -35,7 +35,9 @@ pub async fn login(state: Shared, body: web::Json<Login>) -> Result<HttpResponse
     let ok = state
         .hash_work(move || auth::verify_password(&password, &hash))
         .await?;
-    let Some(creds) = found.filter(|_| ok) else {
+    // A disabled user is refused as a wrong password is, after the same
+    // work, so the answer does not tell that the account exists.
+    let Some(creds) = found.filter(|c| ok && !c.user.disabled) else {
         // Debug-quoted: the name is the client's, and a newline in it must
         // not forge a line in a text log.
         tracing::info!(user = ?username, "failed login for {username:?}");
@@ -44,10 +46,13 @@ pub async fn login(state: Shared, body: web::Json<Login>) -> Result<HttpResponse
         ));
     };
     let user = creds.user;
-    let (token, expires_in) =
-        state
-            .tokens
-            .issue(user.id, user.tenant_id, user.role, user.is_system_admin);
+    let (token, expires_in) = state.tokens.issue(
+        user.id,
+        user.tenant_id,
+        user.role,
+        user.is_system_admin,
+        user.token_generation,
+    );
     Ok(HttpResponse::Ok().json(AccessToken {
         access_token: token,
         token_type: "Bearer",
