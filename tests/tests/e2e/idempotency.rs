@@ -200,3 +200,40 @@ async fn a_bulk_registration_replayed_shows_the_same_devices_and_working_secrets
     .await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test]
+async fn a_key_older_than_a_day_is_a_new_key() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let device = stack.new_device(&admin).await;
+    let path = format!("/devices/{}/commands", device.id);
+    let (status, first) = post_keyed(
+        &stack,
+        &admin,
+        &path,
+        "old-key",
+        &json!({ "kind": "reboot" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{first}");
+    stack
+        .sql()
+        .await
+        .execute(
+            "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, second) = post_keyed(
+        &stack,
+        &admin,
+        &path,
+        "old-key",
+        &json!({ "kind": "shutdown" }),
+    )
+    .await;
+    assert_eq!(status, 201, "{second}");
+    assert_ne!(first["id"], second["id"]);
+    assert_eq!(commands_of(&stack, device.id).await, 2);
+}
