@@ -67,6 +67,12 @@ pub enum Cmd {
     /// Register, list, show and decommission devices
     #[command(subcommand)]
     Devices(DevicesCmd),
+    /// List, change and remove users of your tenant (admins)
+    ///
+    /// A changed, disabled or removed user's sessions end on every server
+    /// within 2 seconds.
+    #[command(subcommand)]
+    Users(UsersCmd),
     /// Queue a reboot of a device
     Reboot(ActionArgs),
     /// Queue a shutdown of a device
@@ -134,6 +140,40 @@ pub enum DevicesCmd {
     },
     /// Decommission a device: its credentials stop working at once
     Decommission {
+        id: Uuid,
+        /// Do not ask for confirmation (required when stdin is not a terminal)
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// List the tenant's users, newest first
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Change a user's role, disable or enable it, or set its password
+    ///
+    /// The password is read from the first line of stdin (12 to 1024
+    /// characters, not a common one).
+    Update {
+        id: Uuid,
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: Option<String>,
+        /// The user can no longer log in; its sessions end
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        /// Undo --disable
+        #[arg(long)]
+        enable: bool,
+        /// Set a new password, read from the first line of stdin
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user; its sessions end at once
+    Remove {
         id: Uuid,
         /// Do not ask for confirmation (required when stdin is not a terminal)
         #[arg(long, short)]
@@ -363,6 +403,12 @@ pub struct QueueArgs {
     /// Time the command may wait for its device (server default 7d)
     #[arg(long, value_name = "S", value_parser = parse_seconds)]
     pub expires_in: Option<u64>,
+    /// Send this Idempotency-Key: running tendctl again with the same key
+    /// and command within 24 hours answers the same command instead of
+    /// queueing another. Without it, tendctl makes a key of its own for
+    /// its retries after a lost answer.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Args)]

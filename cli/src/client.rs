@@ -21,6 +21,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// hang a script forever.
 const SLOWEST_UPLOAD: u64 = 100_000;
 
+/// Sends of an idempotent request before giving up: three, a second and
+/// then two apart, ride out a dropped connection or a replica restarting.
+const IDEMPOTENT_ATTEMPTS: u64 = 3;
+
 fn upload_timeout(len: u64) -> Duration {
     REQUEST_TIMEOUT + Duration::from_secs(len / SLOWEST_UPLOAD)
 }
@@ -83,6 +87,33 @@ impl Client {
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, Failure> {
         self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    /// A POST with an `Idempotency-Key`, sent again with the same key when
+    /// the answer is lost (no answer in time, a broken connection): the
+    /// server answers a repeated request with the first answer, so the
+    /// work is done once whatever happened to the answers.
+    pub async fn post_idempotent(
+        &self,
+        path: &str,
+        body: &Value,
+        key: &str,
+    ) -> Result<Value, Failure> {
+        let mut attempt = 1;
+        loop {
+            let req = self
+                .request(Method::POST, path)
+                .header("Idempotency-Key", key)
+                .json(body);
+            match self.send(req).await {
+                Err(Failure::Unreachable(why)) if attempt < IDEMPOTENT_ATTEMPTS => {
+                    eprintln!("{why}; asking again with the same idempotency key");
+                    tokio::time::sleep(Duration::from_secs(attempt)).await;
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Result<Value, Failure> {

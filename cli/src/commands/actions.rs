@@ -121,8 +121,14 @@ async fn queue(
     if let Some(e) = q.expires_in {
         body["expires_in_s"] = e.into();
     }
+    // A key of tendctl's own unless given: its retries then queue the
+    // command once.
+    let key = q
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| format!("tendctl-{}", Uuid::new_v4()));
     client
-        .post(&format!("/devices/{device}/commands"), &body)
+        .post_idempotent(&format!("/devices/{device}/commands"), &body, &key)
         .await
 }
 

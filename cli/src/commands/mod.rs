@@ -7,6 +7,7 @@ mod audit;
 mod devices;
 mod history;
 mod session;
+mod users;
 
 use serde_json::{Value, json};
 
@@ -22,6 +23,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<Exit, Failure> {
         Cmd::Login(a) => session::login(ctx, a).await,
         Cmd::Logout => session::logout(ctx),
         Cmd::Devices(c) => devices::run(ctx, c).await,
+        Cmd::Users(c) => users::run(ctx, c).await,
         Cmd::Reboot(a) => actions::action(ctx, "reboot", a).await,
         Cmd::Shutdown(a) => actions::action(ctx, "shutdown", a).await,
         Cmd::Logs(a) => actions::logs(ctx, a).await,

@@ -94,7 +94,7 @@ pub(super) fn prompt_line(prompt: &str) -> Result<String, Failure> {
 
 /// The first line of stdin without its line ending; every other byte,
 /// spaces included, belongs to the value.
-fn read_stdin_line() -> Result<String, Failure> {
+pub(super) fn read_stdin_line() -> Result<String, Failure> {
     let mut line = String::new();
     std::io::stdin()
         .lock()

@@ -82,6 +82,11 @@ pub struct AdminClaims {
     /// May create tenants.
     #[serde(default)]
     pub sys: bool,
+    /// The user's token generation when the token was issued: a change of
+    /// the user (role, password, disabled, removal) bumps it and so ends
+    /// every token issued before.
+    #[serde(default)]
+    pub r#gen: i64,
     pub aud: String,
     pub iss: String,
     pub iat: u64,
@@ -209,7 +214,14 @@ impl AdminTokens {
         AdminTokens(KeyRing::new(keys, ADMIN_AUDIENCE))
     }
 
-    pub fn issue(&self, user: Uuid, tenant: Uuid, role: Role, sys: bool) -> (String, u64) {
+    pub fn issue(
+        &self,
+        user: Uuid,
+        tenant: Uuid,
+        role: Role,
+        sys: bool,
+        generation: i64,
+    ) -> (String, u64) {
         let iat = now_s();
         let ttl = ADMIN_TOKEN_TTL.as_secs();
         let claims = AdminClaims {
@@ -217,6 +229,7 @@ impl AdminTokens {
             tid: tenant,
             role,
             sys,
+            r#gen: generation,
             aud: ADMIN_AUDIENCE.into(),
             iss: ISSUER.into(),
             iat,
@@ -380,6 +393,11 @@ pub fn decoy_password_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password(&new_device_secret()))
 }
 
+/// 256 random bits.
+pub fn new_nonce() -> [u8; 32] {
+    rand::random()
+}
+
 /// A new device secret: 256 random bits, URL-safe base64.
 pub fn new_device_secret() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
@@ -421,7 +439,7 @@ mod tests {
     fn a_token_of_one_audience_is_refused_by_the_other_even_with_the_same_key() {
         let admin = AdminTokens::new(&keys(TokenKind::Admin, KEY, &[]));
         let device = DeviceTokens::new(&keys(TokenKind::Device, KEY, &[]));
-        let (a, _) = admin.issue(Uuid::new_v4(), Uuid::new_v4(), Role::Viewer, false);
+        let (a, _) = admin.issue(Uuid::new_v4(), Uuid::new_v4(), Role::Viewer, false, 0);
         let (d, _) = device.issue(Uuid::new_v4(), Uuid::new_v4());
         assert!(admin.verify(&a).is_ok());
         assert!(device.verify(&d).is_ok());
@@ -440,6 +458,7 @@ mod tests {
             tid: Uuid::new_v4(),
             role: Role::Admin,
             sys: true,
+            r#gen: 0,
             aud: ADMIN_AUDIENCE.into(),
             iss: ISSUER.into(),
             iat: now_s(),
@@ -451,7 +470,7 @@ mod tests {
     #[test]
     fn every_token_names_its_key_and_a_previous_key_still_verifies() {
         let old = AdminTokens::new(&keys(TokenKind::Admin, OTHER, &[]));
-        let (old_token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4(), Role::Admin, false);
+        let (old_token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4(), Role::Admin, false, 0);
         assert_eq!(
             kid(&old_token).as_deref(),
             Some(KeyId::of(OTHER.as_bytes()).as_str())
@@ -459,7 +478,7 @@ mod tests {
 
         let rotated = AdminTokens::new(&keys(TokenKind::Admin, KEY, &[OTHER]));
         assert!(rotated.verify(&old_token).is_ok());
-        let (new_token, _) = rotated.issue(Uuid::new_v4(), Uuid::new_v4(), Role::Admin, false);
+        let (new_token, _) = rotated.issue(Uuid::new_v4(), Uuid::new_v4(), Role::Admin, false, 0);
         assert_eq!(
             kid(&new_token).as_deref(),
             Some(KeyId::of(KEY.as_bytes()).as_str())

@@ -99,6 +99,21 @@ impl InstructionSigner {
         STANDARD.encode(self.key.verifying_key().as_bytes())
     }
 
+    /// A device secret derived from `nonce` and `index`, which only this
+    /// key can derive: SHA-256 of the (deterministic) Ed25519 signature of
+    /// a message no instruction can be, URL-safe base64 as
+    /// [`crate::auth::new_device_secret`]. A bulk registration with an
+    /// `Idempotency-Key` makes its secrets this way, so that a replay can
+    /// show them again while the database holds only the nonce.
+    pub fn derive_secret(&self, nonce: &[u8], index: u32) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use sha2::{Digest, Sha256};
+        let mut msg = b"tend idempotent device secret\0".to_vec();
+        msg.extend_from_slice(nonce);
+        msg.extend_from_slice(&index.to_be_bytes());
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.key.sign(&msg).to_bytes()))
+    }
+
     /// Signs `instruction` for the device `device_id`.
     pub fn sign(&self, instruction: &Instruction, device_id: Uuid) -> anyhow::Result<Signed> {
         let bytes = tend_proto::signing::signed_bytes(instruction, device_id)?;

@@ -10,7 +10,9 @@ mod api;
 mod caller;
 mod client;
 mod hashing;
+mod idempotency;
 mod routes;
+mod sessions;
 mod signer;
 mod software;
 mod state;
@@ -61,9 +63,18 @@ impl Service for Platform {
         db::migrate(&pool).await?;
         if let Some(admin) = &settings.bootstrap_admin {
             api::check_username(&admin.username)
-                .and_then(|()| api::check_password(admin.password.expose()))
                 .map_err(|e| anyhow::anyhow!("TEND_BOOTSTRAP_ADMIN: {e}"))?;
-            bootstrap(&pool, &admin.username, admin.password.expose()).await?;
+            match api::check_password(admin.password.expose()) {
+                Ok(()) => bootstrap(&pool, &admin.username, admin.password.expose()).await?,
+                // An installation whose admin exists does not use the
+                // value: an old one under today's policy is no reason to
+                // stop a running platform from starting again.
+                Err(e) if users_exist(&pool).await? => tracing::warn!(
+                    "TEND_BOOTSTRAP_ADMIN is not used (users exist) and its password \
+                     would be refused now: {e}; remove it"
+                ),
+                Err(e) => anyhow::bail!("TEND_BOOTSTRAP_ADMIN: {e}"),
+            }
         }
         let listener = TcpListener::bind(settings.listen)
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -155,6 +166,14 @@ impl Service for Platform {
             self.metrics.serve(self.state.shutdown.background()),
         );
         background.spawn(
+            "sessions",
+            sessions::keep_fresh(self.state.clone(), self.state.shutdown.background()),
+        );
+        background.spawn(
+            "idempotency keys",
+            idempotency::sweep(self.state.clone(), self.state.shutdown.background()),
+        );
+        background.spawn(
             "signer",
             signer::run(self.state.clone(), self.state.shutdown.background()),
         );
@@ -199,6 +218,12 @@ async fn bootstrap(pool: &Pool, username: &str, password: &str) -> anyhow::Resul
         );
     }
     Ok(())
+}
+
+async fn users_exist(pool: &Pool) -> anyhow::Result<bool> {
+    db::with_client(pool, async |c| users::any_exists(c).await)
+        .await
+        .context("looking for users")
 }
 
 /// `tend-platform migrate`: applies migrations and returns. It needs only

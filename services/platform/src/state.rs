@@ -28,6 +28,8 @@ pub(crate) struct State {
     pub artifact_max_bytes: u64,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<tend_core::http::Cidr>,
+    /// Each user's token generation: which admin tokens still stand.
+    pub sessions: crate::sessions::Sessions,
 }
 
 pub(crate) type Shared = web::Data<State>;
@@ -57,6 +59,7 @@ impl State {
             store,
             artifact_max_bytes,
             trusted_proxies,
+            sessions: Default::default(),
         }
     }
 

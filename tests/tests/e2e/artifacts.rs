@@ -303,20 +303,20 @@ async fn another_tenant_gets_404_and_a_viewer_403_on_every_artifact_route() {
         .post(
             &root,
             "/tenants",
-            json!({ "name": "other", "admin": { "username": "mallory", "password": "mallory-pass" } }),
+            json!({ "name": "other", "admin": { "username": "mallory", "password": "mallory-password" } }),
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    let other = stack.login("mallory", "mallory-pass").await;
+    let other = stack.login("mallory", "mallory-password").await;
     let (status, v) = stack
         .post(
             &root,
             "/users",
-            json!({ "username": "vera", "password": "long-enough", "role": "viewer" }),
+            json!({ "username": "vera", "password": "long-enough-password", "role": "viewer" }),
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    let viewer = stack.login("vera", "long-enough").await;
+    let viewer = stack.login("vera", "long-enough-password").await;
 
     use reqwest::Method;
     let entry = format!("/artifacts/{id}/denylist/{}", device.id);

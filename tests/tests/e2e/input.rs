@@ -246,7 +246,7 @@ async fn bad_requests_get_problem_json_with_the_right_status() {
             stack.api("/users"),
             Some(&admin),
             json_ct,
-            br#"{"username": "u", "password": "long-enough", "role": "god"}"#.to_vec(),
+            br#"{"username": "u", "password": "long-enough-password", "role": "god"}"#.to_vec(),
             422,
         ),
         (

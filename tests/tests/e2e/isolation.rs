@@ -63,11 +63,11 @@ async fn another_tenants_admin_gets_404_for_the_device_and_its_commands() {
         .post(
             &root,
             "/tenants",
-            json!({ "name": "other", "admin": { "username": "mallory", "password": "mallory-pass" } }),
+            json!({ "name": "other", "admin": { "username": "mallory", "password": "mallory-password" } }),
         )
         .await;
     assert_eq!(status, 201, "{v}");
-    let other = stack.login("mallory", "mallory-pass").await;
+    let other = stack.login("mallory", "mallory-password").await;
 
     for path in [
         format!("/devices/{}", device.id),
@@ -123,14 +123,14 @@ async fn roles_decide_who_may_queue_and_manage() {
             .post(
                 &root,
                 "/users",
-                json!({ "username": name, "password": "long-enough", "role": role }),
+                json!({ "username": name, "password": "long-enough-password", "role": role }),
             )
             .await;
         assert_eq!(status, 201, "{v}");
         assert_eq!(v["role"], role);
     }
-    let viewer = stack.login("vera", "long-enough").await;
-    let operator = stack.login("otto", "long-enough").await;
+    let viewer = stack.login("vera", "long-enough-password").await;
+    let operator = stack.login("otto", "long-enough-password").await;
 
     let (status, v) = stack
         .post(
@@ -161,7 +161,7 @@ async fn roles_decide_who_may_queue_and_manage() {
             .post(
                 token,
                 "/users",
-                json!({ "username": "sneaky", "password": "long-enough", "role": "admin" }),
+                json!({ "username": "sneaky", "password": "long-enough-password", "role": "admin" }),
             )
             .await;
         assert_eq!(status, 403);
@@ -170,7 +170,7 @@ async fn roles_decide_who_may_queue_and_manage() {
         .post(
             &root,
             "/users",
-            json!({ "username": "vera", "password": "long-enough", "role": "viewer" }),
+            json!({ "username": "vera", "password": "long-enough-password", "role": "viewer" }),
         )
         .await;
     assert_eq!(status, 409, "usernames are unique");

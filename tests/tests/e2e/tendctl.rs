@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tend_tests::{Agent, Service, Stack, bin};
 use tokio::io::AsyncWriteExt;
@@ -637,4 +637,87 @@ async fn tendctl_audit_reads_the_log_with_the_apis_filters() {
 
     let r = ctl.run(&["audit", "--since", "yesterday"]).await;
     assert_eq!(r.code, 3, "an invalid filter is the API's refusal: {r:?}");
+}
+
+#[tokio::test]
+async fn an_admin_lists_changes_and_removes_users_and_requeues_with_one_idempotency_key() {
+    let stack = Stack::start().await;
+    let ctl = Tendctl::new(&stack.dir.path().join("tendctl"));
+    ctl.login(&stack).await;
+    let admin = stack.admin().await;
+    let (status, v) = stack
+        .post(
+            &admin,
+            "/users",
+            json!({ "username": "carol", "password": "carol-long-password", "role": "operator" }),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let carol = id_of(&v);
+
+    let r = ctl.run(&["--json", "users", "list"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let names: Vec<Value> = r.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].clone())
+        .collect();
+    assert!(names.contains(&json!("carol")), "{r:?}");
+
+    let r = ctl
+        .run(&[
+            "--json",
+            "users",
+            "update",
+            &carol,
+            "--role",
+            "viewer",
+            "--disable",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["role"], "viewer");
+    assert_eq!(r.json()["disabled"], true);
+    let r = ctl
+        .run_with_stdin(
+            &["users", "update", &carol, "--password-stdin"],
+            Some("short\n"),
+        )
+        .await;
+    assert_eq!(r.code, 3, "the policy's 422: {r:?}");
+    let r = ctl.run(&["users", "remove", &carol]).await;
+    assert_eq!(r.code, 2, "no --yes without a terminal: {r:?}");
+    let r = ctl.run(&["users", "remove", &carol, "--yes"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = ctl.run(&["users", "remove", &carol, "--yes"]).await;
+    assert_eq!(r.code, 3, "gone: {r:?}");
+
+    // One key, run twice: one command.
+    let device = stack.new_device(&admin).await.id.to_string();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let r = ctl
+            .run(&[
+                "--json",
+                "reboot",
+                &device,
+                "--idempotency-key",
+                "nightly-7",
+            ])
+            .await;
+        assert_eq!(r.code, 0, "{r:?}");
+        ids.push(id_of(&r.json()));
+    }
+    assert_eq!(ids[0], ids[1]);
+    let r = ctl
+        .run(&[
+            "--json",
+            "shutdown",
+            &device,
+            "--idempotency-key",
+            "nightly-7",
+        ])
+        .await;
+    assert_eq!(r.code, 3, "another command with the key: {r:?}");
 }

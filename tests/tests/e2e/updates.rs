@@ -488,10 +488,10 @@ async fn a_device_downloads_its_artifact_in_range_segments_and_nobody_else_can()
     let idle_token = stack.device_token(&idle).await;
     assert_eq!(get(&stack, &idle_token, &id, &[]).await.status(), 404);
     let (status, v) = stack
-        .post(&admin, "/tenants", json!({ "name": "other", "admin": { "username": "mallory", "password": "mallory-pass" } }))
+        .post(&admin, "/tenants", json!({ "name": "other", "admin": { "username": "mallory", "password": "mallory-password" } }))
         .await;
     assert_eq!(status, 201, "{v}");
-    let mallory = stack.login("mallory", "mallory-pass").await;
+    let mallory = stack.login("mallory", "mallory-password").await;
     let theirs = stack.new_device(&mallory).await;
     let their_token = stack.device_token(&theirs).await;
     assert_eq!(get(&stack, &their_token, &id, &[]).await.status(), 404);

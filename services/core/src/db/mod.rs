@@ -9,6 +9,7 @@ pub mod audit;
 pub mod commands;
 pub mod ddi;
 pub mod devices;
+pub mod idempotency;
 pub mod outbox;
 pub mod page;
 pub mod tenants;
@@ -274,6 +275,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0005_signatures.sql"),
     ),
     (6, "audit", include_str!("migrations/0006_audit.sql")),
+    (7, "users", include_str!("migrations/0007_users.sql")),
     (
         8,
         "audit_guard",

@@ -105,15 +105,49 @@ pub struct NewUser {
     pub role: Role,
 }
 
+/// A user as the API shows it: never its password hash.
 #[derive(Serialize, ToSchema)]
 pub struct UserOut {
     pub id: Uuid,
     pub username: String,
     #[schema(value_type = String)]
     pub role: Role,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
 }
 
+impl From<tend_core::db::users::User> for UserOut {
+    fn from(u: tend_core::db::users::User) -> UserOut {
+        UserOut {
+            id: u.id,
+            username: u.username,
+            role: u.role,
+            disabled: u.disabled,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserList {
+    pub items: Vec<UserOut>,
+    pub next_cursor: Option<String>,
+}
+
+/// A change of a user; each field is optional, and at least one is needed.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "viewer"}))]
+pub struct UserChange {
+    /// `admin`, `operator` or `viewer`.
+    #[schema(value_type = Option<String>, example = "viewer")]
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+    /// A new password, under the password policy.
+    pub password: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "kiosk-17", "device_type": "kiosk", "labels": {"site": "station-3"}}))]
 pub struct NewDevice {
@@ -178,7 +212,7 @@ pub struct CreatedDevice {
 /// The most devices one bulk request may register.
 pub const MAX_BULK_DEVICES: usize = 1000;
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"devices": [{"name": "kiosk-18", "device_type": "kiosk"}]}))]
 pub struct NewDevices {
@@ -198,7 +232,8 @@ pub struct DeviceList {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Deserialize, ToSchema)]
+/// Serialized only to fingerprint an idempotent request.
+#[derive(Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"kind": "reboot", "params": {}}))]
 pub struct NewCommand {
@@ -303,10 +338,37 @@ pub fn check_username(v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Passwords: at least 8 characters; at most 1024 bytes so hashing stays bounded.
+/// The shortest password tend accepts: long enough that guessing it online
+/// or offline is hopeless without it being among the common ones below.
+pub const MIN_PASSWORD_CHARS: usize = 12;
+/// The longest, in bytes: argon2 hashes anything, but a client has no use
+/// for more and should not make the server read it.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// The most common passwords, one a line, lower case (the list Django
+/// ships, from leaked password dumps): refused whatever their case.
+const COMMON_PASSWORDS: &str = include_str!("../common-passwords.txt");
+
+fn is_common_password(v: &str) -> bool {
+    static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(|| COMMON_PASSWORDS.lines().collect())
+        .contains(v.to_lowercase().as_str())
+}
+
+/// The password policy: 12 to 1024 characters, and not among the most
+/// common passwords. For every password an admin sets, the bootstrap
+/// admin's included.
 pub fn check_password(v: &str) -> Result<(), ApiError> {
-    if v.chars().count() < 8 || v.len() > 1024 {
-        return Err(unprocessable("password must be 8 to 1024 characters"));
+    if v.chars().count() < MIN_PASSWORD_CHARS || v.len() > MAX_PASSWORD_BYTES {
+        return Err(unprocessable(format!(
+            "password must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_BYTES} characters"
+        )));
+    }
+    if is_common_password(v) {
+        return Err(unprocessable(
+            "password is among the most common passwords; choose another",
+        ));
     }
     Ok(())
 }
@@ -394,6 +456,28 @@ pub fn check_seconds(field: &str, v: Option<i64>, default: i64, max: i64) -> Res
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_password_must_be_long_and_not_a_common_one_in_any_case() {
+        assert!(check_password("correct-horse-battery").is_ok());
+        assert!(
+            check_password(&"é".repeat(12)).is_ok(),
+            "characters, not bytes"
+        );
+        for bad in [
+            "short-pass",
+            "qwerty123456",
+            "Qwerty123456",
+            "1Q2W3E4R5T6Y",
+            "QAZWSXEDCRFV",
+        ] {
+            assert!(check_password(bad).is_err(), "{bad}");
+        }
+        assert!(check_password(&"x".repeat(1025)).is_err());
+        assert!(check_password(&"x".repeat(1024)).is_ok());
+        assert!(COMMON_PASSWORDS.lines().count() > 10_000);
+        assert!(COMMON_PASSWORDS.lines().all(|l| l == l.to_lowercase()));
+    }
 
     #[test]
     fn commands_are_checked_by_the_protocol_and_unknown_kinds_named() {

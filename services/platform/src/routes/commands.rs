@@ -6,6 +6,7 @@ use tend_core::auth::Role;
 use tend_core::db;
 use tend_core::db::audit::{self, Target};
 use tend_core::db::commands::{self, Cancel};
+use tend_core::db::idempotency as idem;
 use tend_core::error::ApiError;
 use tend_core::http;
 use uuid::Uuid;
@@ -18,6 +19,7 @@ use crate::api::{
 };
 use crate::caller::Caller;
 use crate::client::Client;
+use crate::idempotency;
 use crate::software;
 use crate::state::Shared;
 use tend_core::db::devices;
@@ -30,17 +32,26 @@ use tend_core::db::devices;
 /// `source` names one of the agent's log sources or `operations`; `since`
 /// and `until` are inclusive RFC 3339 times; `pattern` a regular
 /// expression; `max_lines` 1 to 10000, default 1000). Admins and operators.
+///
+/// With an `Idempotency-Key` header, the same key and the same request
+/// within 24 hours answer the first answer again (the same command, with
+/// `Idempotent-Replayed: true`), and the same key with another request is
+/// a 422: a client whose answer was lost may simply ask again.
 #[utoipa::path(
     extensions(("x-tend-roles" = json!(["admin", "operator"]))),
     tag = "commands",
     request_body = NewCommand,
     security(("bearer" = [])),
-    params(("id" = Uuid, Path, description = "The device")),
+    params(
+        ("id" = Uuid, Path, description = "The device"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters, unique per request the client means"),
+    ),
     responses(
         (status = 201, description = "Queued", body = CommandOut),
+        (status = 400, description = "An invalid Idempotency-Key"),
         (status = 403, description = "A viewer may not queue commands"),
         (status = 404, description = "No such device in this tenant"),
-        (status = 422, description = "Unknown kind, wrong params, or timeouts out of range"),
+        (status = 422, description = "Unknown kind, wrong params, timeouts out of range, or an Idempotency-Key used for another request"),
     )
 )]
 #[post("/devices/{id}/commands")]
@@ -55,6 +66,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin, Role::Operator])?;
     let body = body.into_inner();
+    let keyed = idempotency::keyed(&req, &format!("POST /devices/{id}/commands"), &body)?;
     let params = body
         .params
         .unwrap_or_else(|| Value::Object(Default::default()));
@@ -77,6 +89,14 @@ pub async fn create(
     let trace_id = http::trace_id(&req).unwrap_or_else(|| request_id.to_string().replace('-', ""));
 
     let created = db::in_tx(&state.pool, async |tx| {
+        // The key first: a concurrent request with it waits here.
+        if let Some(k) = &keyed {
+            match idem::claim(tx, k.scope(&caller), &k.fingerprint).await? {
+                idem::Claim::Fresh => {}
+                idem::Claim::Mismatch => return Err(idempotency::mismatch()),
+                idem::Claim::Replay(answer) => return Ok(Err(answer)),
+            }
+        }
         let device = devices::get_locked(tx, caller.tenant(), *id)
             .await?
             .ok_or_else(no_such_device)?;
@@ -114,10 +134,27 @@ pub async fn create(
             summary,
         );
         audit::record(tx, &entry).await?;
-        Ok::<_, ApiError>((device, command))
+        if let Some(k) = &keyed {
+            let answer = idem::Answer {
+                status: 201,
+                body: serde_json::to_value(CommandOut::from(command.clone()))
+                    .map_err(|e| ApiError::Internal(e.into()))?,
+                nonce: None,
+                secrets_key: None,
+            };
+            idem::store(tx, k.scope(&caller), &answer).await?;
+        }
+        Ok::<_, ApiError>(Ok((device, command)))
     })
     .await;
-    let (device, command) = created?;
+    let (device, command) = match created? {
+        Ok(done) => done,
+        Err(answer) => {
+            tracing::info!(key = ?keyed.as_ref().map(|k| &k.key),
+                "answered a command request again for its idempotency key");
+            return Ok(idempotency::replay(answer.status, &answer.body));
+        }
+    };
     metrics::counter!("tend_commands_queued_total", "kind" => command.kind.clone()).increment(1);
     tracing::info!(command.id = %command.id, device.id = %device.id, kind = %command.kind,
         trace_id = %trace_id,

@@ -10,6 +10,7 @@ use serde_json::json;
 use tend_core::auth::{self, Role};
 use tend_core::db::audit::{self, Target};
 use tend_core::db::devices::{self, Filter, Presence};
+use tend_core::db::idempotency as idem;
 use tend_core::db::{self, GenericClient};
 use tend_core::error::ApiError;
 use uuid::Uuid;
@@ -21,6 +22,7 @@ use crate::api::{
 };
 use crate::caller::Caller;
 use crate::client::Client;
+use crate::idempotency;
 use crate::state::Shared;
 
 /// Register a device
@@ -94,16 +96,28 @@ pub async fn create(
 /// of them, or none when one is invalid. Each item is as for
 /// `POST /devices`; the answer lists them with their secrets, shown once,
 /// in the order of the request. The body may be up to 4 MiB. Admins only.
+///
+/// With an `Idempotency-Key` header, the same key and the same request
+/// within 24 hours answer the first answer again, secrets included, and the
+/// same key with another request is a 422. The secrets are not stored:
+/// they are derived from a random nonce with the platform's signing key,
+/// and derived again for a replay; after that key was replaced, a replay
+/// is a 409.
 #[utoipa::path(
     extensions(("x-tend-roles" = json!(["admin"]))),
     tag = "devices",
     request_body = NewDevices,
     security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable ASCII characters, unique per request the client means"),
+    ),
     responses(
         (status = 201, description = "Created, in request order; each `credentials.secret` is shown once", body = CreatedDevices),
         (status = 403, description = "Not an admin"),
+        (status = 400, description = "An invalid Idempotency-Key"),
+        (status = 409, description = "A replay whose secrets the current signing key cannot derive"),
         (status = 413, description = "The body is over 4 MiB"),
-        (status = 422, description = "No devices, more than 1000, or an invalid item (nothing was created)"),
+        (status = 422, description = "No devices, more than 1000, an invalid item (nothing was created), or an Idempotency-Key used for another request"),
     )
 )]
 #[post("/devices/bulk")]
@@ -111,9 +125,11 @@ pub async fn create_bulk(
     state: Shared,
     caller: Caller,
     client: Client,
+    req: HttpRequest,
     body: BulkJson<NewDevices>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&[Role::Admin])?;
+    let keyed = idempotency::keyed(&req, "POST /devices/bulk", &body.0)?;
     let items = body.0.devices;
     if items.is_empty() || items.len() > MAX_BULK_DEVICES {
         return Err(ApiError::Unprocessable(format!(
@@ -133,7 +149,15 @@ pub async fn create_bulk(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let secrets: Vec<String> = items.iter().map(|_| auth::new_device_secret()).collect();
+    // With a key, secrets derived from a nonce, so that a replay can show
+    // them again; otherwise random.
+    let nonce: Option<[u8; 32]> = keyed.as_ref().map(|_| auth::new_nonce());
+    let secrets: Vec<String> = (0..items.len() as u32)
+        .map(|i| match &nonce {
+            Some(n) => state.signer.derive_secret(n, i),
+            None => auth::new_device_secret(),
+        })
+        .collect();
     let hashes: Vec<_> = secrets
         .iter()
         .map(|s| auth::hash_device_secret(s))
@@ -151,10 +175,18 @@ pub async fn create_bulk(
         })
         .collect();
 
-    // One `device.create` row per device, as for `POST /devices`, so a
-    // device's history reads the same however it was registered.
     let created = db::in_tx(&state.pool, async |tx| {
+        // The key first: a concurrent request with it waits here.
+        if let Some(k) = &keyed {
+            match idem::claim(tx, k.scope(&caller), &k.fingerprint).await? {
+                idem::Claim::Fresh => {}
+                idem::Claim::Mismatch => return Err(idempotency::mismatch()),
+                idem::Claim::Replay(answer) => return Ok(Err(answer)),
+            }
+        }
         let created = devices::create_many(tx, &new).await?;
+        // One `device.create` row per device, as for `POST /devices`, so a
+        // device's history reads the same however it was registered.
         for device in &created {
             let summary = json!({
                 "name": device.name, "device_type": device.device_type, "bulk": true,
@@ -170,9 +202,24 @@ pub async fn create_bulk(
             )
             .await?;
         }
-        Ok::<_, db::DbError>(created)
+        if let (Some(k), Some(n)) = (&keyed, &nonce) {
+            // The answer without its secrets.
+            let items: Vec<DeviceOut> = created.iter().cloned().map(DeviceOut::from).collect();
+            let answer = idem::Answer {
+                status: 201,
+                body: serde_json::to_value(items).map_err(|e| ApiError::Internal(e.into()))?,
+                nonce: Some(n.to_vec()),
+                secrets_key: Some(state.signer.key_id().to_owned()),
+            };
+            idem::store(tx, k.scope(&caller), &answer).await?;
+        }
+        Ok::<_, ApiError>(Ok(created))
     })
     .await?;
+    let created = match created {
+        Ok(created) => created,
+        Err(answer) => return replay_bulk(&state, answer),
+    };
     tracing::info!(
         devices = created.len(),
         "registered {} devices in bulk",
@@ -190,6 +237,45 @@ pub async fn create_bulk(
         })
         .collect();
     Ok(HttpResponse::Created().json(CreatedDevices { items }))
+}
+
+/// A bulk registration answered again: its devices as they were, each with
+/// its secret derived again from the stored nonce.
+fn replay_bulk(state: &Shared, answer: idem::Answer) -> Result<HttpResponse, ApiError> {
+    let (Some(nonce), Some(key)) = (answer.nonce, answer.secrets_key) else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "a bulk idempotency key stored without its nonce"
+        )));
+    };
+    if key != state.signer.key_id() {
+        return Err(ApiError::Conflict(
+            "this request was done, but its device secrets were made with a signing key \
+             that has since been replaced and cannot be shown again"
+                .into(),
+        ));
+    }
+    let mut items = match answer.body {
+        Value::Array(items) => items,
+        _ => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "a bulk idempotency answer that is not a list"
+            )));
+        }
+    };
+    for (i, item) in items.iter_mut().enumerate() {
+        let id = item.get("id").cloned().unwrap_or(Value::Null);
+        if let Value::Object(m) = item {
+            m.insert(
+                "credentials".into(),
+                json!({"device_id": id, "secret": state.signer.derive_secret(&nonce, i as u32)}),
+            );
+        }
+    }
+    tracing::info!(
+        devices = items.len(),
+        "answered a bulk registration again for its idempotency key"
+    );
+    Ok(idempotency::replay(answer.status, &json!({"items": items})))
 }
 
 /// A device's name, type and labels checked as `POST /devices` does; its

@@ -28,6 +28,9 @@ fn api(cfg: &mut ServiceConfig) {
     cfg.service(session::login)
         .service(tenants::create)
         .service(users::create)
+        .service(users::list)
+        .service(users::update)
+        .service(users::remove)
         .service(devices::create)
         // Before `/devices/{id}`, so that "bulk" is never read as an id.
         .service(devices::create_bulk)
@@ -182,6 +185,9 @@ mod tests {
             ("/api/v1/auth/login", "post"),
             ("/api/v1/tenants", "post"),
             ("/api/v1/users", "post"),
+            ("/api/v1/users", "get"),
+            ("/api/v1/users/{id}", "patch"),
+            ("/api/v1/users/{id}", "delete"),
             ("/api/v1/devices", "post"),
             ("/api/v1/devices/bulk", "post"),
             ("/api/v1/devices", "get"),

@@ -29,7 +29,7 @@ use crate::state::Shared;
     request_body = Login,
     responses(
         (status = 200, description = "Logged in", body = AccessToken),
-        (status = 401, description = "Unknown user or wrong password"),
+        (status = 401, description = "Unknown or disabled user, or wrong password"),
         (status = 429, description = "Too many failed logins for this username or from this address; `Retry-After` says when to try again"),
     )
 )]
@@ -68,7 +68,9 @@ pub async fn login(
     let ok = state
         .hash_work(move |m| auth::verify_password_in(m, &password, &hash))
         .await?;
-    let Some(creds) = found.as_ref().filter(|_| ok) else {
+    // A disabled user is refused as a wrong password is, after the same
+    // work, so the answer does not tell that the account exists.
+    let Some(creds) = found.as_ref().filter(|c| ok && !c.user.disabled) else {
         state.throttle.failed(&username, address).await;
         failed(&state, &client, &username, found.as_ref());
         return Err(ApiError::Unauthorized(
@@ -93,10 +95,13 @@ pub async fn login(
         .await
     })
     .await?;
-    let (token, expires_in) =
-        state
-            .tokens
-            .issue(user.id, user.tenant_id, user.role, user.is_system_admin);
+    let (token, expires_in) = state.tokens.issue(
+        user.id,
+        user.tenant_id,
+        user.role,
+        user.is_system_admin,
+        user.token_generation,
+    );
     Ok(HttpResponse::Ok().json(AccessToken {
         access_token: token,
         token_type: "Bearer",
