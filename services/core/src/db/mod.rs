@@ -9,6 +9,7 @@ pub mod audit;
 pub mod commands;
 pub mod ddi;
 pub mod devices;
+pub mod enrolment;
 pub mod outbox;
 pub mod page;
 pub mod tenants;
@@ -274,6 +275,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0005_signatures.sql"),
     ),
     (6, "audit", include_str!("migrations/0006_audit.sql")),
+    (
+        9,
+        "enrolment",
+        include_str!("migrations/0009_enrolment.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serializes migrations across processes.
