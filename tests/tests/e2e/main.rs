@@ -4,6 +4,7 @@
 mod artifacts;
 mod bulk;
 mod ddi;
+mod enrolment;
 mod hostile;
 mod input;
 mod isolation;
