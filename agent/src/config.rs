@@ -650,6 +650,52 @@ mod tests {
     }
 
     #[test]
+    fn a_file_without_device_id_enrols_with_its_token_and_type() {
+        let base = "server_url = \"http://127.0.0.1:8081\"\naccept_unsigned = true\n";
+        let config = Config::from_toml_str(&format!(
+            "{base}enrolment_token = \"tend_enrol_abc\"\ndevice_type = \"kiosk\"\n\
+             device_name = \"gate 7\"\n[device_labels]\nsite = \"north\"\n"
+        ))
+        .unwrap();
+        assert!(config.device_id.is_nil());
+        let enrolment = config.enrolment.as_ref().expect("enrols");
+        assert_eq!(enrolment.token().unwrap(), "tend_enrol_abc");
+        assert_eq!(enrolment.device_type, "kiosk");
+        assert_eq!(enrolment.name.as_deref(), Some("gate 7"));
+        assert_eq!(enrolment.labels["site"], "north");
+        assert!(!format!("{config:?}").contains("tend_enrol_abc"));
+
+        // The file's identity wins over a token.
+        let config = Config::from_toml_str(&format!(
+            "{}enrolment_token = \"tend_enrol_abc\"\ndevice_type = \"kiosk\"\n",
+            minimal()
+        ))
+        .unwrap();
+        assert!(config.enrolment.is_none());
+        assert_eq!(config.device_id.to_string(), ID);
+
+        for (rest, expected) in [
+            ("", "enrolment_token and device_type"),
+            (
+                "enrolment_token = \"tend_enrol_abc\"\n",
+                "needs device_type",
+            ),
+            (
+                "enrolment_token = \"t\"\ndevice_type = \"a b\"\n",
+                "device_type",
+            ),
+            ("device_secret = \"s\"\n", "without device_id"),
+            (
+                "enrolment_token = \"t\"\nenrolment_token_file = \"/x\"\ndevice_type = \"k\"\n",
+                "not both",
+            ),
+        ] {
+            let e = error_of(&format!("{base}{rest}"));
+            assert!(e.contains(expected), "{rest:?}: {e}");
+        }
+    }
+
+    #[test]
     fn the_example_file_shipped_with_the_agent_is_valid_and_shows_the_defaults() {
         let shipped = include_str!("../tend-agent.example.toml");
         // As shipped, it names no signing key: the agent does not start

@@ -117,16 +117,16 @@ impl Agent {
         };
         let agent = Agent::new(stack, &placeholder);
         let text = std::fs::read_to_string(&agent.config).expect("agent config");
-        let text: String = text
+        let text = text
             .lines()
             .filter(|l| !l.starts_with("device_id") && !l.starts_with("device_secret"))
-            .map(|l| format!("{l}\n"))
-            .collect();
+            .collect::<Vec<_>>()
+            .join("\n");
         std::fs::write(
             &agent.config,
             format!(
                 "enrolment_token = \"{token}\"\ndevice_type = \"{device_type}\"\n\
-                 device_name = \"enrolled-{device_type}\"\n{text}"
+                 device_name = \"enrolled-{device_type}\"\n{text}\n"
             ),
         )
         .expect("agent config");

@@ -4,6 +4,7 @@
 mod actions;
 mod artifacts;
 mod devices;
+mod enrolment;
 mod history;
 mod session;
 
@@ -21,6 +22,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<Exit, Failure> {
         Cmd::Login(a) => session::login(ctx, a).await,
         Cmd::Logout => session::logout(ctx),
         Cmd::Devices(c) => devices::run(ctx, c).await,
+        Cmd::EnrolmentTokens(c) => enrolment::run(ctx, c).await,
         Cmd::Reboot(a) => actions::action(ctx, "reboot", a).await,
         Cmd::Shutdown(a) => actions::action(ctx, "shutdown", a).await,
         Cmd::Logs(a) => actions::logs(ctx, a).await,

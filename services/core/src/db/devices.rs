@@ -383,7 +383,7 @@ pub async fn set_reported(c: &impl GenericClient, id: Uuid, reported: &Value) ->
 /// How an admin's accept or reject ended.
 #[derive(Debug)]
 pub enum Admit {
-    Done(Device),
+    Done(Box<Device>),
     /// The tenant has no such active device.
     NotFound,
     /// The device's admission does not allow it (accepting a rejected or
@@ -405,7 +405,9 @@ pub async fn accept(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result
             "UPDATE devices SET admission = 'accepted' WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .await?;
-    Ok(Admit::Done(from_row(&c.query_one(&stmt, &[&id]).await?)?))
+    Ok(Admit::Done(Box::new(from_row(
+        &c.query_one(&stmt, &[&id]).await?,
+    )?)))
 }
 
 /// Rejects a pending or accepted device for good: its credential is
@@ -445,7 +447,7 @@ pub async fn reject(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result
         },
     )
     .await?;
-    Ok(Admit::Done(rejected))
+    Ok(Admit::Done(Box::new(rejected)))
 }
 
 /// The tenant's active device, locked for an admission change.

@@ -414,7 +414,7 @@ async fn admit(
             _ => devices::accept(tx, caller.tenant(), id).await?,
         };
         let device = match done {
-            Admit::Done(device) => device,
+            Admit::Done(device) => *device,
             Admit::NotFound => return Err(no_such_device()),
             Admit::Conflict(now) => {
                 return Err(ApiError::Conflict(format!(
