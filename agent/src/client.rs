@@ -30,6 +30,9 @@ use crate::system::AGENT_VERSION;
 /// Connecting should be quick even on a poor link; a longer wait means the
 /// server is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a pending device waits between asking whether it was
+/// accepted, whatever the server says.
+const PENDING_RETRY_MAX_S: u64 = 300;
 /// The longest a token is used, whatever the server says its lifetime is.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
@@ -46,6 +49,10 @@ pub enum ClientError {
     /// `POST /device/v1/auth` answered 401: wrong secret or decommissioned.
     #[error("the server refused this device's credentials")]
     AuthRefused,
+    /// `POST /device/v1/auth` answered 403 with `Retry-After`: the device
+    /// enrolled itself and waits for an admin to accept it.
+    #[error("this device waits for an admin to accept its enrolment")]
+    Pending { retry_after: Duration },
     #[error("the server answered {status}: {body}")]
     Status { status: StatusCode, body: String },
     #[error("cannot read the server's answer: {}", chain(.0))]
@@ -396,6 +403,18 @@ impl Client {
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(ClientError::AuthRefused);
         }
+        if response.status() == StatusCode::FORBIDDEN
+            && let Some(seconds) = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            // Bounded both ways: a server cannot make a waiting device
+            // spin, nor fall silent for a day.
+            let retry_after = Duration::from_secs(seconds.clamp(1, PENDING_RETRY_MAX_S));
+            return Err(ClientError::Pending { retry_after });
+        }
         decode(response, "the authentication", SMALL_BODY_BYTES).await
     }
 }
@@ -456,7 +475,7 @@ async fn decode<T: DeserializeOwned>(
 /// than `limit` (a `Content-Length` over it is refused before a byte is
 /// read). What a body costs the agent is the limit at most, whatever the
 /// server sends; a body that never ends is cut by the request timeout.
-async fn read_limited(
+pub(crate) async fn read_limited(
     mut response: Response,
     limit: usize,
 ) -> Result<Option<Vec<u8>>, ClientError> {

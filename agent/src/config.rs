@@ -28,9 +28,15 @@ pub struct Config {
     pub server_url: String,
     /// `ca_file`: a private CA trusted beside the system's roots.
     pub ca_file: Option<crate::tls::CaFile>,
+    /// Nil until [`crate::identity::establish`] gives an enrolling device
+    /// its identity (stored, or enrolled for).
     pub device_id: Uuid,
     /// Resolved from `device_secret_file` when that key is used.
     pub device_secret: String,
+    /// `enrolment_token` (or `enrolment_token_file`), `device_type`,
+    /// `device_name` and `[device_labels]`: how a device without
+    /// `device_id` gets its identity. `None` when the file holds one.
+    pub enrolment: Option<Enrolment>,
     /// Holds the journal, the operation log and the actions' output files.
     pub state_dir: PathBuf,
     /// Read once at startup; a changed value proves that a reboot happened.
@@ -59,6 +65,54 @@ pub struct Config {
     pub peer: peer::PeerSettings,
     /// `signing_keys` and `accept_unsigned`: which instructions run.
     pub trust: Trust,
+}
+
+/// How the agent enrols when the file gives it no identity.
+#[derive(Clone)]
+pub struct Enrolment {
+    token: EnrolmentToken,
+    pub device_type: String,
+    /// `device_name`, else the host name; the server names the device when
+    /// neither is usable.
+    pub name: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone)]
+enum EnrolmentToken {
+    Inline(String),
+    /// Read when enrolling, not at start: once enrolled, the agent needs
+    /// it no more, and an operator may delete it.
+    File(PathBuf),
+}
+
+impl Enrolment {
+    /// The token, read from its file if it has one.
+    pub fn token(&self) -> anyhow::Result<String> {
+        let token = match &self.token {
+            EnrolmentToken::Inline(token) => token.clone(),
+            EnrolmentToken::File(file) => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read enrolment_token_file {}", file.display()))?
+                .trim()
+                .to_owned(),
+        };
+        if token.is_empty() {
+            bail!("the enrolment token is empty");
+        }
+        Ok(token)
+    }
+}
+
+/// The token stays out of logs and panic messages.
+impl fmt::Debug for Enrolment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Enrolment")
+            .field("token", &"<redacted>")
+            .field("device_type", &self.device_type)
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .finish()
+    }
 }
 
 /// The argv that performs each action.
@@ -101,9 +155,15 @@ pub const DEFAULT_REQUEST_TIMEOUT_S: u64 = 30;
 struct RawConfig {
     server_url: String,
     ca_file: Option<PathBuf>,
-    device_id: String,
+    device_id: Option<String>,
     device_secret: Option<String>,
     device_secret_file: Option<PathBuf>,
+    enrolment_token: Option<String>,
+    enrolment_token_file: Option<PathBuf>,
+    device_type: Option<String>,
+    device_name: Option<String>,
+    #[serde(default)]
+    device_labels: BTreeMap<String, String>,
     state_dir: Option<PathBuf>,
     boot_id_file: Option<PathBuf>,
     #[serde(default)]
@@ -171,20 +231,51 @@ impl Config {
             .as_deref()
             .map(crate::tls::CaFile::load)
             .transpose()?;
-        let device_id = Uuid::parse_str(raw.device_id.trim())
-            .map_err(|e| anyhow!("device_id {:?} is not a UUID: {e}", raw.device_id))?;
-        let device_secret = match (raw.device_secret, raw.device_secret_file) {
-            (Some(_), Some(_)) => bail!("set device_secret or device_secret_file, not both"),
-            (None, None) => bail!("missing device secret: set device_secret or device_secret_file"),
-            (Some(secret), None) => secret,
-            (None, Some(file)) => std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read device_secret_file {}", file.display()))?
-                .trim()
-                .to_owned(),
+        let enrolment = enrolment(
+            raw.enrolment_token,
+            raw.enrolment_token_file,
+            raw.device_type,
+            raw.device_name,
+            raw.device_labels,
+        )?;
+        let (device_id, device_secret, enrolment) = match raw.device_id {
+            Some(device_id) => {
+                let device_id = Uuid::parse_str(device_id.trim())
+                    .map_err(|e| anyhow!("device_id {device_id:?} is not a UUID: {e}"))?;
+                let device_secret = match (raw.device_secret, raw.device_secret_file) {
+                    (Some(_), Some(_)) => {
+                        bail!("set device_secret or device_secret_file, not both")
+                    }
+                    (None, None) => {
+                        bail!("missing device secret: set device_secret or device_secret_file")
+                    }
+                    (Some(secret), None) => secret,
+                    (None, Some(file)) => std::fs::read_to_string(&file)
+                        .with_context(|| {
+                            format!("cannot read device_secret_file {}", file.display())
+                        })?
+                        .trim()
+                        .to_owned(),
+                };
+                if device_secret.trim().is_empty() {
+                    bail!("the device secret is empty");
+                }
+                // The file's identity wins: there is nothing to enrol for.
+                (device_id, device_secret, None)
+            }
+            None => {
+                if raw.device_secret.is_some() || raw.device_secret_file.is_some() {
+                    bail!("a device secret without device_id: set both, or neither to enrol");
+                }
+                let Some(enrolment) = enrolment else {
+                    bail!(
+                        "missing device_id: set device_id and device_secret, or \
+                         enrolment_token and device_type to enrol"
+                    );
+                };
+                (Uuid::nil(), String::new(), Some(enrolment))
+            }
         };
-        if device_secret.trim().is_empty() {
-            bail!("the device secret is empty");
-        }
         for (name, argv) in [
             ("reboot", &raw.actions.reboot),
             ("shutdown", &raw.actions.shutdown),
@@ -284,6 +375,7 @@ impl Config {
             ca_file,
             device_id,
             device_secret,
+            enrolment,
             state_dir,
             boot_id_file: raw
                 .boot_id_file
@@ -308,6 +400,7 @@ impl fmt::Debug for Config {
             .field("ca_file", &self.ca_file)
             .field("device_id", &self.device_id)
             .field("device_secret", &"<redacted>")
+            .field("enrolment", &self.enrolment)
             .field("state_dir", &self.state_dir)
             .field("boot_id_file", &self.boot_id_file)
             .field("actions", &self.actions)
@@ -320,6 +413,53 @@ impl fmt::Debug for Config {
             .field("trust", &self.trust)
             .finish()
     }
+}
+
+/// The enrolment keys, checked; `None` without a token.
+fn enrolment(
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    device_type: Option<String>,
+    name: Option<String>,
+    labels: BTreeMap<String, String>,
+) -> anyhow::Result<Option<Enrolment>> {
+    let token = match (token, token_file) {
+        (Some(_), Some(_)) => bail!("set enrolment_token or enrolment_token_file, not both"),
+        (None, None) => return Ok(None),
+        (Some(token), None) if token.trim().is_empty() => bail!("enrolment_token is empty"),
+        (Some(token), None) => EnrolmentToken::Inline(token.trim().to_owned()),
+        (None, Some(file)) => EnrolmentToken::File(file),
+    };
+    let Some(device_type) = device_type else {
+        bail!("enrolling needs device_type: the type this device enrols as");
+    };
+    if !tend_proto::device::is_device_type(&device_type) {
+        bail!("device_type {device_type:?} must be 1 to 64 of letters, digits, '.', '_' and '-'");
+    }
+    if let Some(why) = tend_proto::device::labels_problem(&labels) {
+        bail!("device_labels: {why}");
+    }
+    let usable = |n: &String| {
+        let n = n.trim();
+        !n.is_empty() && n.chars().count() <= 200 && !n.chars().any(char::is_control)
+    };
+    if let Some(name) = &name
+        && !usable(name)
+    {
+        bail!("device_name must be 1 to 200 printable characters");
+    }
+    let name = name.or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(usable)
+    });
+    Ok(Some(Enrolment {
+        token,
+        device_type,
+        name,
+        labels,
+    }))
 }
 
 fn validate_url(raw: &str) -> anyhow::Result<String> {
@@ -507,6 +647,52 @@ mod tests {
         assert!(e.starts_with("line 5:") && e.contains("heartbeat"), "{e}");
         let e = error_of("server_url = \n");
         assert!(e.starts_with("line 1:"), "{e}");
+    }
+
+    #[test]
+    fn a_file_without_device_id_enrols_with_its_token_and_type() {
+        let base = "server_url = \"http://127.0.0.1:8081\"\naccept_unsigned = true\n";
+        let config = Config::from_toml_str(&format!(
+            "{base}enrolment_token = \"tend_enrol_abc\"\ndevice_type = \"kiosk\"\n\
+             device_name = \"gate 7\"\n[device_labels]\nsite = \"north\"\n"
+        ))
+        .unwrap();
+        assert!(config.device_id.is_nil());
+        let enrolment = config.enrolment.as_ref().expect("enrols");
+        assert_eq!(enrolment.token().unwrap(), "tend_enrol_abc");
+        assert_eq!(enrolment.device_type, "kiosk");
+        assert_eq!(enrolment.name.as_deref(), Some("gate 7"));
+        assert_eq!(enrolment.labels["site"], "north");
+        assert!(!format!("{config:?}").contains("tend_enrol_abc"));
+
+        // The file's identity wins over a token.
+        let config = Config::from_toml_str(&format!(
+            "{}enrolment_token = \"tend_enrol_abc\"\ndevice_type = \"kiosk\"\n",
+            minimal()
+        ))
+        .unwrap();
+        assert!(config.enrolment.is_none());
+        assert_eq!(config.device_id.to_string(), ID);
+
+        for (rest, expected) in [
+            ("", "enrolment_token and device_type"),
+            (
+                "enrolment_token = \"tend_enrol_abc\"\n",
+                "needs device_type",
+            ),
+            (
+                "enrolment_token = \"t\"\ndevice_type = \"a b\"\n",
+                "device_type",
+            ),
+            ("device_secret = \"s\"\n", "without device_id"),
+            (
+                "enrolment_token = \"t\"\nenrolment_token_file = \"/x\"\ndevice_type = \"k\"\n",
+                "not both",
+            ),
+        ] {
+            let e = error_of(&format!("{base}{rest}"));
+            assert!(e.contains(expected), "{rest:?}: {e}");
+        }
     }
 
     #[test]

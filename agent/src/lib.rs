@@ -15,6 +15,7 @@ mod client;
 pub mod config;
 mod executor;
 mod fault;
+mod identity;
 mod journal;
 mod limits;
 mod lock;

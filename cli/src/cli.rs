@@ -64,7 +64,8 @@ pub enum Cmd {
     ///
     /// The token itself stays valid on the server until it expires.
     Logout,
-    /// Register, list, show and decommission devices
+    /// Register, list, show and decommission devices; accept or reject
+    /// the devices that enrolled themselves
     #[command(subcommand)]
     Devices(DevicesCmd),
     /// List, change and remove users of your tenant (admins)
@@ -73,6 +74,10 @@ pub enum Cmd {
     /// within 2 seconds.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// Create, list and revoke enrolment tokens, with which a device's
+    /// agent enrols itself (its `enrolment_token`)
+    #[command(subcommand, name = "enrolment-tokens")]
+    EnrolmentTokens(EnrolmentTokensCmd),
     /// Queue a reboot of a device
     Reboot(ActionArgs),
     /// Queue a shutdown of a device
@@ -145,6 +150,38 @@ pub enum DevicesCmd {
         #[arg(long, short)]
         yes: bool,
     },
+    /// List the devices that enrolled themselves and wait for an admin
+    Pending(PageArgs),
+    /// Accept a pending device: its agent connects at its next try
+    Accept { id: Uuid },
+    /// Reject a device for good: it never connects again
+    Reject { id: Uuid },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrolmentTokensCmd {
+    /// Create a token; prints it, shown this once
+    Create {
+        /// Only devices of this type may enrol with it
+        #[arg(long = "type", value_name = "TYPE")]
+        device_type: Option<String>,
+        /// A label given to every device it enrols, repeatable
+        #[arg(long = "label", value_name = "KEY:VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// How many devices it may enrol (default: any number until it expires)
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Seconds until it expires (default: one day)
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: Option<u64>,
+        /// Accept its devices at once instead of leaving them pending
+        #[arg(long)]
+        auto_accept: bool,
+    },
+    /// List tokens, newest first (never the tokens themselves)
+    List(PageArgs),
+    /// Revoke a token: it enrols no device from now on
+    Revoke { id: Uuid },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +223,9 @@ pub struct DeviceListArgs {
     /// Only devices in this state
     #[arg(long, value_parser = ["online", "offline", "unknown"])]
     pub status: Option<String>,
+    /// Only devices admitted so (enrolled devices wait pending for an admin)
+    #[arg(long, value_parser = ["pending", "accepted", "rejected"])]
+    pub admission: Option<String>,
     /// Only devices of this type
     #[arg(long = "type", value_name = "TYPE")]
     pub device_type: Option<String>,

@@ -143,13 +143,22 @@ fn compact(v: &Value) -> String {
 }
 
 pub fn devices(items: &[Value]) -> String {
-    let mut t = Table::new(&["ID", "NAME", "TYPE", "STATUS", "LAST SEEN", "LABELS"]);
+    let mut t = Table::new(&[
+        "ID",
+        "NAME",
+        "TYPE",
+        "STATUS",
+        "ADMISSION",
+        "LAST SEEN",
+        "LABELS",
+    ]);
     for d in items {
         t.row(vec![
             cell(&d["id"]),
             cell(&d["name"]),
             cell(&d["device_type"]),
             cell(&d["status"]),
+            cell(&d["admission"]),
             cell(&d["last_seen_at"]),
             labels(&d["labels"]),
         ]);
@@ -163,6 +172,7 @@ pub fn device(d: &Value) -> String {
         ("NAME", cell(&d["name"])),
         ("TYPE", cell(&d["device_type"])),
         ("STATUS", cell(&d["status"])),
+        ("ADMISSION", cell(&d["admission"])),
         ("LAST SEEN", cell(&d["last_seen_at"])),
         ("LABELS", labels(&d["labels"])),
         ("CREATED", cell(&d["created_at"])),

@@ -28,6 +28,48 @@ pub struct AuthResponse {
     pub device_type: Option<String>,
 }
 
+/// `POST /device/v1/enrol`: a device with an enrolment token and no
+/// identity yet asks for one (seed 003). Sent once; the answer's
+/// credentials are kept by the device from then on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// The enrolment token (`tend_enrol_…`) an admin created.
+    pub token: String,
+    /// The device's type ([`is_device_type`]); when the token is for one
+    /// type, it must be that one.
+    pub device_type: String,
+    /// The name admins see; the server makes one up when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Labels the device asks for; the token's own labels win over them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Free-form inventory (hardware, serial number), shown to admins as
+    /// the device's `reported` object while they decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<serde_json::Value>,
+}
+
+/// Whether an enrolled device may connect yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrolStatus {
+    /// It waits for an admin: `POST /device/v1/auth` answers 403 until
+    /// then, with `Retry-After`.
+    Pending,
+    /// It may authenticate at once (the token accepts its devices).
+    Accepted,
+}
+
+/// The answer to an enrolment: the device's identity, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrolResponse {
+    pub device_id: Uuid,
+    pub secret: String,
+    pub status: EnrolStatus,
+}
+
 /// `POST /device/v1/heartbeat`: the device is alive; tells what it runs.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -107,6 +149,33 @@ pub fn is_device_type(v: &str) -> bool {
         && v.len() <= 64
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// What is wrong with a device's labels, if anything: at most 64, keys of
+/// 1 to 63 letters, digits, `.`, `_`, `-` and `/`, values of at most 255
+/// printable characters (the platform's rule for the labels it stores).
+pub fn labels_problem(labels: &BTreeMap<String, String>) -> Option<String> {
+    if labels.len() > 64 {
+        return Some("at most 64 labels".into());
+    }
+    for (k, v) in labels {
+        if k.is_empty()
+            || k.len() > 63
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        {
+            return Some(format!(
+                "label key {k:?} must be 1 to 63 of letters, digits, '.', '_', '-' and '/'"
+            ));
+        }
+        if v.len() > 255 || v.chars().any(char::is_control) {
+            return Some(format!(
+                "label {k:?} must have a value of at most 255 printable characters"
+            ));
+        }
+    }
+    None
 }
 
 /// Trace ids are W3C trace-context ids: 32 lowercase hex digits, not all 0.

@@ -106,6 +106,43 @@ impl Agent {
         agent
     }
 
+    /// An agent with no identity in its file: it enrols with `token` as a
+    /// device of `device_type`, and keeps what it is given in its state
+    /// directory ([`Agent::enrolled`] reads it). Its `device` is a
+    /// placeholder until then.
+    pub fn enrolling(stack: &Stack, token: &str, device_type: &str) -> Agent {
+        let placeholder = Device {
+            id: Uuid::new_v4(),
+            secret: String::new(),
+        };
+        let agent = Agent::new(stack, &placeholder);
+        let text = std::fs::read_to_string(&agent.config).expect("agent config");
+        let text = text
+            .lines()
+            .filter(|l| !l.starts_with("device_id") && !l.starts_with("device_secret"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(
+            &agent.config,
+            format!(
+                "enrolment_token = \"{token}\"\ndevice_type = \"{device_type}\"\n\
+                 device_name = \"enrolled-{device_type}\"\n{text}\n"
+            ),
+        )
+        .expect("agent config");
+        agent
+    }
+
+    /// The identity the agent enrolled for, once it has stored it.
+    pub fn enrolled(&self) -> Option<Device> {
+        let text = std::fs::read_to_string(self.dir.join("state/identity.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        Some(Device {
+            id: v["device_id"].as_str()?.parse().ok()?,
+            secret: v["secret"].as_str()?.to_owned(),
+        })
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "the agent is already running");
         let log = File::options()

@@ -70,7 +70,12 @@ pub enum Stopped {
 /// journal, boot id); once running, the agent retries everything that
 /// fails. An action's child process still running at shutdown is left
 /// alone.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Stopped> {
+pub async fn run(mut config: Config, shutdown: CancellationToken) -> anyhow::Result<Stopped> {
+    // A device without an identity in its file enrols first (or reads the
+    // identity it enrolled for before).
+    if !crate::identity::establish(&mut config, &shutdown).await? {
+        return Ok(Stopped::Shutdown);
+    }
     let agent = Arc::new(Agent::start(config, shutdown.clone())?);
     info!(
         device.id = %agent.config.device_id,
@@ -184,6 +189,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// with `config`, touching no state. A new binary of the agent must pass
 /// this before it replaces the running one.
 pub async fn prove(config: &Config) -> anyhow::Result<()> {
+    // An enrolled device proves itself with the identity it stored; a
+    // proof never enrols.
+    let mut config = config.clone();
+    if config.device_id.is_nil()
+        && let Some(identity) = crate::identity::load(&config.state_dir)?
+    {
+        config.device_id = identity.device_id;
+        config.device_secret = identity.secret;
+    }
+    let config = &config;
     let client = Client::new(config).context("while building the HTTP client")?;
     let heartbeat = tend_proto::device::Heartbeat {
         agent_version: AGENT_VERSION.to_owned(),

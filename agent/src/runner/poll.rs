@@ -14,7 +14,7 @@ use std::time::Duration;
 use tend_proto::device::{Heartbeat, Instruction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Agent;
 use crate::backoff::{Backoff, jittered};
@@ -165,6 +165,15 @@ pub(super) async fn heartbeat_loop(
                 } else {
                     delay
                 }
+            }
+            Err(ClientError::Pending { retry_after }) => {
+                // Not a failure: the server answers, and says when to ask
+                // again whether an admin accepted this device.
+                info!(
+                    retry_in_ms = retry_after.as_millis() as u64,
+                    "this device waits for an admin to accept its enrolment"
+                );
+                retry_after
             }
             Err(e) => {
                 agent.link_down();

@@ -1,4 +1,4 @@
-//! `tendctl devices list|show|create|decommission`.
+//! `tendctl devices list|show|create|decommission|pending|accept|reject`.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -31,7 +31,33 @@ pub(super) async fn run(ctx: &Ctx, cmd: DevicesCmd) -> Result<Exit, Failure> {
             labels,
         } => create(ctx, name, device_type, labels).await,
         DevicesCmd::Decommission { id, yes } => decommission(ctx, id, yes).await,
+        DevicesCmd::Pending(page) => {
+            let query = vec![("admission", "pending".to_owned())];
+            let answer = list(&ctx.client()?, "/devices", query, &page).await?;
+            print_list(ctx, &answer, output::devices, "tendctl devices pending");
+            Ok(Exit::Ok)
+        }
+        DevicesCmd::Accept { id } => admit(ctx, id, "accept").await,
+        DevicesCmd::Reject { id } => admit(ctx, id, "reject").await,
     }
+}
+
+/// `POST /devices/{id}/accept` or `/reject`.
+async fn admit(ctx: &Ctx, id: Uuid, verb: &str) -> Result<Exit, Failure> {
+    let d = ctx
+        .client()?
+        .post(&format!("/devices/{id}/{verb}"), &json!({}))
+        .await?;
+    if ctx.json {
+        output::json(&d);
+    } else {
+        output::out(&format!(
+            "Device {} ({id}) is {}.\n",
+            output::cell(&d["name"]),
+            output::cell(&d["admission"])
+        ));
+    }
+    Ok(Exit::Ok)
 }
 
 async fn list_devices(ctx: &Ctx, a: DeviceListArgs) -> Result<Exit, Failure> {
@@ -41,6 +67,9 @@ async fn list_devices(ctx: &Ctx, a: DeviceListArgs) -> Result<Exit, Failure> {
     }
     if let Some(t) = a.device_type {
         query.push(("device_type", t));
+    }
+    if let Some(a) = a.admission {
+        query.push(("admission", a));
     }
     for (k, v) in a.labels {
         query.push(("label", format!("{k}:{v}")));
@@ -84,7 +113,9 @@ async fn create(
 
 /// Labels as the API takes them; a key given twice is a mistake, not a
 /// silent last-one-wins.
-fn label_map(labels: Vec<(String, String)>) -> Result<BTreeMap<String, String>, Failure> {
+pub(super) fn label_map(
+    labels: Vec<(String, String)>,
+) -> Result<BTreeMap<String, String>, Failure> {
     let mut map = BTreeMap::new();
     for (k, v) in labels {
         if map.contains_key(&k) {

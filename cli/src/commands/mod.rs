@@ -5,6 +5,7 @@ mod actions;
 mod artifacts;
 mod audit;
 mod devices;
+mod enrolment;
 mod history;
 mod session;
 mod users;
@@ -24,6 +25,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<Exit, Failure> {
         Cmd::Logout => session::logout(ctx),
         Cmd::Devices(c) => devices::run(ctx, c).await,
         Cmd::Users(c) => users::run(ctx, c).await,
+        Cmd::EnrolmentTokens(c) => enrolment::run(ctx, c).await,
         Cmd::Reboot(a) => actions::action(ctx, "reboot", a).await,
         Cmd::Shutdown(a) => actions::action(ctx, "shutdown", a).await,
         Cmd::Logs(a) => actions::logs(ctx, a).await,

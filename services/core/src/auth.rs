@@ -403,6 +403,16 @@ pub fn new_device_secret() -> String {
     URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
 }
 
+/// What every enrolment token starts with, so that secret scanners (and
+/// people) recognise one that leaked into a repository or a log.
+pub const ENROLMENT_TOKEN_PREFIX: &str = "tend_enrol_";
+
+/// A new enrolment token: the prefix and 256 random bits. It is stored as
+/// [`hash_device_secret`] of the whole string.
+pub fn new_enrolment_token() -> String {
+    format!("{ENROLMENT_TOKEN_PREFIX}{}", new_device_secret())
+}
+
 pub fn hash_device_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }

@@ -22,6 +22,7 @@
 mod board;
 mod ddi;
 mod device;
+mod enrol;
 mod events;
 mod fallback;
 mod presence;
@@ -77,6 +78,11 @@ pub(crate) struct State {
     pub downloads: Arc<tokio::sync::Semaphore>,
     /// The hawkBit DDI devices this replica has verified.
     pub ddi: ddi::Sessions,
+    /// Enrolments answered this second (an unauthenticated route).
+    pub enrolments: enrol::Rate,
+    /// `TEND_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client an
+    /// enrolment's audit row records.
+    pub trusted_proxies: Vec<tend_core::http::Cidr>,
 }
 
 pub(crate) type Shared = web::Data<State>;
@@ -143,6 +149,8 @@ impl Service for SyncServer {
             store,
             downloads: Arc::new(tokio::sync::Semaphore::new(settings.download_concurrency)),
             ddi: ddi::Sessions::default(),
+            enrolments: enrol::Rate::default(),
+            trusted_proxies: settings.trusted_proxies.clone(),
         });
         Ok(SyncServer {
             listener,

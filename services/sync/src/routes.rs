@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpResponse, ResponseError, web};
 use tend_core::auth;
 use tend_core::db::commands::{self, Command, RecoveryOutcome, ReportOutcome};
 use tend_core::db::{self, devices};
@@ -48,6 +48,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(authenticate)),
                 )
                 .service(
+                    web::resource("/enrol")
+                        .app_data(http::json_config(crate::enrol::ENROL_LIMIT))
+                        .route(web::post().to(crate::enrol::enrol)),
+                )
+                .service(
                     // Named: the metrics middleware reads a name without
                     // building the pattern string.
                     web::resource("/heartbeat")
@@ -88,9 +93,21 @@ async fn authenticate(
     let credential = found.ok_or_else(refused)?;
     if !auth::device_secret_matches(&body.secret, &credential.secret_sha256)
         || state.revocations.is_revoked(body.device_id)
+        || credential.admission == devices::Admission::Rejected
     {
         tracing::info!(device.id = %body.device_id, "refused authentication of device {}", body.device_id);
         return Err(refused());
+    }
+    if credential.admission == devices::Admission::Pending {
+        // Its secret is right: tell it to wait, and when to ask again.
+        let mut answer =
+            ApiError::Forbidden("this device enrolled and waits for an admin to accept it".into())
+                .error_response();
+        answer.headers_mut().insert(
+            actix_web::http::header::RETRY_AFTER,
+            actix_web::http::header::HeaderValue::from(state.heartbeat_s.max(1)),
+        );
+        return Ok(answer);
     }
     let (token, expires_in) = state.tokens.issue(body.device_id, credential.tenant_id);
     Ok(HttpResponse::Ok().json(AuthResponse {

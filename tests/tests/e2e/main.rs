@@ -5,6 +5,7 @@ mod artifacts;
 mod audit;
 mod bulk;
 mod ddi;
+mod enrolment;
 mod hostile;
 mod idempotency;
 mod input;

@@ -721,3 +721,65 @@ async fn an_admin_lists_changes_and_removes_users_and_requeues_with_one_idempote
         .await;
     assert_eq!(r.code, 3, "another command with the key: {r:?}");
 }
+
+#[tokio::test]
+async fn enrolment_tokens_and_pending_devices_are_managed_from_tendctl() {
+    let stack = Stack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Tendctl::new(dir.path());
+    ctl.login(&stack).await;
+
+    let r = ctl
+        .run(&[
+            "--json",
+            "enrolment-tokens",
+            "create",
+            "--type",
+            "kiosk",
+            "--uses",
+            "2",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let created = r.json();
+    let token = created["token"].as_str().expect("token").to_owned();
+    let token_id = created["id"].as_str().expect("id").to_owned();
+    let r = ctl.run(&["enrolment-tokens", "list"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&token_id) && !r.stdout.contains(&token),
+        "{r:?}"
+    );
+
+    let enrolled: Value = stack
+        .http
+        .post(stack.device_api("/enrol"))
+        .json(&serde_json::json!({ "token": token, "device_type": "kiosk" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = enrolled["device_id"]
+        .as_str()
+        .expect("device_id")
+        .to_owned();
+    let r = ctl.run(&["devices", "pending"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&id) && r.stdout.contains("pending"),
+        "{r:?}"
+    );
+    let r = ctl.run(&["--json", "devices", "accept", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["admission"], "accepted");
+    let r = ctl.run(&["devices", "accept", &id]).await;
+    assert_eq!(r.code, 3, "accepting twice is refused by the API: {r:?}");
+    let r = ctl.run(&["devices", "reject", &id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = ctl.run(&["enrolment-tokens", "revoke", &token_id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = ctl.run(&["--json", "enrolment-tokens", "list"]).await;
+    assert!(r.json()["items"][0]["revoked_at"].is_string(), "{r:?}");
+}

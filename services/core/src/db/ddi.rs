@@ -58,6 +58,7 @@ pub async fn find_by_secret(
             "SELECT {TARGET}
              FROM tenants t
              JOIN devices d ON d.tenant_id = t.id AND d.decommissioned_at IS NULL
+                              AND d.admission = 'accepted'
              JOIN device_credentials k ON k.device_id = d.id AND k.revoked_at IS NULL
              WHERE t.name = $1 AND d.name = $2 AND k.secret_sha256 = $3
              LIMIT 1"
@@ -95,6 +96,7 @@ pub async fn find_by_gateway(
              JOIN gateway_tokens g ON g.tenant_id = t.id AND g.revoked_at IS NULL
                                    AND g.token_sha256 = $3
              JOIN devices d ON d.tenant_id = t.id AND d.decommissioned_at IS NULL
+                              AND d.admission = 'accepted'
              WHERE t.name = $1 AND d.name = $2
              LIMIT 2"
         ))

@@ -33,6 +33,31 @@ impl Presence {
     }
 }
 
+/// Whether a device may connect: admin-created devices are accepted; an
+/// enrolled one is pending until an admin accepts or rejects it.
+#[derive(Debug, Clone, PartialEq, Eq, Copy)]
+pub enum Admission {
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+impl Admission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Admission::Pending => "pending",
+            Admission::Accepted => "accepted",
+            Admission::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Admission> {
+        [Admission::Pending, Admission::Accepted, Admission::Rejected]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Device {
     pub id: Uuid,
@@ -46,10 +71,11 @@ pub struct Device {
     pub created_at: DateTime<Utc>,
     /// `{name: {version, updated_at}}` as the agent last reported them.
     pub components: Value,
+    pub admission: Admission,
 }
 
 const COLUMNS: &str = "id, tenant_id, name, device_type, labels, status, last_seen_at, \
-     reported, created_at, components";
+     reported, created_at, components, admission";
 
 fn from_row(r: &Row) -> Result<Device> {
     let status: String = r.get(5);
@@ -65,6 +91,11 @@ fn from_row(r: &Row) -> Result<Device> {
         reported: r.get(7),
         created_at: r.get(8),
         components: r.get(9),
+        admission: {
+            let a: String = r.get(10);
+            Admission::parse(&a)
+                .ok_or_else(|| DbError::Corrupt(format!("device admission {a:?}")))?
+        },
     })
 }
 
@@ -77,19 +108,39 @@ pub struct NewDevice<'a> {
     pub secret_sha256: &'a [u8],
 }
 
-/// Inserts a device and its credential. Run it in a transaction.
+/// Inserts a device and its credential, accepted. Run it in a transaction.
 pub async fn create(c: &impl GenericClient, new: NewDevice<'_>) -> Result<Device> {
+    create_admitted(c, new, Admission::Accepted, None).await
+}
+
+/// Inserts a device and its credential, admitted as given and, when it
+/// enrolled itself, with the token it used. Run it in a transaction.
+pub async fn create_admitted(
+    c: &impl GenericClient,
+    new: NewDevice<'_>,
+    admission: Admission,
+    enrolment_token_id: Option<Uuid>,
+) -> Result<Device> {
     let insert = c
         .prepare_cached(&format!(
-            "INSERT INTO devices (id, tenant_id, name, device_type, labels)
-             VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+            "INSERT INTO devices (id, tenant_id, name, device_type, labels, admission,
+                                  enrolment_token_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
         ))
         .await?;
     let id = Uuid::new_v4();
     let row = c
         .query_one(
             &insert,
-            &[&id, &new.tenant_id, &new.name, &new.device_type, new.labels],
+            &[
+                &id,
+                &new.tenant_id,
+                &new.name,
+                &new.device_type,
+                new.labels,
+                &admission.as_str(),
+                &enrolment_token_id,
+            ],
         )
         .await?;
     let cred = c
@@ -193,6 +244,7 @@ pub struct Filter {
     pub labels: Option<Value>,
     /// A component at a version (`component=NAME:VERSION`).
     pub component: Option<(String, String)>,
+    pub admission: Option<Admission>,
 }
 
 pub async fn list(
@@ -211,6 +263,7 @@ pub async fn list(
                AND ($4::jsonb IS NULL OR labels @> $4)
                AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
                AND ($8::jsonb IS NULL OR components @> $8)
+               AND ($9::text IS NULL OR admission = $9)
              ORDER BY created_at DESC, id DESC
              LIMIT $7"
         ))
@@ -230,6 +283,7 @@ pub async fn list(
                     .component
                     .as_ref()
                     .map(|(name, version)| serde_json::json!({ name: { "version": version } })),
+                &filter.admission.map(Admission::as_str),
             ],
         )
         .await?;
@@ -258,7 +312,7 @@ pub async fn identity(c: &impl GenericClient, id: Uuid) -> Result<Option<(Uuid, 
 pub async fn find_secret(c: &impl GenericClient, device_id: Uuid) -> Result<Option<Credential>> {
     let stmt = c
         .prepare_cached(
-            "SELECT d.tenant_id, k.secret_sha256, d.device_type
+            "SELECT d.tenant_id, k.secret_sha256, d.device_type, d.admission
              FROM device_credentials k JOIN devices d ON d.id = k.device_id
              WHERE k.device_id = $1 AND k.revoked_at IS NULL AND d.decommissioned_at IS NULL",
         )
@@ -269,6 +323,7 @@ pub async fn find_secret(c: &impl GenericClient, device_id: Uuid) -> Result<Opti
             tenant_id: r.get(0),
             secret_sha256: r.get(1),
             device_type: r.get(2),
+            admission: Admission::parse(r.get(3)).unwrap_or(Admission::Rejected),
         }))
 }
 
@@ -279,6 +334,8 @@ pub struct Credential {
     pub tenant_id: Uuid,
     pub secret_sha256: Vec<u8>,
     pub device_type: String,
+    /// A pending device's secret is right, but it may not connect yet.
+    pub admission: Admission,
 }
 
 /// Decommissions a device: hides it, revokes its credential, cancels what it
@@ -313,16 +370,118 @@ pub async fn decommission(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> 
     Ok(true)
 }
 
-/// Devices decommissioned after `since`, with the time of each: the sync
-/// servers' revocation list.
+/// Sets what a device reported (an enrolling device's inventory, before
+/// its first heartbeat).
+pub async fn set_reported(c: &impl GenericClient, id: Uuid, reported: &Value) -> Result<()> {
+    let stmt = c
+        .prepare_cached("UPDATE devices SET reported = $2 WHERE id = $1")
+        .await?;
+    c.execute(&stmt, &[&id, reported]).await?;
+    Ok(())
+}
+
+/// How an admin's accept or reject ended.
+#[derive(Debug)]
+pub enum Admit {
+    Done(Box<Device>),
+    /// The tenant has no such active device.
+    NotFound,
+    /// The device's admission does not allow it (accepting a rejected or
+    /// an accepted device, rejecting a rejected one): it is as it was.
+    Conflict(Admission),
+}
+
+/// Accepts a pending device: it may authenticate from now on. Run it in a
+/// transaction.
+pub async fn accept(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<Admit> {
+    let Some(device) = get_for_update(c, tenant_id, id).await? else {
+        return Ok(Admit::NotFound);
+    };
+    if device.admission != Admission::Pending {
+        return Ok(Admit::Conflict(device.admission));
+    }
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE devices SET admission = 'accepted' WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .await?;
+    Ok(Admit::Done(Box::new(from_row(
+        &c.query_one(&stmt, &[&id]).await?,
+    )?)))
+}
+
+/// Rejects a pending or accepted device for good: its credential is
+/// revoked, its queued commands cancelled, and every sync replica refuses
+/// it as it refuses a decommissioned device. The device stays listed, as
+/// `rejected`. Run it in a transaction.
+pub async fn reject(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<Admit> {
+    let Some(device) = get_for_update(c, tenant_id, id).await? else {
+        return Ok(Admit::NotFound);
+    };
+    if device.admission == Admission::Rejected {
+        return Ok(Admit::Conflict(device.admission));
+    }
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE devices SET admission = 'rejected', rejected_at = now()
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .await?;
+    let rejected = from_row(&c.query_one(&stmt, &[&id]).await?)?;
+    let revoke = c
+        .prepare_cached(
+            "UPDATE device_credentials SET revoked_at = now()
+             WHERE device_id = $1 AND revoked_at IS NULL",
+        )
+        .await?;
+    c.execute(&revoke, &[&id]).await?;
+    super::commands::cancel_all_queued(c, id).await?;
+    // The sync replicas drop a rejected device's tokens as they drop a
+    // decommissioned one's: at once on this event, else at their next poll
+    // of the revocation list.
+    outbox::insert(
+        c,
+        &Event::DeviceDecommissioned {
+            device_id: id,
+            tenant_id,
+        },
+    )
+    .await?;
+    Ok(Admit::Done(Box::new(rejected)))
+}
+
+/// The tenant's active device, locked for an admission change.
+async fn get_for_update(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Device>> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM devices
+             WHERE id = $1 AND tenant_id = $2 AND decommissioned_at IS NULL
+             FOR UPDATE"
+        ))
+        .await?;
+    c.query_opt(&stmt, &[&id, &tenant_id])
+        .await?
+        .as_ref()
+        .map(from_row)
+        .transpose()
+}
+
+/// Devices decommissioned or rejected after `since`, with the time of
+/// each: the sync servers' revocation list.
 pub async fn decommissioned_since(
     c: &impl GenericClient,
     since: DateTime<Utc>,
 ) -> Result<Vec<(Uuid, DateTime<Utc>)>> {
     let stmt = c
         .prepare_cached(
-            "SELECT id, decommissioned_at FROM devices
-             WHERE decommissioned_at > $1 ORDER BY decommissioned_at",
+            "SELECT id, decommissioned_at AS at FROM devices WHERE decommissioned_at > $1
+             UNION ALL
+             SELECT id, rejected_at FROM devices WHERE rejected_at > $1
+             ORDER BY at",
         )
         .await?;
     Ok(c.query(&stmt, &[&since])

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod ddi;
 pub mod devices;
 pub mod idempotency;
+pub mod enrolment;
 pub mod outbox;
 pub mod page;
 pub mod tenants;
@@ -280,6 +281,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         8,
         "audit_guard",
         include_str!("migrations/0008_audit_guard.sql"),
+    ),
+    (
+        9,
+        "enrolment",
+        include_str!("migrations/0009_enrolment.sql"),
     ),
 ];
 

@@ -95,6 +95,81 @@ pub struct GatewayTokenList {
     pub items: Vec<GatewayTokenOut>,
 }
 
+/// `POST /enrolment-tokens`: every field is optional.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"device_type": "kiosk", "uses": 10, "expires_in_s": 86400}))]
+pub struct NewEnrolmentToken {
+    /// The only device type that may enrol with it; any if not given.
+    pub device_type: Option<String>,
+    /// Given to every device it enrols, over the labels the device asks for.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How many devices it may enrol (1 to 100000); any number until it
+    /// expires if not given.
+    pub uses: Option<i32>,
+    /// Seconds until it expires (default 86400, one day; at most 31536000,
+    /// a year).
+    pub expires_in_s: Option<i64>,
+    /// Accept its devices at once instead of leaving them `pending` for an
+    /// admin (default false).
+    #[serde(default)]
+    pub auto_accept: bool,
+}
+
+pub const DEFAULT_ENROLMENT_EXPIRES_IN_S: i64 = 86_400;
+pub const MAX_ENROLMENT_EXPIRES_IN_S: i64 = 365 * 86_400;
+pub const MAX_ENROLMENT_USES: i32 = 100_000;
+
+/// An enrolment token. `token` is present only in the answer that created
+/// it.
+#[derive(Serialize, ToSchema)]
+pub struct EnrolmentTokenOut {
+    pub id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub device_type: Option<String>,
+    #[schema(value_type = Object)]
+    pub labels: Value,
+    /// How many devices it may enrol in all; null: any number.
+    pub uses: Option<i32>,
+    /// How many more it may enrol; null: any number.
+    pub uses_left: Option<i32>,
+    /// How many it enrolled.
+    pub used: i32,
+    pub auto_accept: bool,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    /// Set once revoked: it enrols nobody from then on.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<tend_core::db::enrolment::EnrolmentToken> for EnrolmentTokenOut {
+    fn from(t: tend_core::db::enrolment::EnrolmentToken) -> Self {
+        EnrolmentTokenOut {
+            id: t.id,
+            token: None,
+            device_type: t.device_type,
+            labels: t.labels,
+            uses: t.uses,
+            uses_left: t.uses_left,
+            used: t.used,
+            auto_accept: t.auto_accept,
+            expires_at: t.expires_at,
+            created_by: t.created_by,
+            created_at: t.created_at,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EnrolmentTokenList {
+    pub items: Vec<EnrolmentTokenOut>,
+    pub next_cursor: Option<String>,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"username": "jane", "password": "a-long-unusual-passphrase-7", "role": "operator"}))]
@@ -177,6 +252,9 @@ pub struct DeviceOut {
     /// version last changed.
     #[schema(value_type = Object)]
     pub components: Value,
+    /// `accepted` (may connect), `pending` (enrolled itself and waits for
+    /// an admin) or `rejected` (never connects again).
+    pub admission: &'static str,
 }
 
 impl From<Device> for DeviceOut {
@@ -191,6 +269,7 @@ impl From<Device> for DeviceOut {
             reported: d.reported,
             created_at: d.created_at,
             components: d.components,
+            admission: d.admission.as_str(),
         }
     }
 }

@@ -51,6 +51,7 @@ use tend_core::db::devices;
         (status = 400, description = "An invalid Idempotency-Key"),
         (status = 403, description = "A viewer may not queue commands"),
         (status = 404, description = "No such device in this tenant"),
+        (status = 409, description = "The device is pending or rejected: it takes no commands"),
         (status = 422, description = "Unknown kind, wrong params, timeouts out of range, or an Idempotency-Key used for another request"),
     )
 )]
@@ -100,6 +101,12 @@ pub async fn create(
         let device = devices::get_locked(tx, caller.tenant(), *id)
             .await?
             .ok_or_else(no_such_device)?;
+        if device.admission != devices::Admission::Accepted {
+            return Err(ApiError::Conflict(format!(
+                "the device is {}: only an accepted device takes commands",
+                device.admission.as_str()
+            )));
+        }
         let resolved = software::resolve(tx, &device, checked, params).await?;
         let command = commands::create(
             tx,

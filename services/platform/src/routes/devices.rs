@@ -9,7 +9,7 @@ use serde_json::Value;
 use serde_json::json;
 use tend_core::auth::{self, Role};
 use tend_core::db::audit::{self, Target};
-use tend_core::db::devices::{self, Filter, Presence};
+use tend_core::db::devices::{self, Admission, Admit, Filter, Presence};
 use tend_core::db::idempotency as idem;
 use tend_core::db::{self, GenericClient};
 use tend_core::error::ApiError;
@@ -314,7 +314,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for BulkJson<T> {
 ///
 /// The caller's tenant's devices, newest first. Filters: `status`
 /// (`online`, `offline`, `unknown`), `device_type`, `label=key:value`
-/// (repeatable; all must match) and `component=NAME:VERSION`. Pages with `limit` (1 to 500, default 50)
+/// (repeatable; all must match), `component=NAME:VERSION` and `admission`
+/// (`pending`, `accepted`, `rejected`: enrolled devices wait `pending`
+/// for an admin). Pages with `limit` (1 to 500, default 50)
 /// and `cursor` (the previous page's `next_cursor`).
 #[utoipa::path(
     extensions(("x-tend-roles" = json!(["admin", "operator", "viewer"]))),
@@ -325,6 +327,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for BulkJson<T> {
         ("device_type" = Option<String>, Query),
         ("label" = Option<String>, Query, description = "key:value, repeatable"),
         ("component" = Option<String>, Query, description = "NAME:VERSION: devices running that version of that component"),
+        ("admission" = Option<String>, Query, description = "pending, accepted or rejected"),
         ("limit" = Option<i64>, Query),
         ("cursor" = Option<String>, Query),
     ),
@@ -350,6 +353,11 @@ pub async fn list(
                 })?)
             }
             "device_type" => filter.device_type = Some(v),
+            "admission" => {
+                filter.admission = Some(Admission::parse(&v).ok_or_else(|| {
+                    ApiError::BadRequest("admission must be pending, accepted or rejected".into())
+                })?)
+            }
             "component" => {
                 let (name, version) = v
                     .split_once(':')
@@ -455,6 +463,108 @@ pub async fn decommission(
     }
     tracing::info!(device.id = %id, "decommissioned device {id}");
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Accept a pending device
+///
+/// A device that enrolled itself with an enrolment token may connect from
+/// now on: its agent, which retries while it waits, authenticates at its
+/// next try. 409 unless the device is `pending`. Admins only.
+#[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "Accepted", body = DeviceOut),
+        (status = 403, description = "Not an admin"),
+        (status = 404, description = "No such device in this tenant"),
+        (status = 409, description = "The device is not pending"),
+    )
+)]
+#[post("/devices/{id}/accept")]
+pub async fn accept(
+    state: Shared,
+    caller: Caller,
+    client: Client,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    admit(&state, &caller, &client, *id, Admission::Accepted).await
+}
+
+/// Reject a device
+///
+/// A pending (or accepted) device never connects again: its credentials
+/// are refused by every sync server within seconds, as a decommissioned
+/// device's, and its queued commands are cancelled. It stays listed as
+/// `rejected`; decommission it to remove it. 409 when it was rejected
+/// before. Admins only.
+#[utoipa::path(
+    extensions(("x-tend-roles" = json!(["admin"]))),
+    tag = "devices",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "Rejected", body = DeviceOut),
+        (status = 403, description = "Not an admin"),
+        (status = 404, description = "No such device in this tenant"),
+        (status = 409, description = "The device was rejected before"),
+    )
+)]
+#[post("/devices/{id}/reject")]
+pub async fn reject(
+    state: Shared,
+    caller: Caller,
+    client: Client,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    admit(&state, &caller, &client, *id, Admission::Rejected).await
+}
+
+/// Accepts or rejects a device, with its audit row, in one transaction.
+async fn admit(
+    state: &Shared,
+    caller: &Caller,
+    client: &Client,
+    id: Uuid,
+    to: Admission,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let (action, verb) = match to {
+        Admission::Rejected => ("device.reject", "rejected"),
+        _ => ("device.accept", "accepted"),
+    };
+    let device = db::in_tx(&state.pool, async |tx| {
+        let done = match to {
+            Admission::Rejected => devices::reject(tx, caller.tenant(), id).await?,
+            _ => devices::accept(tx, caller.tenant(), id).await?,
+        };
+        let device = match done {
+            Admit::Done(device) => *device,
+            Admit::NotFound => return Err(no_such_device()),
+            Admit::Conflict(now) => {
+                return Err(ApiError::Conflict(format!(
+                    "the device is {}; only a pending device can be {verb}{}",
+                    now.as_str(),
+                    if to == Admission::Rejected {
+                        " (or an accepted one)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        };
+        let summary = json!({"name": device.name, "device_type": device.device_type});
+        audit::record(
+            tx,
+            &client.audit(caller, action, Target::new("device", device.id), summary),
+        )
+        .await?;
+        Ok::<_, ApiError>(device)
+    })
+    .await?;
+    tracing::info!(device.id = %device.id, "{verb} device {}", device.id);
+    Ok(HttpResponse::Ok().json(DeviceOut::from(device)))
 }
 
 pub(super) fn no_such_device() -> ApiError {

@@ -4,6 +4,7 @@ mod artifacts;
 mod audit;
 mod commands;
 mod devices;
+mod enrolment_tokens;
 mod gateway_tokens;
 mod session;
 mod tenants;
@@ -37,6 +38,11 @@ fn api(cfg: &mut ServiceConfig) {
         .service(devices::list)
         .service(devices::get)
         .service(devices::decommission)
+        .service(devices::accept)
+        .service(devices::reject)
+        .service(enrolment_tokens::create)
+        .service(enrolment_tokens::list)
+        .service(enrolment_tokens::revoke)
         .service(commands::create)
         .service(commands::list_for_device)
         .service(commands::get)
@@ -100,6 +106,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, doc: Document) {
         (name = "commands", description = "Remote commands and their lifecycle"),
         (name = "artifacts", description = "Software images, their release and their denylists"),
         (name = "audit", description = "Who did what, from where, and when"),
+        (name = "enrolment", description = "Enrolment tokens: devices that give themselves an identity"),
     )
 )]
 struct Doc;
@@ -193,6 +200,11 @@ mod tests {
             ("/api/v1/devices", "get"),
             ("/api/v1/devices/{id}", "get"),
             ("/api/v1/devices/{id}", "delete"),
+            ("/api/v1/devices/{id}/accept", "post"),
+            ("/api/v1/devices/{id}/reject", "post"),
+            ("/api/v1/enrolment-tokens", "post"),
+            ("/api/v1/enrolment-tokens", "get"),
+            ("/api/v1/enrolment-tokens/{id}", "delete"),
             ("/api/v1/devices/{id}/commands", "post"),
             ("/api/v1/devices/{id}/commands", "get"),
             ("/api/v1/commands/{id}", "get"),

@@ -158,7 +158,7 @@ pub async fn update(
             check_password(&password)?;
             Some(
                 state
-                    .hash_work(move || auth::hash_password(&password))
+                    .hash_work(move |m| auth::hash_password_in(m, &password))
                     .await?,
             )
         }
