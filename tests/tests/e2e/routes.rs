@@ -105,6 +105,10 @@ struct Fixtures {
     artifact: String,
     gateway_token: String,
     user: String,
+    enrolment_token: String,
+    /// A device that enrolled itself and waits for an admin: what
+    /// `/devices/{id}/accept` takes.
+    pending_device: String,
 }
 
 impl Fixtures {
@@ -136,12 +140,31 @@ impl Fixtures {
             )
             .await;
         assert_eq!(status, 201, "{u}");
+        let (status, e) = stack
+            .post(
+                admin,
+                "/enrolment-tokens",
+                json!({ "device_type": "kiosk" }),
+            )
+            .await;
+        assert_eq!(status, 201, "{e}");
+        let enrolled = stack
+            .http
+            .post(stack.device_api("/enrol"))
+            .json(&json!({ "token": e["token"], "device_type": "kiosk" }))
+            .send()
+            .await
+            .expect("enrol request");
+        assert_eq!(enrolled.status().as_u16(), 201);
+        let enrolled: Value = enrolled.json().await.expect("enrol answer");
         Fixtures {
             device: device.id,
             command,
             artifact: a["id"].as_str().unwrap().to_owned(),
             gateway_token: g["id"].as_str().unwrap().to_owned(),
             user: u["id"].as_str().unwrap().to_owned(),
+            enrolment_token: e["id"].as_str().unwrap().to_owned(),
+            pending_device: enrolled["device_id"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -153,7 +176,9 @@ impl Fixtures {
         for segment in path.split('/') {
             if segment.starts_with('{') {
                 let id = match previous {
+                    "devices" if path.ends_with("/accept") => self.pending_device.clone(),
                     "devices" | "denylist" => self.device.to_string(),
+                    "enrolment-tokens" => self.enrolment_token.clone(),
                     "commands" => self.command.to_string(),
                     "artifacts" => self.artifact.clone(),
                     "gateway-tokens" => self.gateway_token.clone(),
