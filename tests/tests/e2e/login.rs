@@ -298,6 +298,13 @@ async fn a_thousand_concurrent_failed_logins_leave_the_platform_s_memory_where_i
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_mb(pid);
 
+    // A connection per attempt: a kept-alive one the platform closes while
+    // idle between rounds would fail the next request for the client's
+    // reasons, not the platform's.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("HTTP client");
     let mut rounds = Vec::new();
     for round in 0..3 {
         // 1,000 at once, from 500 addresses, each at a name of its own:
@@ -305,7 +312,7 @@ async fn a_thousand_concurrent_failed_logins_leave_the_platform_s_memory_where_i
         // the platform's wait (5 s) runs argon2; the others are 503.
         let mut tasks = tokio::task::JoinSet::new();
         for i in 0..1000 {
-            let (http, base) = (stack.http.clone(), base.clone());
+            let (http, base) = (http.clone(), base.clone());
             tasks.spawn(async move {
                 let from = format!("10.{round}.{}.{}", i % 500 / 250, i % 250);
                 attempt(&http, &base, &format!("r{round}-user{i}"), "x", Some(&from))

@@ -632,6 +632,7 @@ async fn tendctl_audit_reads_the_log_with_the_apis_filters() {
         .unwrap()
         .iter()
         .map(|i| i["action"].as_str().unwrap())
+        .filter(|a| !a.starts_with("auth."))
         .collect();
     assert_eq!(actions, ["command.create", "device.create"], "{r:?}");
 
