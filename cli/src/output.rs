@@ -418,13 +418,14 @@ mod tests {
     fn devices_show_labels_as_typed_and_missing_times_as_dashes() {
         let d = json!({
             "id": "d1", "name": "kiosk", "device_type": "kiosk", "status": "unknown",
-            "last_seen_at": null, "labels": {"site": "north", "floor": "2"},
+            "admission": "pending", "last_seen_at": null,
+            "labels": {"site": "north", "floor": "2"},
         });
         let text = devices(&[d]);
         let row = text.lines().nth(1).unwrap();
         assert_eq!(
             row,
-            "d1  kiosk  kiosk  unknown  -          floor:2,site:north"
+            "d1  kiosk  kiosk  unknown  pending    -          floor:2,site:north"
         );
     }
 

@@ -105,6 +105,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, doc: Document) {
         (name = "devices", description = "Devices and their credentials"),
         (name = "commands", description = "Remote commands and their lifecycle"),
         (name = "artifacts", description = "Software images, their release and their denylists"),
+        (name = "gateway-tokens", description = "Tokens of hawkBit DDI gateways"),
         (name = "audit", description = "Who did what, from where, and when"),
         (name = "enrolment", description = "Enrolment tokens: devices that give themselves an identity"),
     )
