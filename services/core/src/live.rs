@@ -18,6 +18,9 @@ pub use redis::RedisError;
 /// millisecond, and readiness probes time out after a few seconds.
 pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The longest wait between two attempts to reconnect to Redis.
+const RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct Live {
     conn: ConnectionManager,
@@ -40,9 +43,13 @@ impl Live {
     pub async fn connect(url: &str, tls: &RedisTls, instance: &str) -> anyhow::Result<Live> {
         use anyhow::Context;
         let client = tls.client(url).context("TEND_REDIS_URL")?;
+        // Reconnect attempts at most a second apart: the default backoff
+        // doubles up to 3.2 s, so a Redis back after a few seconds could go
+        // unnoticed by one service for seconds after another saw it.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)));
+            .set_response_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_max_delay(RECONNECT_MAX_DELAY);
         let conn = crate::retry::at_startup("Redis", crate::config::REDIS_URL, || async {
             // One connection alone first: the manager retries a failing
             // connection six times by itself, which would hide for ten
@@ -70,11 +77,25 @@ impl Live {
     /// Records a batch of heartbeats (device, time in ms, what it
     /// reported) in one round trip: the sync servers buffer heartbeats and
     /// write them together, so the heartbeat itself waits on nothing.
-    pub async fn record_beats(&self, beats: &[(Uuid, i64, &str)]) -> Result<(), RedisError> {
-        if beats.is_empty() {
+    ///
+    /// `after_outage` is the time (ms) at which a writer that failed to
+    /// write earlier beats writes again: heartbeats it heard during the
+    /// outage may be missing, so the presence epoch moves to that time in
+    /// the same transaction, and no monitor counts silence until one
+    /// offline window after it. Without it, a monitor that reconnected
+    /// before this writer would count the outage as the devices' silence.
+    pub async fn record_beats(
+        &self,
+        beats: &[(Uuid, i64, &str)],
+        after_outage: Option<i64>,
+    ) -> Result<(), RedisError> {
+        if beats.is_empty() && after_outage.is_none() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
+        if let Some(now_ms) = after_outage {
+            pipe.atomic().set(&self.epoch, now_ms).ignore();
+        }
         // ZADD and HSET take many members each; chunks keep every command
         // a bounded size for Redis to parse.
         for chunk in beats.chunks(1000) {
@@ -148,7 +169,8 @@ impl Live {
 
     /// Moves the presence epoch to `now_ms`: a monitor saw Redis fail, so
     /// heartbeats may be missing from before now, and every monitor should
-    /// know it, not only the one that saw the failure.
+    /// know it, not only the one that saw the failure. (A sync server that
+    /// saw it moves the epoch in [`Live::record_beats`].)
     pub async fn restart_presence_epoch(&self, now_ms: i64) -> Result<(), RedisError> {
         self.conn.clone().set(&self.epoch, now_ms).await
     }

@@ -18,7 +18,10 @@
 //! heartbeats ([`Live::presence_epoch`]), which a flush or a restart
 //! without persistence loses with them. The marker also carries a failure
 //! one replica saw to the others ([`Live::restart_presence_epoch`]), so a
-//! replica that takes the lock after an outage it did not see waits too.
+//! replica that takes the lock after an outage it did not see waits too,
+//! and a sync server that could not write heartbeats moves it when it
+//! writes them again ([`Live::record_beats`]): a monitor that reconnected
+//! first then still waits one window for that server's devices.
 
 use std::time::{Duration, Instant};
 

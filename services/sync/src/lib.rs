@@ -25,7 +25,7 @@ mod device;
 mod enrol;
 mod events;
 mod fallback;
-mod presence;
+pub mod presence;
 mod revocations;
 mod routes;
 mod software;

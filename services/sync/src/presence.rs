@@ -10,9 +10,12 @@
 //! While Redis is down (or restarting) a failed flush goes back into the
 //! buffer, where a newer beat of the same device replaces it: the buffer
 //! keeps the latest beat of every device heard during the outage, bounded
-//! by [`MAX_BUFFERED`], and writes them all once Redis answers again. The
-//! heartbeat itself never waits on Redis, so devices keep being answered
-//! and keep getting their pending flags throughout.
+//! by [`MAX_BUFFERED`], and writes them all once Redis answers again,
+//! moving the presence epoch in the same transaction so that no monitor
+//! counts the outage as silence (a monitor may reconnect to Redis before
+//! this replica does). The heartbeat itself never waits on Redis, so
+//! devices keep being answered and keep getting their pending flags
+//! throughout.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -119,7 +122,14 @@ impl Presence {
     /// does not take stays buffered for the next flush.
     pub async fn flush(&self, live: &Live) -> usize {
         let beats = self.take();
-        if beats.is_empty() {
+        // After an outage the first write also tells the monitors that
+        // beats may be missing until now, even if none is buffered (the
+        // cap dropped some, or a replica restarted meanwhile).
+        let after_outage = self
+            .redis
+            .is_down()
+            .then(|| chrono::Utc::now().timestamp_millis());
+        if beats.is_empty() && after_outage.is_none() {
             return 0;
         }
         let started = Instant::now();
@@ -128,7 +138,7 @@ impl Presence {
             .iter()
             .map(|(id, (at_ms, reported))| (*id, *at_ms, reported.as_str()))
             .collect();
-        let written = live.record_beats(&batch).await;
+        let written = live.record_beats(&batch, after_outage).await;
         drop(batch);
         match written {
             Ok(()) => {

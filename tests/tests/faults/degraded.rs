@@ -16,6 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tend_core::live::Live;
+use tend_core::tls::RedisTls;
+use tend_tests::redis_server::RedisServer;
 use tend_tests::{Agent, Mode, Options, Proxy, Service, Stack, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -93,6 +96,58 @@ async fn with_redis_down_heartbeats_are_answered_commands_arrive_and_nobody_goes
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(device_status(&stack, &admin, device.id).await, "online");
     assert_eq!(agent.executed(), vec![first, second]);
+}
+
+/// The monitor and a sync server reconnect to Redis each on its own
+/// schedule. When the monitor is back first, the devices of that sync
+/// server look silent since the outage began; the sync server's first write
+/// after the outage must move the presence epoch, so that no monitor
+/// counts that silence (seen: a device marked offline 3 s after Redis came
+/// back, while its sync server was still waiting to reconnect).
+#[tokio::test]
+async fn a_sync_server_back_from_a_redis_outage_moves_the_presence_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = RedisServer::start(dir.path().join("redis")).await;
+    let addr = server.url().trim_start_matches("redis://").parse().unwrap();
+    let proxy = Proxy::start("redis", addr).await;
+    let url = format!("redis://{}", proxy.addr());
+    let tls = RedisTls::from_url(&url, None).unwrap();
+    let live = Live::connect(&url, &tls, "epoch-test").await.unwrap();
+    let presence = tend_sync::presence::Presence::default();
+    let device = uuid::Uuid::new_v4();
+    let now_ms = || chrono::Utc::now().timestamp_millis();
+
+    // A monitor set the epoch long ago; a healthy flush leaves it alone.
+    assert_eq!(live.presence_epoch(1_000).await.unwrap(), 1_000);
+    presence.record(device, now_ms(), "{}".into());
+    assert_eq!(presence.flush(&live).await, 1);
+    assert_eq!(live.presence_epoch(now_ms()).await.unwrap(), 1_000);
+
+    proxy.set_mode(Mode::Refuse);
+    presence.record(device, now_ms(), "{}".into());
+    assert_eq!(
+        presence.flush(&live).await,
+        0,
+        "a flush while Redis is away"
+    );
+    let back = now_ms();
+    proxy.set_mode(Mode::Pass);
+    eventually(WAIT, "the kept beat to be written", || async {
+        (presence.flush(&live).await == 1).then_some(())
+    })
+    .await;
+    let epoch = live.presence_epoch(now_ms()).await.unwrap();
+    assert!(
+        epoch >= back,
+        "the epoch ({epoch}) moved to the write after the outage (>= {back})"
+    );
+    let beats = live.beats_since(0, 10).await.unwrap();
+    assert_eq!(beats.len(), 1, "the kept beat is in the presence set");
+
+    // Once written, the next flushes leave the epoch alone again.
+    presence.record(device, now_ms(), "{}".into());
+    assert_eq!(presence.flush(&live).await, 1);
+    assert_eq!(live.presence_epoch(now_ms()).await.unwrap(), epoch);
 }
 
 #[tokio::test]
