@@ -31,6 +31,7 @@ pub const HEARTBEAT_S: &str = "TEND_HEARTBEAT_S";
 pub const SWEEP_INTERVAL_MS: &str = "TEND_SWEEP_INTERVAL_MS";
 pub const SHUTDOWN_GRACE_S: &str = "TEND_SHUTDOWN_GRACE_S";
 pub const AUDIT_RETENTION_DAYS: &str = "TEND_AUDIT_RETENTION_DAYS";
+pub const PRESENCE_REFRESH_S: &str = "TEND_PRESENCE_REFRESH_S";
 pub const ARTIFACT_STORE: &str = "TEND_ARTIFACT_STORE";
 pub const ARTIFACT_MAX_BYTES: &str = "TEND_ARTIFACT_MAX_BYTES";
 pub const DOWNLOADS_MAX: &str = "TEND_DOWNLOADS_MAX";
@@ -127,6 +128,11 @@ pub struct Settings {
     /// How long audit rows are kept (`TEND_AUDIT_RETENTION_DAYS`, default
     /// 365, at least 1); the monitor sweeps older ones.
     pub audit_retention_days: u32,
+    /// How stale a device row's `last_seen_at` may grow while the device
+    /// keeps heartbeating with nothing else changed
+    /// (`TEND_PRESENCE_REFRESH_S`, default 600; 0 writes every
+    /// heartbeat). Redis holds the exact time, which the API shows.
+    pub presence_refresh: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +286,9 @@ impl Settings {
             36_500,
         )?;
 
+        let presence_refresh_s =
+            parse_u64(get(PRESENCE_REFRESH_S), PRESENCE_REFRESH_S, 600, 0, 86_400)?;
+
         let artifact_store = get(ARTIFACT_STORE)
             .unwrap_or(DEFAULT_ARTIFACT_STORE)
             .to_owned();
@@ -320,6 +329,7 @@ impl Settings {
                 .map(std::path::PathBuf::from),
             trusted_proxies,
             audit_retention_days: audit_days as u32,
+            presence_refresh: Duration::from_secs(presence_refresh_s),
         })
     }
 }

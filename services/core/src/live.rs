@@ -117,36 +117,97 @@ impl Live {
 
     /// Heartbeats newer than `since_ms`, oldest first, at most `limit`.
     pub async fn beats_since(&self, since_ms: i64, limit: isize) -> Result<Vec<Beat>, RedisError> {
-        let mut conn = self.conn.clone();
-        let scored: Vec<(String, i64)> = conn
-            .zrangebyscore_limit_withscores(
-                &self.presence,
-                format!("({since_ms}"),
-                "+inf",
-                0,
-                limit,
-            )
-            .await?;
+        let scored = self.scored_between(since_ms, i64::MAX, limit).await?;
         if scored.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<&str> = scored.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<String> = scored.iter().map(|(id, _)| id.to_string()).collect();
         let reported: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(&self.reported)
             .arg(&ids)
-            .query_async(&mut conn)
+            .query_async(&mut self.conn.clone())
             .await?;
         Ok(scored
             .into_iter()
             .zip(reported)
-            .filter_map(|((id, at_ms), reported)| {
-                Some(Beat {
-                    device_id: id.parse().ok()?,
-                    at_ms,
+            .map(|((device_id, at_ms), reported)| Beat {
+                device_id,
+                at_ms,
+                reported,
+            })
+            .collect())
+    }
+
+    /// Devices whose latest heartbeat is scored above `after_ms` and at
+    /// most `upto_ms`, oldest first, at most `limit`: with `upto_ms` an
+    /// offline cutoff, the devices that fell silent since `after_ms`.
+    pub async fn scored_between(
+        &self,
+        after_ms: i64,
+        upto_ms: i64,
+        limit: isize,
+    ) -> Result<Vec<(Uuid, i64)>, RedisError> {
+        let upto = if upto_ms == i64::MAX {
+            "+inf".to_owned()
+        } else {
+            upto_ms.to_string()
+        };
+        let scored: Vec<(String, i64)> = self
+            .conn
+            .clone()
+            .zrangebyscore_limit_withscores(&self.presence, format!("({after_ms}"), upto, 0, limit)
+            .await?;
+        Ok(scored
+            .into_iter()
+            .filter_map(|(id, at_ms)| Some((id.parse().ok()?, at_ms)))
+            .collect())
+    }
+
+    /// The latest heartbeat of each of `ids`, in order: when (ms) and what
+    /// the device reported; `None` for a device Redis has not heard (or
+    /// lost with a flush). One round trip.
+    pub async fn latest(&self, ids: &[Uuid]) -> Result<Vec<Option<Beat>>, RedisError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let (scores, reported): (Vec<Option<f64>>, Vec<Option<String>>) = redis::pipe()
+            .cmd("ZMSCORE")
+            .arg(&self.presence)
+            .arg(&keys)
+            .cmd("HMGET")
+            .arg(&self.reported)
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(ids
+            .iter()
+            .zip(scores.into_iter().zip(reported))
+            .map(|(id, (score, reported))| {
+                // Scores are whole milliseconds, exact in an f64 until
+                // the year 287396.
+                score.map(|at| Beat {
+                    device_id: *id,
+                    at_ms: at as i64,
                     reported,
                 })
             })
             .collect())
+    }
+
+    /// The score (ms of the latest heartbeat) of each of `ids`, in order;
+    /// `None` for a device Redis has not heard.
+    pub async fn scores(&self, ids: &[Uuid]) -> Result<Vec<Option<i64>>, RedisError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let scores: Vec<Option<f64>> = redis::cmd("ZMSCORE")
+            .arg(&self.presence)
+            .arg(&keys)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(scores.into_iter().map(|s| s.map(|at| at as i64)).collect())
     }
 
     /// Since when the presence set is complete, in ms: the time a monitor

@@ -175,8 +175,13 @@ impl Service for Monitor {
         );
         background.spawn(
             "presence",
-            Presence::new(self.pool, self.live, self.settings.heartbeat)
-                .run(self.settings.sweep_interval, stop),
+            Presence::new(
+                self.pool,
+                self.live,
+                self.settings.heartbeat,
+                self.settings.presence_refresh,
+            )
+            .run(self.settings.sweep_interval, stop),
         );
         shutdown::serve(Self::NAME, server, background, &self.shutdown, grace).await
     }

@@ -3,9 +3,20 @@
 //! The sync servers record each heartbeat in a Redis sorted set (device id
 //! scored by the time of its latest heartbeat, in ms) and keep what the
 //! device reported beside it; heartbeats never touch PostgreSQL. Each sweep,
-//! the monitor reads the heartbeats that arrived since its last scan, writes
-//! them onto the device rows (`online`, `last_seen_at`, `reported`), then
-//! marks offline the devices silent for three heartbeat intervals.
+//! the monitor reads the heartbeats that arrived since its last scan and
+//! writes onto the device rows what an admin would query: a device coming
+//! online, a changed report or component version, and `last_seen_at` once
+//! per `TEND_PRESENCE_REFRESH_S` (the API reads the exact time from Redis).
+//! A steady fleet so costs PostgreSQL one row per device per refresh
+//! period, not one per heartbeat.
+//!
+//! Then it marks offline the devices silent for three heartbeat intervals.
+//! The sorted set names them without reading the fleet: the devices whose
+//! latest heartbeat is scored between the previous sweep's cutoff and this
+//! one's fell silent in between. Where that frontier cannot be trusted
+//! (this replica's first sweep, or a presence set that began after the
+//! frontier because Redis lost its data), every online device is checked
+//! against Redis once instead.
 //!
 //! One replica per tick does this, under a transaction-scoped advisory lock;
 //! each replica keeps its own scan cursor, so a replica that takes over
@@ -31,12 +42,17 @@ use tend_core::db::devices::{self, Seen};
 use tend_core::db::{GenericClient, Pool};
 use tend_core::live::{Beat, Live};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use tend_core::retry::{Outage, ticker};
 
 /// Heartbeats per Redis read, and so per `UPDATE`: a few hundred kilobytes,
 /// which keeps both round trips short even for a large fleet.
 const SCAN_LIMIT: isize = 5000;
+
+/// Online devices per page when every one is checked against Redis: one
+/// query and one `ZMSCORE` of that many ids each.
+const RECONCILE_PAGE: i64 = 10_000;
 
 /// How far before its own start a scan leaves the next one to read again.
 /// A sync server stamps a heartbeat with its own clock and writes it a
@@ -58,6 +74,12 @@ pub(crate) struct Presence {
     offline_after: Duration,
     /// Score after which the next scan starts (exclusive).
     since_ms: i64,
+    /// The cutoff of the last sweep that marked silent devices: every
+    /// device silent since then was marked. `None` until this replica has
+    /// checked every online device once.
+    silent_until_ms: Option<i64>,
+    /// How stale a device row's `last_seen_at` may grow.
+    refresh: Duration,
     gate: OfflineGate,
     /// Set when a scan failed; cleared once the presence epoch was moved
     /// to the recovery, telling every replica.
@@ -79,13 +101,15 @@ struct Scan {
 impl Presence {
     /// The first scan reaches back one offline window: older heartbeats
     /// could not keep a device online anyway.
-    pub(crate) fn new(pool: Pool, live: Live, heartbeat: Duration) -> Self {
+    pub(crate) fn new(pool: Pool, live: Live, heartbeat: Duration, refresh: Duration) -> Self {
         let offline_after = heartbeat * MISSED_BEATS;
         Presence {
             pool,
             live,
             offline_after,
             since_ms: Utc::now().timestamp_millis() - duration_ms(offline_after),
+            silent_until_ms: None,
+            refresh,
             gate: OfflineGate::default(),
             epoch_stale: false,
             redis: Outage::new("presence scan (Redis)"),
@@ -127,16 +151,15 @@ impl Presence {
         // would flip an offline device back to online for a moment).
         let started_ms = Utc::now().timestamp_millis();
         let cutoff_ms = started_ms - duration_ms(self.offline_after);
-        let cutoff = ms_to_utc(cutoff_ms).context("presence: the clock is out of range")?;
         let from_ms = self.since_ms.max(cutoff_ms);
         let scan = self.scan(&tx, from_ms).await?;
-        let holds = if scan.complete {
-            self.redis_holds_everything(started_ms).await
+        let epoch = if scan.complete {
+            self.presence_epoch(started_ms).await
         } else {
             None
         };
         let now = Instant::now();
-        if holds.is_some() {
+        if epoch.is_some() {
             self.redis.recovered();
         } else {
             self.gate.hold(now, self.offline_after);
@@ -144,14 +167,24 @@ impl Presence {
         }
         // Without a complete scan, silence may only mean that Redis lost
         // the heartbeats: nobody is marked offline for that.
-        let offline = if holds == Some(true) && self.gate.allows(now) {
-            devices::mark_offline(&tx, cutoff)
-                .await
-                .context("presence: marking silent devices offline")?
-        } else {
-            Vec::new()
+        let offline = match epoch {
+            Some(epoch_ms)
+                if epoch_allows(epoch_ms, started_ms, self.offline_after)
+                    && self.gate.allows(now) =>
+            {
+                self.mark_silent(&tx, epoch_ms, cutoff_ms).await?
+            }
+            _ => None,
         };
         tx.commit().await.context("presence: COMMIT")?;
+        let offline = match offline {
+            Some(marked) => {
+                // Only once committed: a marking rolled back is done again.
+                self.silent_until_ms = Some(cutoff_ms);
+                marked
+            }
+            None => Vec::new(),
+        };
 
         self.since_ms = next_start(from_ms, scan.covered_ms, started_ms);
         if scan.recorded > 0 {
@@ -168,11 +201,11 @@ impl Presence {
         Ok(())
     }
 
-    /// Whether the presence set has held every heartbeat for at least one
-    /// offline window, as far as its epoch marker tells; `None` when Redis
-    /// failed to say. After a failure this replica saw, the epoch moves to
-    /// now first, so that every replica waits.
-    async fn redis_holds_everything(&mut self, now_ms: i64) -> Option<bool> {
+    /// Since when the presence set has held every heartbeat, as far as
+    /// its epoch marker tells; `None` when Redis failed to say. After a
+    /// failure this replica saw, the epoch moves to now first, so that
+    /// every replica waits.
+    async fn presence_epoch(&mut self, now_ms: i64) -> Option<i64> {
         let epoch = if self.epoch_stale {
             // Redis answers again: the window starts now, not when this
             // sweep started (a sweep can wait on a reconnecting Redis for
@@ -195,7 +228,7 @@ impl Presence {
                     );
                 }
                 self.epoch_stale = false;
-                Some(epoch_allows(epoch_ms, now_ms, self.offline_after))
+                Some(epoch_ms)
             }
             Err(e) => {
                 self.redis.failed(
@@ -204,6 +237,126 @@ impl Presence {
                 None
             }
         }
+    }
+
+    /// Marks offline, in `tx`, the online devices silent since before
+    /// `cutoff_ms`: those whose latest heartbeat fell since the previous
+    /// marking, as the presence set orders them, or every online device
+    /// checked against Redis when this replica has no such frontier or
+    /// the presence set (begun at `epoch_ms`) is younger than it. `None`
+    /// when Redis failed meanwhile: nothing is known, and offline
+    /// detection waits a window.
+    async fn mark_silent(
+        &mut self,
+        tx: &impl GenericClient,
+        epoch_ms: i64,
+        cutoff_ms: i64,
+    ) -> anyhow::Result<Option<Vec<Uuid>>> {
+        let cutoff = ms_to_utc(cutoff_ms).context("presence: the clock is out of range")?;
+        let marked = match self.silent_until_ms {
+            Some(after_ms) if after_ms >= epoch_ms => {
+                self.mark_fallen_silent(tx, after_ms, cutoff_ms, cutoff)
+                    .await?
+            }
+            _ => self.mark_every_silent(tx, cutoff_ms, cutoff).await?,
+        };
+        if marked.is_none() {
+            self.gate.hold(Instant::now(), self.offline_after);
+            self.epoch_stale = true;
+        }
+        Ok(marked)
+    }
+
+    /// The devices whose latest heartbeat is scored in (`after_ms`,
+    /// `cutoff_ms`]: read from the presence set in pages.
+    async fn mark_fallen_silent(
+        &mut self,
+        tx: &impl GenericClient,
+        after_ms: i64,
+        cutoff_ms: i64,
+        cutoff: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Vec<Uuid>>> {
+        let mut marked = Vec::new();
+        let mut from = after_ms;
+        loop {
+            let silent = match self.live.scored_between(from, cutoff_ms, SCAN_LIMIT).await {
+                Ok(silent) => silent,
+                Err(e) => {
+                    self.redis.failed(
+                        anyhow!(e).context("reading silent devices; offline detection paused"),
+                    );
+                    return Ok(None);
+                }
+            };
+            let at_ms: Vec<i64> = silent.iter().map(|(_, at)| *at).collect();
+            let silent: Vec<(Uuid, Option<DateTime<Utc>>)> = silent
+                .into_iter()
+                .map(|(id, at)| (id, ms_to_utc(at)))
+                .collect();
+            marked.extend(
+                devices::mark_offline(tx, &silent, cutoff)
+                    .await
+                    .context("presence: marking silent devices offline")?,
+            );
+            match advance(&at_ms, SCAN_LIMIT.unsigned_abs()) {
+                Next::Done => return Ok(Some(marked)),
+                Next::More(next) | Next::SkipTie(next) => from = next,
+            }
+        }
+    }
+
+    /// Every online device whose row was not refreshed since `cutoff`,
+    /// checked against the presence set: silent unless Redis heard it
+    /// since. Costs a read of those rows and of their scores, so it runs
+    /// only when the frontier cannot be trusted.
+    async fn mark_every_silent(
+        &mut self,
+        tx: &impl GenericClient,
+        cutoff_ms: i64,
+        cutoff: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Vec<Uuid>>> {
+        let started = Instant::now();
+        let mut marked = Vec::new();
+        let mut checked = 0;
+        let mut after = Uuid::nil();
+        loop {
+            let rows = devices::online_seen_before(tx, cutoff, after, RECONCILE_PAGE)
+                .await
+                .context("presence: reading online devices")?;
+            let Some(&(last, _)) = rows.last() else { break };
+            after = last;
+            checked += rows.len();
+            let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+            let scores = match self.live.scores(&ids).await {
+                Ok(scores) => scores,
+                Err(e) => {
+                    self.redis
+                        .failed(anyhow!(e).context("reading heartbeats; offline detection paused"));
+                    return Ok(None);
+                }
+            };
+            let silent: Vec<(Uuid, Option<DateTime<Utc>>)> = rows
+                .iter()
+                .zip(scores)
+                .filter(|(_, score)| score.is_none_or(|at| at <= cutoff_ms))
+                .map(|((id, seen), score)| (*id, score.and_then(ms_to_utc).or(*seen)))
+                .collect();
+            marked.extend(
+                devices::mark_offline(tx, &silent, cutoff)
+                    .await
+                    .context("presence: marking silent devices offline")?,
+            );
+            if rows.len() < RECONCILE_PAGE.unsigned_abs() as usize {
+                break;
+            }
+        }
+        tracing::info!(
+            checked,
+            offline = marked.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "checked {checked} online devices against Redis"
+        );
+        Ok(Some(marked))
     }
 
     /// Reads every heartbeat scored after `from_ms` and records it in `tx`.
@@ -224,7 +377,7 @@ impl Presence {
                 }
             };
             let seen: Vec<Seen> = beats.iter().filter_map(to_seen).collect();
-            recorded += devices::record_seen(tx, &seen)
+            recorded += devices::record_seen(tx, &seen, self.refresh)
                 .await
                 .context("presence: recording heartbeats")?;
             let at_ms: Vec<i64> = beats.iter().map(|b| b.at_ms).collect();
@@ -342,7 +495,6 @@ impl OfflineGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uuid::Uuid;
 
     #[test]
     fn a_short_read_ends_the_scan() {

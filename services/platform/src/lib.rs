@@ -11,6 +11,7 @@ mod caller;
 mod client;
 mod hashing;
 mod idempotency;
+mod presence;
 mod routes;
 mod sessions;
 mod signer;
@@ -116,6 +117,21 @@ impl Service for Platform {
             let stop = state.shutdown.background();
             tokio::spawn(async move {
                 state.throttle.connect(url.expose(), &tls, stop).await;
+            });
+        }
+        // Device answers show the latest heartbeat from Redis once it
+        // answers; until then, what the rows hold.
+        {
+            let state = state.clone();
+            let url = settings.redis_url.clone();
+            let tls = settings.tls.redis.clone();
+            let instance = settings.instance.clone();
+            let stop = state.shutdown.background();
+            tokio::spawn(async move {
+                state
+                    .latest
+                    .connect(url.expose(), &tls, &instance, stop)
+                    .await;
             });
         }
         Ok(Platform {

@@ -30,6 +30,8 @@ pub(crate) struct State {
     pub trusted_proxies: Vec<tend_core::http::Cidr>,
     /// Each user's token generation: which admin tokens still stand.
     pub sessions: crate::sessions::Sessions,
+    /// Devices' latest heartbeats, from Redis ([`crate::presence`]).
+    pub latest: crate::presence::LatestBeats,
 }
 
 pub(crate) type Shared = web::Data<State>;
@@ -60,6 +62,7 @@ impl State {
             artifact_max_bytes,
             trusted_proxies,
             sessions: Default::default(),
+            latest: Default::default(),
         }
     }
 

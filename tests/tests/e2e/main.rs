@@ -16,6 +16,7 @@ mod log_query;
 mod login;
 mod longpoll;
 mod observability;
+mod presence;
 mod rauc_hawkbit;
 mod resilience;
 mod routes;

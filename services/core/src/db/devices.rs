@@ -1,6 +1,8 @@
 //! Devices, their credentials, their presence as last recorded, and
 //! decommissioning.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tend_proto::event::Event;
@@ -501,7 +503,14 @@ pub struct Seen {
 
 /// Records heartbeats in bulk: the devices are online, seen at the given
 /// times, reporting what they sent. Older news never overwrites newer.
-pub async fn record_seen(c: &impl GenericClient, seen: &[Seen]) -> Result<u64> {
+///
+/// A row is written only when an admin's query would see a change: the
+/// device comes online, what it reported changed (its uptime aside, which
+/// changes at every heartbeat), or `last_seen_at` is older than `refresh`.
+/// Redis keeps the exact latest heartbeat, which the API shows; in a
+/// steady fleet a device row is rewritten once per `refresh`, not once
+/// per heartbeat. A zero `refresh` writes every heartbeat.
+pub async fn record_seen(c: &impl GenericClient, seen: &[Seen], refresh: Duration) -> Result<u64> {
     if seen.is_empty() {
         return Ok(0);
     }
@@ -520,13 +529,18 @@ pub async fn record_seen(c: &impl GenericClient, seen: &[Seen]) -> Result<u64> {
                      ELSE d.components END
              FROM unnest($1::uuid[], $2::timestamptz[], $3::jsonb[]) AS v(id, at, reported)
              WHERE d.id = v.id AND d.decommissioned_at IS NULL
-               AND (d.last_seen_at IS NULL OR d.last_seen_at < v.at OR d.status <> 'online')",
+               AND (d.last_seen_at IS NULL OR d.last_seen_at < v.at OR d.status <> 'online')
+               AND (d.status <> 'online' OR d.last_seen_at IS NULL
+                    OR d.last_seen_at <= v.at - $4::bigint * interval '1 millisecond'
+                    OR (v.reported IS NOT NULL
+                        AND (v.reported - 'uptime_s') IS DISTINCT FROM (d.reported - 'uptime_s')))",
         )
         .await?;
     let ids: Vec<Uuid> = seen.iter().map(|s| s.device_id).collect();
     let ats: Vec<DateTime<Utc>> = seen.iter().map(|s| s.at).collect();
     let reported: Vec<Option<Value>> = seen.iter().map(|s| s.reported.clone()).collect();
-    Ok(c.execute(&stmt, &[&ids, &ats, &reported]).await?)
+    let refresh = i64::try_from(refresh.as_millis()).unwrap_or(i64::MAX);
+    Ok(c.execute(&stmt, &[&ids, &ats, &reported, &refresh]).await?)
 }
 
 /// How many active devices are online, offline and never seen.
@@ -543,19 +557,61 @@ pub async fn count_by_status(c: &impl GenericClient) -> Result<Vec<(String, i64)
         .collect())
 }
 
-/// Marks online devices not seen since `cutoff` offline; returns them.
-pub async fn mark_offline(c: &impl GenericClient, cutoff: DateTime<Utc>) -> Result<Vec<Uuid>> {
+/// Marks offline the online devices among `silent` (each with the time of
+/// its latest heartbeat, as Redis holds it, when it does) that PostgreSQL
+/// did not see after `cutoff` either; `last_seen_at` becomes that
+/// heartbeat's time.
+/// Returns the devices marked.
+pub async fn mark_offline(
+    c: &impl GenericClient,
+    silent: &[(Uuid, Option<DateTime<Utc>>)],
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<Uuid>> {
+    if silent.is_empty() {
+        return Ok(Vec::new());
+    }
     let stmt = c
         .prepare_cached(
-            "UPDATE devices SET status = 'offline'
-             WHERE status = 'online' AND last_seen_at < $1 AND decommissioned_at IS NULL
-             RETURNING id",
+            "UPDATE devices d
+             SET status = 'offline', last_seen_at = GREATEST(d.last_seen_at, v.at)
+             FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at)
+             WHERE d.id = v.id AND d.status = 'online' AND d.decommissioned_at IS NULL
+               AND (d.last_seen_at IS NULL OR d.last_seen_at < $3)
+             RETURNING d.id",
         )
         .await?;
-    Ok(c.query(&stmt, &[&cutoff])
+    let ids: Vec<Uuid> = silent.iter().map(|(id, _)| *id).collect();
+    let ats: Vec<Option<DateTime<Utc>>> = silent.iter().map(|(_, at)| *at).collect();
+    Ok(c.query(&stmt, &[&ids, &ats, &cutoff])
         .await?
         .iter()
         .map(|r| r.get(0))
+        .collect())
+}
+
+/// Online devices whose row was last refreshed before `cutoff`, after
+/// `after` in id order, at most `limit`, with that `last_seen_at`: the
+/// candidates a monitor checks against Redis when it cannot trust the
+/// presence set to name every silent device (at its start, and after
+/// Redis lost its data).
+pub async fn online_seen_before(
+    c: &impl GenericClient,
+    cutoff: DateTime<Utc>,
+    after: Uuid,
+    limit: i64,
+) -> Result<Vec<(Uuid, Option<DateTime<Utc>>)>> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT id, last_seen_at FROM devices
+             WHERE status = 'online' AND decommissioned_at IS NULL
+               AND (last_seen_at IS NULL OR last_seen_at < $1) AND id > $2
+             ORDER BY id LIMIT $3",
+        )
+        .await?;
+    Ok(c.query(&stmt, &[&cutoff, &after, &limit])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
         .collect())
 }
 

@@ -392,8 +392,10 @@ pub async fn list(
         devices::list(client, caller.tenant(), &filter, after, limit).await
     })
     .await?;
+    let mut items = page.items;
+    state.latest.apply(&mut items).await;
     Ok(HttpResponse::Ok().json(DeviceList {
-        items: page.items.into_iter().map(DeviceOut::from).collect(),
+        items: items.into_iter().map(DeviceOut::from).collect(),
         next_cursor: page.next_cursor,
     }))
 }
@@ -417,6 +419,9 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let device =
         db::with_client(&state.pool, async |client| find(client, &caller, *id).await).await?;
+    let mut devices = [device];
+    state.latest.apply(&mut devices).await;
+    let [device] = devices;
     Ok(HttpResponse::Ok().json(DeviceOut::from(device)))
 }
 
