@@ -2,9 +2,10 @@
 # Runs tend-fleet (tests/src/bin/fleet.rs), the fleet simulator, against a
 # scratch tend stack: N simulated devices provisioned in bulk, heartbeating
 # over real HTTP keep-alive connections, fetching and reporting the commands
-# queued meanwhile. One run per device count; prints a markdown table
-# (heartbeats/s, heartbeat latency, queued→delivered latency, errors,
-# tend-sync's memory) and writes it to target/bench/fleet-<date>.md.
+# queued meanwhile. One run per device count and presence refresh period;
+# prints a markdown table (heartbeats/s, heartbeat latency, queued→delivered
+# latency, errors, tend-sync's memory, PostgreSQL rows written per
+# heartbeat) and writes it to target/bench/fleet-<date>.md.
 #
 # Settings (environment):
 #   BENCH_FLEET_SIZES     device counts to run, one stack each   (1000 10000 100000)
@@ -14,6 +15,9 @@
 #   BENCH_LONG_POLL       1: devices long-poll (one connection each; at most
 #                         about 18000 per process here)           (0)
 #   BENCH_CONNECTIONS     keep-alive connections when polling     (tend-fleet's default)
+#   BENCH_PRESENCE_REFRESH_S  TEND_PRESENCE_REFRESH_S values to run, one
+#                         stack each; 0 writes every heartbeat to PostgreSQL,
+#                         as tend did before presence moved to Redis (3600)
 #   BENCH_NO_BUILD=1      measure target/release as it is
 # Loopback only; each run is bounded by its duration plus tend-fleet's own
 # cap, and everything it starts is stopped and removed afterwards.
@@ -26,6 +30,7 @@ HEARTBEAT_S="${BENCH_HEARTBEAT_S:-30}"
 DURATION_S="${BENCH_DURATION_S:-60}"
 COMMANDS_PER_S="${BENCH_COMMANDS_PER_S:-5}"
 LONG_POLL="${BENCH_LONG_POLL:-0}"
+REFRESHES="${BENCH_PRESENCE_REFRESH_S:-3600}"
 
 case "${1:-}" in
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -40,10 +45,18 @@ build_release tend-platform:tend-platform tend-sync:tend-sync tend-monitor:tend-
 
 mode="polling"
 [ "$LONG_POLL" = 1 ] && mode="long-poll"
+
+# pg_rows: rows inserted, updated and deleted so far in the scratch database.
+pg_rows() {
+    psql_admin -c "SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database
+        WHERE datname = '$BENCH_DB'"
+}
 rows=()
 for n in $SIZES; do
-    BENCH_DB="tend_bench_${BENCH_TAG}_$n"
-    BENCH_INSTANCE="bench-$BENCH_TAG-$n"
+for refresh in $REFRESHES; do
+    BENCH_PRESENCE_REFRESH="$refresh"
+    BENCH_DB="tend_bench_${BENCH_TAG}_${n}_$refresh"
+    BENCH_INSTANCE="bench-$BENCH_TAG-$n-$refresh"
     BENCH_DB_CREATED=0
     start_stack "$HEARTBEAT_S"
     rss_idle="$(status_kb "$SYNC_PID" VmRSS)"
@@ -52,26 +65,39 @@ for n in $SIZES; do
           --commands-per-s "$COMMANDS_PER_S" --json)
     [ "$LONG_POLL" = 1 ] && args+=(--long-poll)
     [ -n "${BENCH_CONNECTIONS:-}" ] && args+=(--connections "$BENCH_CONNECTIONS")
-    log "tend-fleet: $n devices, $mode, every ${HEARTBEAT_S}s, ${DURATION_S}s"
+    log "tend-fleet: $n devices, $mode, every ${HEARTBEAT_S}s, ${DURATION_S}s, presence refresh ${refresh}s"
+    # PostgreSQL rows written (inserted, updated, deleted) in the scratch
+    # database over the measured window, which starts one interval after
+    # the devices do (tend-fleet's warm-up): every service's writes,
+    # commands included.
+    ( until grep -q "warming up" "$BENCH_RUN/fleet-$n-$refresh.log" 2>/dev/null; do sleep 0.2; done
+      sleep "$HEARTBEAT_S"; pg_rows >"$BENCH_RUN/rows-start-$n-$refresh"
+      sleep "$DURATION_S"; pg_rows >"$BENCH_RUN/rows-end-$n-$refresh" ) &
+    rows_sampler=$!
     # tend-sync's resident memory at the end of the measured window, while
     # every simulated device is connected.
-    ( sleep "$(( DURATION_S - 1 ))"; status_kb "$SYNC_PID" VmRSS >"$BENCH_RUN/rss-$n"; fd_count "$SYNC_PID" >"$BENCH_RUN/fds-$n" ) &
+    ( sleep "$(( DURATION_S - 1 ))"; status_kb "$SYNC_PID" VmRSS >"$BENCH_RUN/rss-$n-$refresh"; fd_count "$SYNC_PID" >"$BENCH_RUN/fds-$n-$refresh" ) &
     sampler=$!
     TEND_FLEET_PASSWORD="$(cat "$BENCH_RUN/admin_password")" \
-        "$BENCH_BIN/tend-fleet" "${args[@]}" >"$BENCH_RUN/fleet-$n.json" 2>"$BENCH_RUN/fleet-$n.log" \
-        || { tail -n 20 "$BENCH_RUN/fleet-$n.log" >&2; die "tend-fleet failed for $n devices"; }
+        "$BENCH_BIN/tend-fleet" "${args[@]}" >"$BENCH_RUN/fleet-$n-$refresh.json" 2>"$BENCH_RUN/fleet-$n-$refresh.log" \
+        || { tail -n 20 "$BENCH_RUN/fleet-$n-$refresh.log" >&2; die "tend-fleet failed for $n devices"; }
     wait "$sampler" || true
-    rss_busy="$(cat "$BENCH_RUN/rss-$n" 2>/dev/null || echo 0)"
-    fds="$(cat "$BENCH_RUN/fds-$n" 2>/dev/null || echo 0)"
-    rows+=("$(python3 - "$BENCH_RUN/fleet-$n.json" "$n" "$rss_idle" "$rss_busy" "$fds" <<'PY'
+    wait "$rows_sampler" || true
+    written=$(( $(cat "$BENCH_RUN/rows-end-$n-$refresh" 2>/dev/null || echo 0) - $(cat "$BENCH_RUN/rows-start-$n-$refresh" 2>/dev/null || echo 0) ))
+    rss_busy="$(cat "$BENCH_RUN/rss-$n-$refresh" 2>/dev/null || echo 0)"
+    fds="$(cat "$BENCH_RUN/fds-$n-$refresh" 2>/dev/null || echo 0)"
+    rows+=("$(python3 - "$BENCH_RUN/fleet-$n-$refresh.json" "$n" "$rss_idle" "$rss_busy" "$fds" "$refresh" "$written" "$DURATION_S" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 n, idle, busy, fds = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+refresh, written, window = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
 hb, cmd = r["heartbeats"], r["commands"]
 lat, dl = hb["latency_ms"], cmd["delivery_ms"]
 per_dev = (busy - idle) / n if busy else 0
 def f(v): return f"{v:.1f}" if isinstance(v, float) else str(v)
-print(f"| {n} | {r['connections']} | {r['provisioning']['per_s']:.0f} | {hb['per_s']:.0f} ({hb['offered_per_s']:.0f}) | "
+beats = hb["per_s"] * window
+per_beat = written / beats if beats else 0
+print(f"| {n} | {refresh} s | {written} ({per_beat:.4f}) | {r['connections']} | {r['provisioning']['per_s']:.0f} | {hb['per_s']:.0f} ({hb['offered_per_s']:.0f}) | "
       f"{f(lat['p50'])} / {f(lat['p99'])} | {cmd['queued']} / {cmd['delivered']} / {cmd['succeeded']} | "
       f"{f(dl['p50'])} / {f(dl['p99'])} / {f(dl['max'])} | {r['errors_total']} | {busy // 1024} MB ({per_dev:.1f} kB/device, {fds} fds) |")
 PY
@@ -82,6 +108,7 @@ PY
     redis-cli -u "$BENCH_REDIS" --scan --pattern "$BENCH_INSTANCE:*" | xargs -r redis-cli -u "$BENCH_REDIS" del >/dev/null
     delete_exchange "$BENCH_INSTANCE.sync" || true
 done
+done
 
 report="$BENCH_OUT/fleet-$(date +%Y%m%d-%H%M%S).md"
 {
@@ -89,10 +116,10 @@ report="$BENCH_OUT/fleet-$(date +%Y%m%d-%H%M%S).md"
     echo
     machine_md
     echo
-    echo "**Command**: \`BENCH_FLEET_SIZES=\"$SIZES\" BENCH_HEARTBEAT_S=$HEARTBEAT_S BENCH_DURATION_S=$DURATION_S BENCH_COMMANDS_PER_S=$COMMANDS_PER_S BENCH_LONG_POLL=$LONG_POLL deploy/bench/fleet.sh\`"
+    echo "**Command**: \`BENCH_FLEET_SIZES=\"$SIZES\" BENCH_PRESENCE_REFRESH_S=\"$REFRESHES\" BENCH_HEARTBEAT_S=$HEARTBEAT_S BENCH_DURATION_S=$DURATION_S BENCH_COMMANDS_PER_S=$COMMANDS_PER_S BENCH_LONG_POLL=$LONG_POLL deploy/bench/fleet.sh\`"
     echo
-    echo "| devices | connections | provisioned/s | heartbeats/s (offered) | heartbeat ms p50 / p99 | commands queued / delivered / succeeded | queued→delivered ms p50 / p99 / max | errors | tend-sync RSS |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| devices | presence refresh | PostgreSQL rows written in the window (per heartbeat) | connections | provisioned/s | heartbeats/s (offered) | heartbeat ms p50 / p99 | commands queued / delivered / succeeded | queued→delivered ms p50 / p99 / max | errors | tend-sync RSS |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
 } | tee "$report"
 BENCH_FAILED=0

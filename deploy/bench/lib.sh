@@ -208,6 +208,9 @@ service_env() {
         "TEND_HEARTBEAT_S=$1" \
         "TEND_SHUTDOWN_GRACE_S=3" \
         "TEND_LOG=${TEND_LOG:-warn}"
+    if [ -n "${BENCH_PRESENCE_REFRESH:-}" ]; then
+        echo "TEND_PRESENCE_REFRESH_S=$BENCH_PRESENCE_REFRESH"
+    fi
 }
 
 # start_platform ENV...: tend-platform with ENV and its instruction-signing

@@ -1,6 +1,6 @@
 //! Presence as the API shows it, with PostgreSQL written only when
 //! something an admin would query changes (`TEND_PRESENCE_REFRESH_S`,
-//! 600 s by default): `last_seen_at` and the report fresh from Redis at
+//! an hour by default): `last_seen_at` and the report fresh from Redis at
 //! every heartbeat, the row left alone while only the uptime moves, and
 //! offline detection unchanged after silence, a Redis flush and a monitor
 //! restart.
