@@ -216,3 +216,45 @@ async fn a_device_that_fell_silent_while_no_monitor_ran_goes_offline_when_one_st
     stack.spawn(Service::Monitor).await;
     wait_status(&stack, &admin, &d, "offline").await;
 }
+
+#[tokio::test]
+async fn a_steady_device_row_is_refreshed_once_per_refresh_period() {
+    let mut stack = Stack::start().await;
+    stack.kill(Service::Monitor);
+    stack.set_env(Service::Monitor, "TEND_PRESENCE_REFRESH_S", Some("4"));
+    stack.spawn(Service::Monitor).await;
+    let admin = stack.admin().await;
+    let d = stack.new_device(&admin).await;
+    let token = stack.device_token(&d).await;
+    beat(&stack, &token, 1, json!({})).await;
+    wait_status(&stack, &admin, &d, "online").await;
+
+    // Twelve seconds of heartbeats changing only the uptime: the row's
+    // last_seen_at moves in steps of 3 to 4 s (the device's share of the
+    // period), never at every heartbeat, never more than 4 s behind.
+    let sql = stack.sql().await;
+    let mut versions = std::collections::BTreeSet::new();
+    for uptime in 2..26 {
+        beat(&stack, &token, uptime, json!({})).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let row = sql
+            .query_one(
+                "SELECT xmin::text, last_seen_at FROM devices WHERE id = $1",
+                &[&d.id],
+            )
+            .await
+            .unwrap();
+        versions.insert(row.get::<_, String>(0));
+        let seen: DateTime<Utc> = row.get(1);
+        // The period, the sweep that writes it and the sync's flush.
+        assert!(
+            Utc::now() - seen < chrono::Duration::milliseconds(5500),
+            "the row's last_seen_at ({seen}) is at most one period old"
+        );
+    }
+    assert!(
+        (3..=6).contains(&versions.len()),
+        "24 heartbeats over 12 s rewrote the row {} times: once per 3-4 s",
+        versions.len()
+    );
+}

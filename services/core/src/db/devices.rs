@@ -506,10 +506,13 @@ pub struct Seen {
 ///
 /// A row is written only when an admin's query would see a change: the
 /// device comes online, what it reported changed (its uptime aside, which
-/// changes at every heartbeat), or `last_seen_at` is older than `refresh`.
-/// Redis keeps the exact latest heartbeat, which the API shows; in a
-/// steady fleet a device row is rewritten once per `refresh`, not once
-/// per heartbeat. A zero `refresh` writes every heartbeat.
+/// changes at every heartbeat), or `last_seen_at` is older than the
+/// device's share of `refresh`: between three quarters of it and all of
+/// it, fixed per device, so that a fleet that came online together does
+/// not refresh together. Redis keeps the exact latest heartbeat, which the
+/// API shows; in a steady fleet a device row is rewritten about once per
+/// `refresh`, not once per heartbeat. A zero `refresh` writes every
+/// heartbeat.
 pub async fn record_seen(c: &impl GenericClient, seen: &[Seen], refresh: Duration) -> Result<u64> {
     if seen.is_empty() {
         return Ok(0);
@@ -532,6 +535,7 @@ pub async fn record_seen(c: &impl GenericClient, seen: &[Seen], refresh: Duratio
                AND (d.last_seen_at IS NULL OR d.last_seen_at < v.at OR d.status <> 'online')
                AND (d.status <> 'online' OR d.last_seen_at IS NULL
                     OR d.last_seen_at <= v.at - $4::bigint * interval '1 millisecond'
+                                                * (0.75 + (hashtext(d.id::text) & 1023) / 4092.0)
                     OR (v.reported IS NOT NULL
                         AND (v.reported - 'uptime_s') IS DISTINCT FROM (d.reported - 'uptime_s')))",
         )
