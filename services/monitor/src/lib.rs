@@ -215,11 +215,23 @@ fn register_metrics() {
             "tend_devices_went_offline_total",
             "Devices marked offline after missing their heartbeats",
         ),
+        (
+            "tend_presence_rows_written_total",
+            "Device rows the presence step wrote for heartbeats (comings online, changed reports, refreshes)",
+        ),
+        (
+            "tend_presence_heartbeats_read_total",
+            "Heartbeats the presence step read from Redis",
+        ),
     ];
     for (name, help) in counters {
         metrics::describe_counter!(name, help);
         metrics::counter!(name).increment(0);
     }
+    metrics::describe_histogram!(
+        "tend_presence_step_seconds",
+        "How long one presence step took: reading heartbeats, writing rows, marking silent devices"
+    );
     metrics::describe_gauge!(
         "tend_outbox_backlog",
         "Events in the outbox waiting to be published"

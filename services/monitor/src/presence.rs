@@ -93,7 +93,10 @@ struct Scan {
     /// Every heartbeat scored up to here was read; `i64::MAX` once the
     /// scan reached the end of the set.
     covered_ms: i64,
+    /// Device rows written.
     recorded: u64,
+    /// Heartbeats read from Redis.
+    read: u64,
     /// False when Redis failed during the scan: the picture is incomplete.
     complete: bool,
 }
@@ -146,6 +149,7 @@ impl Presence {
             return Ok(());
         }
 
+        let step_started = Instant::now();
         // One cutoff for both steps: a heartbeat older than it cannot keep a
         // device online, so the scan does not even read it (re-reading it
         // would flip an offline device back to online for a moment).
@@ -187,14 +191,20 @@ impl Presence {
         };
 
         self.since_ms = next_start(from_ms, scan.covered_ms, started_ms);
-        if scan.recorded > 0 {
+        if scan.read > 0 {
             tracing::debug!(
-                count = scan.recorded,
-                "recorded {} heartbeats",
+                read = scan.read,
+                written = scan.recorded,
+                "read {} heartbeats, wrote {} device rows",
+                scan.read,
                 scan.recorded
             );
         }
         metrics::counter!("tend_devices_went_offline_total").increment(offline.len() as u64);
+        metrics::counter!("tend_presence_rows_written_total").increment(scan.recorded);
+        metrics::counter!("tend_presence_heartbeats_read_total").increment(scan.read);
+        metrics::histogram!("tend_presence_step_seconds")
+            .record(step_started.elapsed().as_secs_f64());
         for id in offline {
             tracing::info!(device.id = %id, "device {id} went offline");
         }
@@ -362,7 +372,7 @@ impl Presence {
     /// Reads every heartbeat scored after `from_ms` and records it in `tx`.
     async fn scan(&mut self, tx: &impl GenericClient, from_ms: i64) -> anyhow::Result<Scan> {
         let mut since = from_ms;
-        let mut recorded = 0;
+        let (mut recorded, mut read) = (0, 0);
         loop {
             let beats = match self.live.beats_since(since, SCAN_LIMIT).await {
                 Ok(beats) => beats,
@@ -372,10 +382,12 @@ impl Presence {
                     return Ok(Scan {
                         covered_ms: since,
                         recorded,
+                        read,
                         complete: false,
                     });
                 }
             };
+            read += beats.len() as u64;
             let seen: Vec<Seen> = beats.iter().filter_map(to_seen).collect();
             recorded += devices::record_seen(tx, &seen, self.refresh)
                 .await
@@ -386,6 +398,7 @@ impl Presence {
                     return Ok(Scan {
                         covered_ms: i64::MAX,
                         recorded,
+                        read,
                         complete: true,
                     });
                 }
