@@ -31,6 +31,7 @@ DURATION_S="${BENCH_DURATION_S:-60}"
 COMMANDS_PER_S="${BENCH_COMMANDS_PER_S:-5}"
 LONG_POLL="${BENCH_LONG_POLL:-0}"
 REFRESHES="${BENCH_PRESENCE_REFRESH_S:-3600}"
+ROWS_SETTLE_S=10
 
 case "${1:-}" in
     -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -67,12 +68,17 @@ for refresh in $REFRESHES; do
     [ -n "${BENCH_CONNECTIONS:-}" ] && args+=(--connections "$BENCH_CONNECTIONS")
     log "tend-fleet: $n devices, $mode, every ${HEARTBEAT_S}s, ${DURATION_S}s, presence refresh ${refresh}s"
     # PostgreSQL rows written (inserted, updated, deleted) in the scratch
-    # database over the measured window, which starts one interval after
-    # the devices do (tend-fleet's warm-up): every service's writes,
-    # commands included.
+    # database, all of them and those the monitor's presence step wrote,
+    # over the measured window less its first ROWS_SETTLE_S: the window
+    # starts one interval after the devices do (tend-fleet's warm-up), and
+    # the last first heartbeats (interval ± 10 %) are written a sweep later.
     ( until grep -q "warming up" "$BENCH_RUN/fleet-$n-$refresh.log" 2>/dev/null; do sleep 0.2; done
-      sleep "$HEARTBEAT_S"; pg_rows >"$BENCH_RUN/rows-start-$n-$refresh"
-      sleep "$DURATION_S"; pg_rows >"$BENCH_RUN/rows-end-$n-$refresh" ) &
+      sleep "$(( HEARTBEAT_S + ROWS_SETTLE_S ))"
+      pg_rows >"$BENCH_RUN/rows-start-$n-$refresh"
+      metric "$MONITOR_URL" tend_presence_rows_written_total >"$BENCH_RUN/presence-start-$n-$refresh"
+      sleep "$(( DURATION_S - ROWS_SETTLE_S ))"
+      pg_rows >"$BENCH_RUN/rows-end-$n-$refresh"
+      metric "$MONITOR_URL" tend_presence_rows_written_total >"$BENCH_RUN/presence-end-$n-$refresh" ) &
     rows_sampler=$!
     # tend-sync's resident memory at the end of the measured window, while
     # every simulated device is connected.
@@ -84,20 +90,22 @@ for refresh in $REFRESHES; do
     wait "$sampler" || true
     wait "$rows_sampler" || true
     written=$(( $(cat "$BENCH_RUN/rows-end-$n-$refresh" 2>/dev/null || echo 0) - $(cat "$BENCH_RUN/rows-start-$n-$refresh" 2>/dev/null || echo 0) ))
+    presence=$(( $(cat "$BENCH_RUN/presence-end-$n-$refresh" 2>/dev/null || echo 0) - $(cat "$BENCH_RUN/presence-start-$n-$refresh" 2>/dev/null || echo 0) ))
     rss_busy="$(cat "$BENCH_RUN/rss-$n-$refresh" 2>/dev/null || echo 0)"
     fds="$(cat "$BENCH_RUN/fds-$n-$refresh" 2>/dev/null || echo 0)"
-    rows+=("$(python3 - "$BENCH_RUN/fleet-$n-$refresh.json" "$n" "$rss_idle" "$rss_busy" "$fds" "$refresh" "$written" "$DURATION_S" <<'PY'
+    rows+=("$(python3 - "$BENCH_RUN/fleet-$n-$refresh.json" "$n" "$rss_idle" "$rss_busy" "$fds" "$refresh" "$written" "$(( DURATION_S - ROWS_SETTLE_S ))" "$presence" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 n, idle, busy, fds = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-refresh, written, window = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
+refresh, written, window, presence = int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
 hb, cmd = r["heartbeats"], r["commands"]
 lat, dl = hb["latency_ms"], cmd["delivery_ms"]
 per_dev = (busy - idle) / n if busy else 0
 def f(v): return f"{v:.1f}" if isinstance(v, float) else str(v)
 beats = hb["per_s"] * window
 per_beat = written / beats if beats else 0
-print(f"| {n} | {refresh} s | {written} ({per_beat:.4f}) | {r['connections']} | {r['provisioning']['per_s']:.0f} | {hb['per_s']:.0f} ({hb['offered_per_s']:.0f}) | "
+presence_per_beat = presence / beats if beats else 0
+print(f"| {n} | {refresh} s | {beats:.0f} | {written} ({per_beat:.4f}) | {presence} ({presence_per_beat:.4f}) | {r['connections']} | {r['provisioning']['per_s']:.0f} | {hb['per_s']:.0f} ({hb['offered_per_s']:.0f}) | "
       f"{f(lat['p50'])} / {f(lat['p99'])} | {cmd['queued']} / {cmd['delivered']} / {cmd['succeeded']} | "
       f"{f(dl['p50'])} / {f(dl['p99'])} / {f(dl['max'])} | {r['errors_total']} | {busy // 1024} MB ({per_dev:.1f} kB/device, {fds} fds) |")
 PY
@@ -118,8 +126,10 @@ report="$BENCH_OUT/fleet-$(date +%Y%m%d-%H%M%S).md"
     echo
     echo "**Command**: \`BENCH_FLEET_SIZES=\"$SIZES\" BENCH_PRESENCE_REFRESH_S=\"$REFRESHES\" BENCH_HEARTBEAT_S=$HEARTBEAT_S BENCH_DURATION_S=$DURATION_S BENCH_COMMANDS_PER_S=$COMMANDS_PER_S BENCH_LONG_POLL=$LONG_POLL deploy/bench/fleet.sh\`"
     echo
-    echo "| devices | presence refresh | PostgreSQL rows written in the window (per heartbeat) | connections | provisioned/s | heartbeats/s (offered) | heartbeat ms p50 / p99 | commands queued / delivered / succeeded | queued→delivered ms p50 / p99 / max | errors | tend-sync RSS |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "Rows: PostgreSQL rows inserted, updated and deleted in the scratch database (\`pg_stat_database\`) over the last $(( DURATION_S - ROWS_SETTLE_S )) s of the window, every service's (commands included), and those of them the monitor's presence step wrote (\`tend_presence_rows_written_total\`); per heartbeat answered in that time."
+    echo
+    echo "| devices | presence refresh | heartbeats | rows written (per heartbeat) | by presence (per heartbeat) | connections | provisioned/s | heartbeats/s (offered) | heartbeat ms p50 / p99 | commands queued / delivered / succeeded | queued→delivered ms p50 / p99 / max | errors | tend-sync RSS |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
 } | tee "$report"
 BENCH_FAILED=0
