@@ -3,6 +3,7 @@
 //!
 //! - `command.queued`: the device is marked pending on the [`Board`], which
 //!   wakes its held heartbeat;
+//! - `commands.queued`: the same for every device of a batch's message;
 //! - `device.decommissioned`: the device is revoked here at once and its
 //!   presence dropped from Redis.
 //!
@@ -172,6 +173,15 @@ fn handle(c: &Consumer, payload: &[u8]) {
                 trace_id = trace_id.as_deref().unwrap_or(""),
                 "command {command_id} waits for device {device_id}");
             c.board.mark(device_id);
+        }
+        Event::CommandsQueued {
+            batch_id,
+            ref device_ids,
+            ..
+        } => {
+            tracing::debug!(batch.id = %batch_id, devices = device_ids.len(),
+                "commands of batch {batch_id} wait for {} devices", device_ids.len());
+            c.board.mark_all(device_ids.iter().copied());
         }
         Event::DeviceDecommissioned { device_id, .. } => {
             c.revocations.revoke(device_id, Utc::now());
