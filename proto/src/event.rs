@@ -27,13 +27,16 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trace_id: Option<String>,
     },
-    /// Commands of one batch (`POST /commands/bulk`) wait for these devices:
-    /// one message for up to [`DEVICES_PER_EVENT`] devices, so a command
-    /// sent to a fleet costs the broker and every sync replica a few
-    /// messages rather than one per device.
+    /// Commands wait for these devices: those of one batch (`POST
+    /// /commands/bulk`), or those the monitor announces again. One message
+    /// for up to [`DEVICES_PER_EVENT`] devices, so a command sent to a
+    /// fleet costs the broker and every sync replica a few messages rather
+    /// than one per device.
     CommandsQueued {
         tenant_id: Uuid,
-        batch_id: Uuid,
+        /// The batch, when the commands are one batch's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch_id: Option<Uuid>,
         device_ids: Vec<Uuid>,
     },
     /// A command reached a terminal state.

@@ -3,7 +3,8 @@
 //!
 //! - `command.queued`: the device is marked pending on the [`Board`], which
 //!   wakes its held heartbeat;
-//! - `commands.queued`: the same for every device of a batch's message;
+//! - `commands.queued`: the same for every device the message names (a
+//!   batch's, or the monitor's re-announcements);
 //! - `device.decommissioned`: the device is revoked here at once and its
 //!   presence dropped from Redis.
 //!
@@ -179,8 +180,9 @@ fn handle(c: &Consumer, payload: &[u8]) {
             ref device_ids,
             ..
         } => {
-            tracing::debug!(batch.id = %batch_id, devices = device_ids.len(),
-                "commands of batch {batch_id} wait for {} devices", device_ids.len());
+            let batch = batch_id.map(|b| b.to_string()).unwrap_or_default();
+            tracing::debug!(batch.id = %batch, devices = device_ids.len(),
+                "commands wait for {} devices", device_ids.len());
             c.board.mark_all(device_ids.iter().copied());
         }
         Event::DeviceDecommissioned { device_id, .. } => {

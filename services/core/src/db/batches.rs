@@ -4,17 +4,18 @@
 //! A batch for a fleet is set-based from end to end: the devices are read
 //! in one statement, the commands (signed beforehand, in parallel) written
 //! in one `INSERT … SELECT FROM unnest(…)`, and announced by a few
-//! `commands.queued` events of up to [`DEVICES_PER_EVENT`] devices each,
-//! written by the same statement. Nothing is done once per device over the
+//! `commands.queued` events of up to
+//! [`tend_proto::event::DEVICES_PER_EVENT`] devices each, written by the
+//! same statement. Nothing is done once per device over the
 //! wire.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tend_proto::event::DEVICES_PER_EVENT;
 use uuid::Uuid;
 
+use super::commands::QUEUED_MANY_EVENTS;
 use super::devices::{Admission, Filter, Presence};
 use super::{GenericClient, Result};
 
@@ -176,7 +177,7 @@ pub async fn queue(
 ) -> Result<i64> {
     let stmt = c
         .prepare_cached(&format!(
-            "WITH queued AS (
+            "WITH touched AS (
                  INSERT INTO commands (id, tenant_id, device_id, kind, params, timeout_s,
                                        created_at, expires_at, announced_at, created_by,
                                        trace_id, artifact_id, component, key_id, signature,
@@ -188,18 +189,9 @@ pub async fn queue(
                  ON CONFLICT (device_id, component)
                     WHERE component IS NOT NULL AND status IN ('queued', 'delivered', 'in_progress')
                     DO NOTHING
-                 RETURNING device_id),
-             numbered AS (
-                 SELECT device_id, (row_number() OVER () - 1) / {DEVICES_PER_EVENT} AS part
-                 FROM queued),
-             announced AS (
-                 INSERT INTO outbox (topic, payload)
-                 SELECT 'commands.queued', jsonb_build_object('type', 'commands_queued',
-                        'tenant_id', $1::uuid, 'batch_id', $12::uuid,
-                        'device_ids', jsonb_agg(device_id))
-                 FROM numbered GROUP BY part
-                 RETURNING 1)
-             SELECT (SELECT count(*) FROM queued), (SELECT count(*) FROM announced)"
+                 RETURNING device_id, tenant_id, batch_id),
+             announced AS ({QUEUED_MANY_EVENTS})
+             SELECT count(*) FROM touched"
         ))
         .await?;
     let params: Vec<&Value> = groups.iter().map(|g| &g.params).collect();
