@@ -31,10 +31,44 @@ pub struct Candidate {
     pub decommissioned: bool,
 }
 
-/// The tenant's devices that `filter` and `ids` (when given) match, locked
-/// against a concurrent decommission until the transaction ends. A
-/// decommissioned device is matched only when named by id: the device list
-/// no longer shows it, but whoever names it is told why it got nothing.
+/// Seed of the advisory-lock keys of [`lock_tenant`] and
+/// [`hold_off_batches`] (`hashtextextended(tenant_id, seed)`), apart from
+/// the per-device recovery locks of [`super::commands`].
+const TENANT_LOCK_SEED: i64 = 18;
+
+/// Holds a tenant's decommissions and rejections off until the batch's
+/// transaction ends, so that none can slip between the batch reading a
+/// device as admitted and its commit (the decommission would cancel
+/// nothing, and the command would wait for a device that is gone).
+/// Locking the device rows themselves, as a single command does, would
+/// hold 100,000 row locks for seconds against the presence flushes that
+/// update the same rows, and could deadlock with them. Batches of one
+/// tenant run one at a time.
+pub async fn lock_tenant(c: &impl GenericClient, tenant_id: Uuid) -> Result<()> {
+    let stmt = c
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1::text, $2))")
+        .await?;
+    c.execute(&stmt, &[&tenant_id.to_string(), &TENANT_LOCK_SEED])
+        .await?;
+    Ok(())
+}
+
+/// Taken by a decommission or a rejection of one of the tenant's devices:
+/// waits while a batch of the tenant is being queued (see
+/// [`lock_tenant`]). Shared: decommissions never wait for each other.
+pub async fn hold_off_batches(c: &impl GenericClient, tenant_id: Uuid) -> Result<()> {
+    let stmt = c
+        .prepare_cached("SELECT pg_advisory_xact_lock_shared(hashtextextended($1::text, $2))")
+        .await?;
+    c.execute(&stmt, &[&tenant_id.to_string(), &TENANT_LOCK_SEED])
+        .await?;
+    Ok(())
+}
+
+/// The tenant's devices that `filter` and `ids` (when given) match. Take
+/// [`lock_tenant`] first. A decommissioned device is matched only when
+/// named by id: the device list no longer shows it, but whoever names it
+/// is told why it got nothing.
 pub async fn select(
     c: &impl GenericClient,
     tenant_id: Uuid,
@@ -50,8 +84,7 @@ pub async fn select(
                AND ($2::text IS NULL OR status = $2)
                AND ($3::text IS NULL OR device_type = $3)
                AND ($4::jsonb IS NULL OR labels @> $4)
-               AND ($5::jsonb IS NULL OR components @> $5)
-             FOR SHARE",
+               AND ($5::jsonb IS NULL OR components @> $5)",
         )
         .await?;
     let component = filter

@@ -88,6 +88,7 @@ pub async fn create(
                 idem::Claim::Replay(answer) => return Ok(Err(answer)),
             }
         }
+        batches::lock_tenant(tx, caller.tenant()).await?;
         let candidates = batches::select(tx, caller.tenant(), &filter, ids.as_deref()).await?;
         if candidates.is_empty() {
             return Err(ApiError::Unprocessable(
