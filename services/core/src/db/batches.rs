@@ -197,8 +197,9 @@ pub struct Signed {
     pub signature: String,
 }
 
-/// Queues a batch's signed commands and their `commands.queued` events in
-/// one statement; answers how many were queued. A device that already has
+/// Queues signed commands of a batch (all of them, or one part) and their
+/// `commands.queued` events in one statement; answers how many were
+/// queued. A device that already has
 /// an upgrade or restore of the component open keeps it and gets nothing
 /// (`commands_open_component_key`): the difference is the caller's
 /// `component_busy`. Run it in the batch's transaction.
@@ -208,6 +209,15 @@ pub async fn queue(
     groups: &[Group],
     commands: &[Signed],
 ) -> Result<i64> {
+    // Only a command that changes a component can meet an open one; the
+    // others skip the speculative insertion ON CONFLICT costs every row.
+    let on_conflict = if shared.component.is_some() {
+        "ON CONFLICT (device_id, component)
+                    WHERE component IS NOT NULL AND status IN ('queued', 'delivered', 'in_progress')
+                    DO NOTHING"
+    } else {
+        ""
+    };
     let stmt = c
         .prepare_cached(&format!(
             "WITH touched AS (
@@ -219,9 +229,7 @@ pub async fn queue(
                         ($9::uuid[])[u.g], $10, $11, u.signature, $12
                  FROM unnest($13::uuid[], $14::uuid[], $15::int[], $16::text[])
                       AS u(id, device_id, g, signature)
-                 ON CONFLICT (device_id, component)
-                    WHERE component IS NOT NULL AND status IN ('queued', 'delivered', 'in_progress')
-                    DO NOTHING
+                 {on_conflict}
                  RETURNING device_id, tenant_id, batch_id),
              announced AS ({QUEUED_MANY_EVENTS})
              SELECT count(*) FROM touched"
