@@ -90,6 +90,9 @@ pub enum Cmd {
     /// List, show, follow and cancel commands
     #[command(subcommand)]
     Commands(CommandsCmd),
+    /// Follow command batches (`tendctl commands bulk`)
+    #[command(subcommand)]
+    Batches(BatchesCmd),
     /// Upload, list, release and delete software artifacts, and keep their
     /// denylists
     #[command(subcommand)]
@@ -286,6 +289,56 @@ pub enum CommandsCmd {
     },
     /// Cancel a command that is still queued
     Cancel { id: Uuid },
+    /// Queue one command for every device a selector matches (a batch)
+    ///
+    /// Every condition given must hold, and at least one is required, so
+    /// that a mistyped command never reaches the whole fleet. Prints the
+    /// batch id and how many devices were matched, queued and skipped (by
+    /// reason); follow it with `tendctl batches show`.
+    Bulk(BulkArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BatchesCmd {
+    /// Show a command batch: its commands counted by status
+    Show { id: Uuid },
+}
+
+#[derive(Debug, Args)]
+pub struct BulkArgs {
+    /// Devices of this type
+    #[arg(long = "device-type", visible_alias = "type", value_name = "TYPE")]
+    pub device_type: Option<String>,
+    /// Devices with this label, repeatable (all must match)
+    #[arg(long = "label", value_name = "KEY:VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Devices in this state
+    #[arg(long, value_parser = ["online", "offline", "unknown"])]
+    pub status: Option<String>,
+    /// Devices running this version of this component
+    #[arg(long, value_name = "NAME:VERSION")]
+    pub component: Option<String>,
+    /// This device, repeatable (other tenants' and unknown ids are never
+    /// selected)
+    #[arg(long = "device", value_name = "ID")]
+    pub devices: Vec<Uuid>,
+    /// reboot, shutdown, log_query, upgrade or restore
+    #[arg(long)]
+    pub kind: String,
+    /// The kind's params as a JSON object, like '{"artifact_id": "…"}'
+    #[arg(long, value_name = "JSON", value_parser = parse_json_object)]
+    pub params: Option<serde_json::Value>,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+}
+
+/// A JSON object (a command's params).
+pub fn parse_json_object(s: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str::<serde_json::Value>(s) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err("expected a JSON object, like '{}'".to_owned()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

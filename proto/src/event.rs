@@ -8,6 +8,11 @@ use uuid::Uuid;
 
 use crate::command::CommandStatus;
 
+/// The most devices one [`Event::CommandsQueued`] names: about 370 KB of
+/// JSON, far below RabbitMQ's message limit, and a board update a sync
+/// replica makes in a few milliseconds.
+pub const DEVICES_PER_EVENT: usize = 10_000;
+
 /// One message on the `<instance>.sync` fanout exchange. The AMQP routing
 /// key and the outbox `topic` column carry [`Event::topic`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +26,18 @@ pub enum Event {
         /// The trace id of the request that queued it, for the logs.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trace_id: Option<String>,
+    },
+    /// Commands wait for these devices: those of one batch (`POST
+    /// /commands/bulk`), or those the monitor announces again. One message
+    /// for up to [`DEVICES_PER_EVENT`] devices, so a command sent to a
+    /// fleet costs the broker and every sync replica a few messages rather
+    /// than one per device.
+    CommandsQueued {
+        tenant_id: Uuid,
+        /// The batch, when the commands are one batch's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch_id: Option<Uuid>,
+        device_ids: Vec<Uuid>,
     },
     /// A command reached a terminal state.
     CommandFinished {
@@ -45,6 +62,7 @@ impl Event {
     pub fn topic(&self) -> &'static str {
         match self {
             Event::CommandQueued { .. } => "command.queued",
+            Event::CommandsQueued { .. } => "commands.queued",
             Event::CommandFinished { .. } => "command.finished",
             Event::DeviceDecommissioned { .. } => "device.decommissioned",
         }

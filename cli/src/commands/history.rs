@@ -1,4 +1,5 @@
-//! `tendctl commands list|show|cancel`: a device's commands and their ends.
+//! `tendctl commands list|show|cancel|bulk`: a device's commands and their
+//! ends, and one command for many devices.
 
 use super::{list, print_command, print_list, show_or_follow};
 use crate::Ctx;
@@ -27,5 +28,6 @@ pub(super) async fn run(ctx: &Ctx, cmd: CommandsCmd) -> Result<Exit, Failure> {
             print_command(ctx, &command);
             Ok(Exit::Ok)
         }
+        CommandsCmd::Bulk(a) => super::batches::create(ctx, &client, a).await,
     }
 }

@@ -4,6 +4,7 @@
 mod actions;
 mod artifacts;
 mod audit;
+mod batches;
 mod devices;
 mod enrolment;
 mod history;
@@ -30,6 +31,7 @@ pub(crate) async fn dispatch(ctx: &Ctx, cmd: Cmd) -> Result<Exit, Failure> {
         Cmd::Shutdown(a) => actions::action(ctx, "shutdown", a).await,
         Cmd::Logs(a) => actions::logs(ctx, a).await,
         Cmd::Commands(c) => history::run(ctx, c).await,
+        Cmd::Batches(c) => batches::run(ctx, c).await,
         Cmd::Artifacts(c) => artifacts::run(ctx, c).await,
         Cmd::Upgrade(a) => actions::upgrade(ctx, a).await,
         Cmd::Restore(a) => actions::restore(ctx, a).await,

@@ -30,6 +30,69 @@ pub async fn resolve(
     checked: CommandParams,
     sent: Value,
 ) -> Result<Resolved, ApiError> {
+    let target = Target {
+        tenant_id: device.tenant_id,
+        device_type: &device.device_type,
+        device: Some(device.id),
+    };
+    resolve_for(c, target, checked, sent).await
+}
+
+/// Resolves `checked` for every device of `device_type` of a batch. The
+/// denylist is not looked at here: the batch reads it once for all its
+/// devices. Run [`check_batchable`] first: what it refuses would fail
+/// here for every type.
+pub async fn resolve_for_type(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    device_type: &str,
+    checked: CommandParams,
+    sent: Value,
+) -> Result<Resolved, ApiError> {
+    let target = Target {
+        tenant_id,
+        device_type,
+        device: None,
+    };
+    resolve_for(c, target, checked, sent).await
+}
+
+/// Refuses, for a whole batch, what no device of it could take: an
+/// upgrade to an unknown or unready artifact, and a restore from the cloud
+/// without a version (which would be one lookup of each device's own
+/// history).
+pub async fn check_batchable(
+    c: &impl GenericClient,
+    tenant_id: Uuid,
+    checked: &CommandParams,
+) -> Result<(), ApiError> {
+    match checked {
+        CommandParams::Upgrade(p) => ready_artifact(c, tenant_id, p.artifact_id).await.map(drop),
+        CommandParams::Restore(p) if p.source == RestoreSource::Cloud && p.version.is_none() => {
+            Err(refuse(format!(
+                "a restore of {} from the cloud for many devices must name its version",
+                p.component
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What a command is resolved for: one device, or every device of a type
+/// (`device: None`).
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    tenant_id: Uuid,
+    device_type: &'a str,
+    device: Option<Uuid>,
+}
+
+async fn resolve_for(
+    c: &impl GenericClient,
+    device: Target<'_>,
+    checked: CommandParams,
+    sent: Value,
+) -> Result<Resolved, ApiError> {
     match checked {
         CommandParams::Upgrade(mut p) => {
             let artifact = installable(c, device, p.artifact_id).await?;
@@ -49,7 +112,7 @@ pub async fn resolve(
                         device.tenant_id,
                         &p.component,
                         version,
-                        &device.device_type,
+                        device.device_type,
                     )
                     .await?
                     .ok_or_else(|| {
@@ -61,7 +124,13 @@ pub async fn resolve(
                     Some(installable(c, device, found.id).await?)
                 }
                 (RestoreSource::Cloud, None) => {
-                    let last = commands::last_good_artifact(c, device.id, &p.component)
+                    let Some(device_id) = device.device else {
+                        return Err(refuse(format!(
+                            "a restore of {} from the cloud for many devices must name its version",
+                            p.component
+                        )));
+                    };
+                    let last = commands::last_good_artifact(c, device_id, &p.component)
                         .await?
                         .ok_or_else(|| {
                             refuse(format!(
@@ -80,7 +149,7 @@ pub async fn resolve(
                         device.tenant_id,
                         &p.component,
                         version,
-                        &device.device_type,
+                        device.device_type,
                     )
                     .await?
                     {
@@ -108,13 +177,13 @@ pub async fn resolve(
     }
 }
 
-/// The tenant's artifact `id`, if it may be installed on `device`.
-async fn installable(
+/// The tenant's artifact `id`, if it is ready to be installed anywhere.
+async fn ready_artifact(
     c: &impl GenericClient,
-    device: &Device,
+    tenant_id: Uuid,
     id: Uuid,
 ) -> Result<Artifact, ApiError> {
-    let artifact = artifacts::get(c, device.tenant_id, id)
+    let artifact = artifacts::get(c, tenant_id, id)
         .await?
         .ok_or_else(|| refuse(format!("no such artifact: {id}")))?;
     if artifact.status != ArtifactStatus::Ready {
@@ -122,18 +191,34 @@ async fn installable(
             "artifact {id} is not ready: upload its bytes first"
         )));
     }
-    if !artifact.device_types.contains(&device.device_type) {
+    Ok(artifact)
+}
+
+/// The tenant's artifact `id`, if it may be installed on `device` (its
+/// denylist is checked when the target is one device).
+async fn installable(
+    c: &impl GenericClient,
+    device: Target<'_>,
+    id: Uuid,
+) -> Result<Artifact, ApiError> {
+    let artifact = ready_artifact(c, device.tenant_id, id).await?;
+    if !artifact
+        .device_types
+        .iter()
+        .any(|t| t == device.device_type)
+    {
         return Err(refuse(format!(
             "artifact {id} is not made for device type {} (only {})",
             device.device_type,
             artifact.device_types.join(", ")
         )));
     }
-    if let Some(entry) = artifacts::denylist_entry(c, artifact.id, device.id).await? {
+    if let Some(device_id) = device.device
+        && let Some(entry) = artifacts::denylist_entry(c, artifact.id, device_id).await?
+    {
         let why = entry.reason.map(|r| format!(": {r}")).unwrap_or_default();
         return Err(refuse(format!(
-            "device {} is on the denylist of artifact {id}{why}",
-            device.id
+            "device {device_id} is on the denylist of artifact {id}{why}"
         )));
     }
     Ok(artifact)

@@ -56,10 +56,23 @@ impl Board {
         }
     }
 
-    /// Marks every device of a list (the open commands read at startup).
+    /// Marks every device of a list (the open commands read at startup, a
+    /// batch's `commands.queued`) under one lock: ten thousand devices
+    /// cost one acquisition, not ten thousand, and the waiters are woken
+    /// after it is released.
     pub fn mark_all(&self, devices: impl IntoIterator<Item = Uuid>) {
-        for d in devices {
-            self.mark(d);
+        let waiters: Vec<Arc<Notify>> = {
+            let mut inner = self.lock();
+            devices
+                .into_iter()
+                .filter_map(|d| {
+                    inner.pending.insert(d);
+                    inner.waiters.get(&d).cloned()
+                })
+                .collect()
+        };
+        for w in waiters {
+            w.notify_waiters();
         }
     }
 

@@ -3,6 +3,8 @@
 //!
 //! - `command.queued`: the device is marked pending on the [`Board`], which
 //!   wakes its held heartbeat;
+//! - `commands.queued`: the same for every device the message names (a
+//!   batch's, or the monitor's re-announcements);
 //! - `device.decommissioned`: the device is revoked here at once and its
 //!   presence dropped from Redis.
 //!
@@ -172,6 +174,16 @@ fn handle(c: &Consumer, payload: &[u8]) {
                 trace_id = trace_id.as_deref().unwrap_or(""),
                 "command {command_id} waits for device {device_id}");
             c.board.mark(device_id);
+        }
+        Event::CommandsQueued {
+            batch_id,
+            ref device_ids,
+            ..
+        } => {
+            let batch = batch_id.map(|b| b.to_string()).unwrap_or_default();
+            tracing::debug!(batch.id = %batch, devices = device_ids.len(),
+                "commands wait for {} devices", device_ids.len());
+            c.board.mark_all(device_ids.iter().copied());
         }
         Event::DeviceDecommissioned { device_id, .. } => {
             c.revocations.revoke(device_id, Utc::now());

@@ -4,6 +4,7 @@
 mod artifacts;
 mod audit;
 mod bulk;
+mod bulk_commands;
 mod ddi;
 mod enrolment;
 mod hostile;

@@ -102,6 +102,8 @@ fn routes(doc: &Value) -> Vec<Route> {
 struct Fixtures {
     device: Uuid,
     command: Uuid,
+    /// A command batch of `device`.
+    batch: String,
     artifact: String,
     gateway_token: String,
     user: String,
@@ -117,6 +119,14 @@ impl Fixtures {
         let command = stack
             .queue(admin, device.id, json!({ "kind": "reboot" }))
             .await;
+        let (status, b) = stack
+            .post(
+                admin,
+                "/commands/bulk",
+                json!({ "selector": { "device_ids": [device.id] }, "command": { "kind": "reboot" } }),
+            )
+            .await;
+        assert_eq!(status, 201, "{b}");
         let version = format!("0.0.{}", Uuid::new_v4().as_u128() % 1_000_000);
         let (status, a) = stack
             .post(
@@ -160,6 +170,7 @@ impl Fixtures {
         Fixtures {
             device: device.id,
             command,
+            batch: b["batch_id"].as_str().unwrap().to_owned(),
             artifact: a["id"].as_str().unwrap().to_owned(),
             gateway_token: g["id"].as_str().unwrap().to_owned(),
             user: u["id"].as_str().unwrap().to_owned(),
@@ -180,6 +191,7 @@ impl Fixtures {
                     "devices" | "denylist" => self.device.to_string(),
                     "enrolment-tokens" => self.enrolment_token.clone(),
                     "commands" => self.command.to_string(),
+                    "command-batches" => self.batch.clone(),
                     "artifacts" => self.artifact.clone(),
                     "gateway-tokens" => self.gateway_token.clone(),
                     "users" => self.user.clone(),

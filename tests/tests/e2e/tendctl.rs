@@ -784,3 +784,79 @@ async fn enrolment_tokens_and_pending_devices_are_managed_from_tendctl() {
     let r = ctl.run(&["--json", "enrolment-tokens", "list"]).await;
     assert!(r.json()["items"][0]["revoked_at"].is_string(), "{r:?}");
 }
+
+#[tokio::test]
+async fn tendctl_sends_a_command_to_a_fleet_and_shows_the_batch() {
+    let stack = Stack::start().await;
+    let admin = stack.admin().await;
+    let mut ids = Vec::new();
+    for name in ["north-1", "north-2"] {
+        ids.push(stack.new_device_of_type(&admin, name, "kiosk").await.id);
+    }
+    let other = stack
+        .new_device_of_type(&admin, "ticket", "ticket")
+        .await
+        .id;
+    let ctl = Tendctl::new(&stack.dir.path().join("tendctl"));
+    ctl.login(&stack).await;
+
+    // No condition at all: the server's 422, exit 3, nothing queued.
+    let r = ctl.run(&["commands", "bulk", "--kind", "reboot"]).await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(r.stderr.contains("at least one condition"), "{r:?}");
+
+    let r = ctl
+        .run(&[
+            "commands",
+            "bulk",
+            "--device-type",
+            "kiosk",
+            "--label",
+            "site:test",
+            "--kind",
+            "reboot",
+            "--timeout",
+            "5m",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("matched   2"), "{r:?}");
+    assert!(r.stdout.contains("queued    2"), "{r:?}");
+    let batch = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("batch_id"))
+        .map(|v| v.trim().to_owned())
+        .expect("the batch id");
+    assert!(
+        r.stderr.contains(&format!("tendctl batches show {batch}")),
+        "{r:?}"
+    );
+
+    let r = ctl
+        .run(&[
+            "--json",
+            "commands",
+            "bulk",
+            "--device",
+            &other.to_string(),
+            "--kind",
+            "shutdown",
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["queued"], 1, "{r:?}");
+
+    let r = ctl.run(&["--json", "batches", "show", &batch]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let shown = r.json();
+    assert_eq!(shown["matched"], 2);
+    assert_eq!(shown["by_status"], json!({"queued": 2}));
+    let r = ctl.run(&["batches", "show", &batch]).await;
+    assert!(r.stdout.contains("queued 2"), "{r:?}");
+    for id in ids {
+        let (_, list) = stack.get(&admin, &format!("/devices/{id}/commands")).await;
+        assert_eq!(list["items"][0]["kind"], "reboot", "{list}");
+        assert_eq!(list["items"][0]["timeout_s"], 300, "{list}");
+    }
+}

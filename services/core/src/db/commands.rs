@@ -342,13 +342,20 @@ const FINISHED_EVENTS: &str = "INSERT INTO outbox (topic, payload)
                     'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id, 'status', status)
              FROM done";
 
-/// The outbox rows announcing `Event::CommandQueued` for every row of a CTE
-/// named `touched(id, device_id, tenant_id, trace_id)`.
-const QUEUED_EVENTS: &str = "INSERT INTO outbox (topic, payload)
-             SELECT 'command.queued', jsonb_strip_nulls(jsonb_build_object('type', 'command_queued',
-                    'command_id', id, 'device_id', device_id, 'tenant_id', tenant_id,
-                    'trace_id', trace_id))
-             FROM touched";
+/// The outbox rows announcing `Event::CommandsQueued` for every row of a
+/// CTE named `touched(device_id, tenant_id, batch_id)`: one event per
+/// tenant, batch and `DEVICES_PER_EVENT` (10000, checked by a test below)
+/// devices. A device with two commands may be named twice; marking it
+/// twice costs nothing.
+pub(super) const QUEUED_MANY_EVENTS: &str = "INSERT INTO outbox (topic, payload)
+             SELECT 'commands.queued', jsonb_strip_nulls(jsonb_build_object(
+                    'type', 'commands_queued', 'tenant_id', tenant_id, 'batch_id', batch_id,
+                    'device_ids', jsonb_agg(device_id)))
+             FROM (SELECT device_id, tenant_id, batch_id,
+                          (row_number() OVER (PARTITION BY tenant_id, batch_id) - 1)
+                              / 10000 AS part
+                   FROM touched) numbered
+             GROUP BY tenant_id, batch_id, part";
 
 /// Cancels everything a device still had queued (it is going away).
 pub async fn cancel_all_queued(c: &impl GenericClient, device_id: Uuid) -> Result<u64> {
@@ -733,7 +740,10 @@ pub async fn time_out_due(c: &impl GenericClient) -> Result<u64> {
 
 /// Announces again the commands still waiting for their device after
 /// `older_than_s` since their last announcement: a lost notification or a
-/// flushed Redis then costs seconds, never a command.
+/// flushed Redis then costs seconds, never a command. The announcements
+/// are batched (`commands.queued`): a fleet that stays offline with a
+/// batch's commands is re-announced in a few messages, not one per
+/// command. Answers how many commands were announced.
 pub async fn reannounce_due(c: &impl GenericClient, older_than_s: f64) -> Result<u64> {
     let stmt = c
         .prepare_cached(&format!(
@@ -747,11 +757,13 @@ pub async fn reannounce_due(c: &impl GenericClient, older_than_s: f64) -> Result
              touched AS (
                  UPDATE commands c SET announced_at = now()
                  FROM due WHERE c.id = due.id
-                 RETURNING c.id, c.device_id, c.tenant_id, c.trace_id)
-             {QUEUED_EVENTS}"
+                 RETURNING c.device_id, c.tenant_id, c.batch_id),
+             announced AS ({QUEUED_MANY_EVENTS})
+             SELECT count(*) FROM touched"
         ))
         .await?;
-    Ok(c.execute(&stmt, &[&older_than_s, &SWEEP_BATCH]).await?)
+    let row = c.query_one(&stmt, &[&older_than_s, &SWEEP_BATCH]).await?;
+    Ok(row.get::<_, i64>(0).unsigned_abs())
 }
 
 #[cfg(test)]
@@ -774,16 +786,19 @@ mod tests {
                 FINISHED_EVENTS,
             ),
             (
-                Event::CommandQueued {
-                    command_id: ids.0,
-                    device_id: ids.1,
+                Event::CommandsQueued {
                     tenant_id: ids.2,
-                    trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+                    batch_id: Some(ids.0),
+                    device_ids: vec![ids.1],
                 },
-                QUEUED_EVENTS,
+                QUEUED_MANY_EVENTS,
             ),
         ] {
             let v = serde_json::to_value(&event).unwrap();
+            if let Event::CommandsQueued { .. } = event {
+                let per_event = tend_proto::event::DEVICES_PER_EVENT.to_string();
+                assert!(sql.contains(&format!("/ {per_event} AS part")), "{sql}");
+            }
             assert!(sql.contains(&format!("'{}'", event.topic())));
             for (key, value) in v.as_object().unwrap() {
                 assert!(

@@ -344,6 +344,7 @@ pub struct Credential {
 /// still had queued, and announces the revocation. Run it in a transaction.
 /// Returns false when the tenant has no such active device.
 pub async fn decommission(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<bool> {
+    super::batches::hold_off_batches(c, tenant_id).await?;
     let stmt = c
         .prepare_cached(
             "UPDATE devices SET decommissioned_at = now()
@@ -417,6 +418,7 @@ pub async fn accept(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result
 /// it as it refuses a decommissioned device. The device stays listed, as
 /// `rejected`. Run it in a transaction.
 pub async fn reject(c: &impl GenericClient, tenant_id: Uuid, id: Uuid) -> Result<Admit> {
+    super::batches::hold_off_batches(c, tenant_id).await?;
     let Some(device) = get_for_update(c, tenant_id, id).await? else {
         return Ok(Admit::NotFound);
     };

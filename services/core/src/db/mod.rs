@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod audit;
+pub mod batches;
 pub mod commands;
 pub mod ddi;
 pub mod devices;
@@ -210,7 +211,20 @@ pub async fn in_tx<T, E>(
 where
     E: From<DbError>,
 {
-    bounded(async {
+    in_tx_by(pool, REQUEST_DEADLINE, work).await
+}
+
+/// [`in_tx`] with a deadline of the caller's choosing, for the rare
+/// request whose work grows with the fleet (a command batch).
+pub async fn in_tx_by<T, E>(
+    pool: &Pool,
+    deadline: Duration,
+    work: impl AsyncFnOnce(&Transaction<'_>) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    bounded_by(deadline, async {
         let mut client = pool.get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         let value = work(&tx).await?;
@@ -286,6 +300,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         9,
         "enrolment",
         include_str!("migrations/0009_enrolment.sql"),
+    ),
+    (
+        10,
+        "command_batches",
+        include_str!("migrations/0010_command_batches.sql"),
     ),
 ];
 

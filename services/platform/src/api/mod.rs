@@ -328,6 +328,105 @@ pub struct NewCommand {
     pub expires_in_s: Option<i64>,
 }
 
+/// A command request checked as every route that queues one checks it.
+pub struct CheckedCommand {
+    /// The params as sent (`{}` when absent).
+    pub params: Value,
+    pub checked: CommandParams,
+    pub timeout_s: i32,
+    pub expires_in_s: i32,
+}
+
+impl NewCommand {
+    /// The kind, its params and both durations checked (422 otherwise).
+    pub fn check(&self) -> Result<CheckedCommand, ApiError> {
+        let params = self
+            .params
+            .clone()
+            .unwrap_or_else(|| Value::Object(Default::default()));
+        let checked = check_command(&self.kind, &params)?;
+        let timeout_s = check_seconds(
+            "timeout_s",
+            self.timeout_s,
+            DEFAULT_TIMEOUT_S,
+            MAX_TIMEOUT_S,
+        )?;
+        let expires_in_s = check_seconds(
+            "expires_in_s",
+            self.expires_in_s,
+            DEFAULT_EXPIRES_IN_S,
+            MAX_EXPIRES_IN_S,
+        )?;
+        Ok(CheckedCommand {
+            params,
+            checked,
+            timeout_s,
+            expires_in_s,
+        })
+    }
+}
+
+/// Which devices a batch reaches: every condition given must hold. At
+/// least one is required, so that `{}` sent by mistake never reaches the
+/// whole fleet.
+#[derive(Deserialize, Serialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSelector {
+    pub device_type: Option<String>,
+    /// Every pair must match.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `online`, `offline` or `unknown`.
+    pub status: Option<String>,
+    /// `NAME:VERSION`: devices running that version of that component.
+    pub component: Option<String>,
+    /// Devices of the tenant among these ids (at most 10000); other ids are
+    /// never selected.
+    pub device_ids: Option<Vec<Uuid>>,
+}
+
+/// The most ids a selector may name: the request stays well within the
+/// API's body limit, and larger fleets are selected by type or label.
+pub const MAX_SELECTOR_IDS: usize = 10_000;
+
+/// Serialized to store the batch's request and to fingerprint an
+/// idempotent request.
+#[derive(Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "selector": {"device_type": "kiosk"},
+    "command": {"kind": "reboot", "params": {}}
+}))]
+pub struct NewCommandBatch {
+    pub selector: CommandSelector,
+    pub command: NewCommand,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct CommandBatchCreated {
+    pub batch_id: Uuid,
+    /// Devices the selector matched.
+    pub matched: i64,
+    /// Commands queued: fewer than `matched` when devices could not take
+    /// the command.
+    pub queued: i64,
+    /// Matched devices that got no command, by reason: `not_accepted`
+    /// (pending or rejected), `decommissioned` (named by id), `device_type`
+    /// (the artifact is not made for it), `denylisted`, `component_busy`
+    /// (an upgrade or restore of the component is already open).
+    #[schema(value_type = Object)]
+    pub skipped: BTreeMap<String, i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CommandBatchOut {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub matched: i64,
+    /// The batch's commands by status.
+    #[schema(value_type = Object)]
+    pub by_status: BTreeMap<String, i64>,
+}
+
 pub const DEFAULT_TIMEOUT_S: i64 = 600;
 pub const MAX_TIMEOUT_S: i64 = tend_proto::command::MAX_TIMEOUT_S as i64;
 pub const DEFAULT_EXPIRES_IN_S: i64 = 7 * 86_400;

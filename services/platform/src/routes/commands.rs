@@ -1,7 +1,6 @@
 //! Commands: queue one for a device, list and show them, cancel a queued one.
 
 use actix_web::{HttpResponse, get, post, web};
-use serde_json::Value;
 use tend_core::auth::Role;
 use tend_core::db;
 use tend_core::db::audit::{self, Target};
@@ -13,10 +12,7 @@ use uuid::Uuid;
 
 use super::devices::{find as find_device, no_such_device};
 use super::{PageQuery, page_params};
-use crate::api::{
-    CommandList, CommandOut, DEFAULT_EXPIRES_IN_S, DEFAULT_TIMEOUT_S, MAX_EXPIRES_IN_S,
-    MAX_TIMEOUT_S, NewCommand, check_command, check_seconds,
-};
+use crate::api::{CheckedCommand, CommandList, CommandOut, NewCommand};
 use crate::caller::Caller;
 use crate::client::Client;
 use crate::idempotency;
@@ -68,22 +64,12 @@ pub async fn create(
     caller.require(&[Role::Admin, Role::Operator])?;
     let body = body.into_inner();
     let keyed = idempotency::keyed(&req, &format!("POST /devices/{id}/commands"), &body)?;
-    let params = body
-        .params
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    let checked = check_command(&body.kind, &params)?;
-    let timeout_s = check_seconds(
-        "timeout_s",
-        body.timeout_s,
-        DEFAULT_TIMEOUT_S,
-        MAX_TIMEOUT_S,
-    )?;
-    let expires_in_s = check_seconds(
-        "expires_in_s",
-        body.expires_in_s,
-        DEFAULT_EXPIRES_IN_S,
-        MAX_EXPIRES_IN_S,
-    )?;
+    let CheckedCommand {
+        params,
+        checked,
+        timeout_s,
+        expires_in_s,
+    } = body.check()?;
 
     // The caller's W3C trace if it sent one, else this request's id: the
     // command carries it through every service's logs.

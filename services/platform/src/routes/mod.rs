@@ -2,6 +2,7 @@
 
 mod artifacts;
 mod audit;
+mod batches;
 mod commands;
 mod devices;
 mod enrolment_tokens;
@@ -44,6 +45,9 @@ fn api(cfg: &mut ServiceConfig) {
         .service(enrolment_tokens::list)
         .service(enrolment_tokens::revoke)
         .service(commands::create)
+        // Before `/commands/{id}…`, so that "bulk" is never read as an id.
+        .service(batches::create)
+        .service(batches::get)
         .service(commands::list_for_device)
         .service(commands::get)
         .service(commands::output)
@@ -211,6 +215,8 @@ mod tests {
             ("/api/v1/commands/{id}", "get"),
             ("/api/v1/commands/{id}/output", "get"),
             ("/api/v1/commands/{id}/cancel", "post"),
+            ("/api/v1/commands/bulk", "post"),
+            ("/api/v1/command-batches/{id}", "get"),
             ("/api/v1/artifacts", "post"),
             ("/api/v1/artifacts", "get"),
             ("/api/v1/artifacts/{id}", "get"),
