@@ -702,6 +702,12 @@ impl Agent {
     /// [`PROGRESS_EVERY`] and logging where it started. Returns its result
     /// and, when the server refused a progress report (the command ended
     /// there), that answer: the download was then stopped through `stop`.
+    ///
+    /// The download and the reports run side by side (`join!`), never one
+    /// inside a `select!` arm while the other waits pinned: both take the
+    /// client's token lock, and a download that queued for it first would
+    /// be handed the lock while not polled, so the report waiting behind it
+    /// (and every other request of the agent) would wait for ever.
     async fn reporting_progress<T>(
         &self,
         entry: &Entry,
@@ -710,14 +716,12 @@ impl Agent {
         stop: &tokio_util::sync::CancellationToken,
         fetch: impl Future<Output = T>,
     ) -> (T, Option<reqwest::StatusCode>) {
-        tokio::pin!(fetch);
-        let mut logged_start = false;
-        let log_start = |logged: &mut bool| {
+        let logged_start = std::sync::atomic::AtomicBool::new(false);
+        let log_start = || {
             let Some(offset) = progress.first() else {
                 return;
             };
-            if !*logged {
-                *logged = true;
+            if !logged_start.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 let step = if offset > 0 {
                     "download_resumed"
                 } else {
@@ -730,30 +734,38 @@ impl Agent {
                 );
             }
         };
-        let mut ended_by_server = None;
-        let mut ticker = tokio::time::interval(PROGRESS_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                result = &mut fetch => {
-                    log_start(&mut logged_start);
-                    return (result, ended_by_server);
+        let done = tokio_util::sync::CancellationToken::new();
+        let fetching = async {
+            let result = fetch.await;
+            done.cancel();
+            result
+        };
+        let reporting = async {
+            let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = done.cancelled() => return None,
+                    _ = ticker.tick() => {}
                 }
-                _ = ticker.tick() => {
-                    log_start(&mut logged_start);
-                    if entry.local {
-                        continue;
-                    }
-                    let report = self.progress_report(job, Some((progress.bytes(), progress.total())));
-                    if let Ok(Delivery::Refused(status)) =
-                        self.client.report(entry.id, &report, entry.trace_id.as_deref()).await
-                    {
-                        ended_by_server = Some(status);
-                        stop.cancel();
-                    }
+                log_start();
+                if entry.local {
+                    continue;
+                }
+                let report = self.progress_report(job, Some((progress.bytes(), progress.total())));
+                if let Ok(Delivery::Refused(status)) = self
+                    .client
+                    .report(entry.id, &report, entry.trace_id.as_deref())
+                    .await
+                {
+                    stop.cancel();
+                    return Some(status);
                 }
             }
-        }
+        };
+        let (result, ended_by_server) = tokio::join!(fetching, reporting);
+        log_start();
+        (result, ended_by_server)
     }
 
     /// A download stopped through its token: by the server's refusal of a

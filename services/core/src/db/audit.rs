@@ -50,26 +50,42 @@ pub struct Entry<'a> {
 /// Appends a row. The actor's username is copied from `users` now, so the
 /// row still names them after they are removed.
 pub async fn record(c: &impl GenericClient, e: &Entry<'_>) -> Result<()> {
+    record_many(c, std::slice::from_ref(e)).await
+}
+
+/// Appends rows in one statement: a bulk change writes a row per object
+/// it changed without a round trip per row.
+pub async fn record_many(c: &impl GenericClient, entries: &[Entry<'_>]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     let stmt = c
         .prepare_cached(
             "INSERT INTO audit_log
                 (tenant_id, actor_id, actor_username, action, target_type, target_id,
                  address, request_id, summary)
-             VALUES ($1, $2, (SELECT username FROM users WHERE id = $2), $3, $4, $5,
-                     $6, $7, $8)",
+             SELECT e.tenant_id, e.actor_id, u.username, e.action, e.target_type, e.target_id,
+                    e.address, e.request_id, e.summary
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                         $6::inet[], $7::text[], $8::jsonb[]) WITH ORDINALITY
+                  AS e(tenant_id, actor_id, action, target_type, target_id,
+                       address, request_id, summary, n)
+             LEFT JOIN users u ON u.id = e.actor_id
+             ORDER BY e.n",
         )
         .await?;
+    let tenants: Vec<Uuid> = entries.iter().map(|e| e.tenant_id).collect();
+    let actors: Vec<Option<Uuid>> = entries.iter().map(|e| e.actor_id).collect();
+    let actions: Vec<&str> = entries.iter().map(|e| e.action).collect();
+    let kinds: Vec<&str> = entries.iter().map(|e| e.target.kind).collect();
+    let ids: Vec<Option<&str>> = entries.iter().map(|e| e.target.id.as_deref()).collect();
+    let addresses: Vec<Option<IpAddr>> = entries.iter().map(|e| e.address).collect();
+    let requests: Vec<Option<&str>> = entries.iter().map(|e| e.request_id).collect();
+    let summaries: Vec<&Value> = entries.iter().map(|e| &e.summary).collect();
     c.execute(
         &stmt,
         &[
-            &e.tenant_id,
-            &e.actor_id,
-            &e.action,
-            &e.target.kind,
-            &e.target.id,
-            &e.address,
-            &e.request_id,
-            &e.summary,
+            &tenants, &actors, &actions, &kinds, &ids, &addresses, &requests, &summaries,
         ],
     )
     .await?;

@@ -187,21 +187,21 @@ pub async fn create_bulk(
         let created = devices::create_many(tx, &new).await?;
         // One `device.create` row per device, as for `POST /devices`, so a
         // device's history reads the same however it was registered.
-        for device in &created {
-            let summary = json!({
-                "name": device.name, "device_type": device.device_type, "bulk": true,
-            });
-            audit::record(
-                tx,
-                &client.audit(
+        let entries: Vec<_> = created
+            .iter()
+            .map(|device| {
+                let summary = json!({
+                    "name": device.name, "device_type": device.device_type, "bulk": true,
+                });
+                client.audit(
                     &caller,
                     "device.create",
                     Target::new("device", device.id),
                     summary,
-                ),
-            )
-            .await?;
-        }
+                )
+            })
+            .collect();
+        audit::record_many(tx, &entries).await?;
         if let (Some(k), Some(n)) = (&keyed, &nonce) {
             // The answer without its secrets.
             let items: Vec<DeviceOut> = created.iter().cloned().map(DeviceOut::from).collect();
